@@ -1,0 +1,133 @@
+"""Names <-> architecture specs, in the style of timm's registry.
+
+    build("resnet56", shortcut="B", preact=True, width=2)
+    list_models("plain*")
+    describe("resnet110")
+
+Registered names are data (an `ArchSpec` preset each). Unregistered CIFAR names that follow the
+grammar `[preact-](resnet|plain)<depth>` also resolve, so `resnet26` works and `resnet21` explains
+why it does not.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from typing import Callable
+
+from torch import nn
+
+from .complexity import complexity
+from .network import ResNet
+from .spec import IMAGENET_DEPTHS, ArchSpec, ConfigError
+
+_REGISTRY: dict[str, ArchSpec] = {}
+_NAME_GRAMMAR = re.compile(r"^(?P<preact>preact-)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
+
+
+def register_model(name: str, spec: ArchSpec | None = None):
+    """Register `spec` under `name`; without a spec, decorate a function returning one.
+
+    Re-registering a name raises: silently replacing a preset would change every study using it.
+    """
+    def add(s: ArchSpec) -> ArchSpec:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = s.validate()
+        return s
+
+    if spec is not None:
+        return add(spec)
+
+    def decorator(fn: Callable[[], ArchSpec]) -> Callable[[], ArchSpec]:
+        add(fn())
+        return fn
+    return decorator
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str = "*", exclude: str | None = None) -> list[str]:
+    """Registered names matching the fnmatch `pattern` (and not `exclude`), in natural order."""
+    names = [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
+    if exclude:
+        names = [n for n in names if not fnmatch.fnmatchcase(n, exclude)]
+    return sorted(names, key=_natural_key)
+
+
+def resolve(name: str, **overrides) -> ArchSpec:
+    """The validated spec of `name` with `overrides` applied (None values are ignored)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if name in _REGISTRY:
+        spec = _REGISTRY[name]
+    else:
+        m = _NAME_GRAMMAR.match(name)
+        if not m:
+            close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
+            hint = f"closest: {', '.join(close)}" if close else "run `ablate models` to list them"
+            raise ConfigError(f"unknown model {name!r}; {hint}")
+        # Unregistered depths of the grammar are CIFAR basic-block nets with option A.
+        spec = ArchSpec(family="cifar", depth=int(m["depth"]),
+                        shortcut="none" if m["kind"] == "plain" else "A", preact=bool(m["preact"]))
+    return spec.replace(**overrides) if overrides else spec.validate()
+
+
+def build(name: str | ArchSpec, num_classes: int | None = None, **overrides) -> ResNet:
+    """Build a registered model (or an `ArchSpec`) with fields overridden.
+
+    num_classes defaults to the family's (cifar 10, imagenet 1000, seed 2).
+    """
+    spec = name.replace(**overrides) if isinstance(name, ArchSpec) else resolve(name, **overrides)
+    model = ResNet(spec, num_classes)
+    model.model_name = name if isinstance(name, str) else None
+    return model
+
+
+def describe(model: str | nn.Module, **overrides) -> dict:
+    """Name, architecture axes, parameters and MACs at the family's input size."""
+    if isinstance(model, str):
+        import torch
+        name, spec = model, resolve(model, **overrides)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            net = ResNet(spec)
+    else:
+        name, spec, net = getattr(model, "model_name", None), model.spec, model
+    cx = complexity(net)
+    return {"name": name, "family": spec.family, "depth": spec.total_depth, "block": spec.block,
+            "shortcut": spec.shortcut, "preact": spec.preact, "width": spec.width,
+            "stages": list(spec.stage_depths), "params": cx.params, "macs": cx.macs,
+            "input_size": cx.input_size}
+
+
+# -- the presets -------------------------------------------------------------------------------
+# He 2016a Sec. 4.2 / Table 6: CIFAR nets with option A, and their plain twins.
+for _d in (20, 32, 44, 56, 110, 1202):
+    register_model(f"resnet{_d}", ArchSpec(family="cifar", depth=_d, shortcut="A"))
+    register_model(f"plain{_d}", ArchSpec(family="cifar", depth=_d, shortcut="none"))
+# He 2016b Table 1/2: pre-activation CIFAR nets; 164 and 1001 are bottleneck nets.
+for _d in (20, 32, 44, 56, 110):
+    register_model(f"preact-resnet{_d}", ArchSpec(family="cifar", depth=_d, shortcut="A", preact=True))
+for _d in (164, 1001):
+    register_model(f"resnet{_d}", ArchSpec(family="cifar", depth=_d, block="bottleneck", shortcut="B"))
+    register_model(f"preact-resnet{_d}", ArchSpec(family="cifar", depth=_d, block="bottleneck",
+                                                  shortcut="B", preact=True))
+# He 2016a Table 1/3: ImageNet nets with option B (torchvision's), plain 18/34 (Fig. 4).
+for _d, (_block, _) in IMAGENET_DEPTHS.items():
+    register_model(f"resnet{_d}", ArchSpec(family="imagenet", depth=_d, block=_block, shortcut="B"))
+for _d in (18, 34):
+    register_model(f"plain{_d}", ArchSpec(family="imagenet", depth=_d, shortcut="none"))
+# The tutorial this project started from (shared/seed/resnet-tutorial.md), bugs fixed:
+#  1. the downsampling block's forward returned nothing; it now returns its output;
+#  2. `x.size() is not out.size()` was always true, so every block projected its shortcut; a
+#     projection now sits only where the shape changes (option B);
+#  3. `out.view(self.batch_size, -1)` hard-coded the batch size; the head flattens instead;
+#  4. `AvgPool2d(7, 1)` fixed the input at 224x224; the head pools adaptively;
+#  5. there was no batch norm; every conv is followed by BN, and convs drop their bias;
+#  6. a ReLU ended each branch before the addition and none followed it; the block is now the
+#     paper's post-activation block.
+# Its stage layout stays: stages [3, 4, 6, 3] of bottlenecks, downsampling at the end of stages
+# 1-3 by a stride-2 first 1x1 conv (downsample="last"), 2 classes.
+register_model("seed", ArchSpec(family="seed", depth=None, stages=(3, 4, 6, 3), block="bottleneck",
+                                 shortcut="B", downsample="last"))

@@ -1,0 +1,220 @@
+"""MLflow, used directly through `MlflowClient`: one run per training run, named axes as tags.
+
+The contract every producer (trainer, study) and consumer (figures, status) relies on:
+
+* tags (strings; booleans as "true"/"false"): family, depth, block, shortcut, preact, width, seed,
+  model, plus from a study: ablation, study, stage (search | confirm | train), variant, trial;
+  diverged ("true"/"false") on every finished training run.
+* params: the same axes and the flattened recipe and data config (see `flatten`).
+* metrics with step = epoch (1-based): train_loss, train_error, val_loss, val_error, test_loss,
+  test_error, lr, epoch_seconds, images_per_second, iteration; errors are fractions in [0, 1].
+  layer_response_std with step = the 3x3 layer's index (He 2016a Fig. 7).
+* artifacts: config.json, complexity.json, layer_responses.json, model.pt (final state_dict).
+
+A run always ends FINISHED, FAILED or KILLED: `tracked_run` maps exceptions, Ctrl-C and SIGTERM
+to a terminal status, and the study runner closes runs of workers that died by SIGKILL.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from models.spec import ArchSpec, ConfigError
+
+AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed")
+DEFAULT_RESULTS = "results"
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS))
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite store under results/ (MLflow 3's default kind)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir() / 'mlflow.db').resolve()}"
+
+
+def redact(url: str) -> str:
+    """`scheme://user:secret@host` -> `scheme://user:***@host`: credentials never reach logs."""
+    return re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1:***@", str(url))
+
+
+def fmt(value) -> str:
+    """The string form used for tags and params: lowercase booleans, compact numbers and lists."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return ",".join(fmt(v) for v in value)
+    return str(value)
+
+
+def axis_tags(spec: ArchSpec, seed: int) -> dict[str, str]:
+    """The axes every run is tagged with, so the MLflow UI can filter and group on them."""
+    values = {"family": spec.family, "depth": spec.total_depth, "block": spec.block,
+              "shortcut": spec.shortcut, "preact": spec.preact, "width": spec.width, "seed": seed}
+    return {k: fmt(v) for k, v in values.items()}
+
+
+def variant_name(spec: ArchSpec) -> str:
+    """A readable, unique name of an architecture, e.g. 'cifar-d20-basic-A-post-w1'."""
+    name = (f"{spec.family}-d{spec.total_depth}-{spec.block}-{spec.shortcut}-"
+            f"{'pre' if spec.preact else 'post'}-w{fmt(spec.width)}")
+    if spec.stages is not None and spec.family != "cifar":
+        name += "-s" + "x".join(map(str, spec.stage_depths))
+    if spec.downsample != "first":
+        name += f"-down{spec.downsample}"
+    if spec.zero_init_last:
+        name += "-zinit"
+    return name
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'} (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = fmt(v) if v is not None else "none"
+    return out
+
+
+def client(uri: str | None = None):
+    """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line."""
+    from mlflow.tracking import MlflowClient
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    c = MlflowClient(tracking_uri=uri)
+    try:
+        c.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot reach the MLflow tracking store {redact(uri)}: {redact(msg)[:200]}; "
+                          "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    return c
+
+
+def get_or_create_experiment(c, name: str) -> str:
+    """The experiment id of `name`, created if needed; safe when several workers race to create it."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = c.tracking_uri
+    location = None
+    if uri.startswith("sqlite:///"):  # keep artifacts beside the local store, not in the CWD
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location and f"{location}/{name}")
+    except Exception:  # noqa: BLE001 - another worker created it first
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def ui_link(c, experiment_id: str) -> str:
+    """Where runs, charts and group-by live in MLflow 3's UI (it opens in the GenAI view)."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+class Tracker:
+    """One MLflow run, written through the client (no global active run)."""
+
+    def __init__(self, c, run_id: str) -> None:
+        self.client, self.run_id = c, run_id
+
+    @classmethod
+    def start(cls, c, experiment: str, run_name: str, tags: dict | None = None,
+              parent_run_id: str | None = None) -> "Tracker":
+        exp_id = get_or_create_experiment(c, experiment)
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = c.create_run(exp_id, run_name=run_name, tags={k: fmt(v) for k, v in tags.items()})
+        return cls(c, run.info.run_id)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+        self.client.log_batch(self.run_id, tags=[RunTag(k, fmt(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        import time
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_metric_series(self, key: str, values: list[float]) -> None:
+        """One metric over steps 0..n-1 (e.g. the response std of each layer)."""
+        import time
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, i) for i, v in enumerate(values)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_dict(self, obj, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
+
+    def log_state_dict(self, state_dict: dict, artifact_file: str = "model.pt") -> None:
+        import torch
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / artifact_file
+            torch.save(state_dict, path)
+            self.client.log_artifact(self.run_id, str(path))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so the run can be closed as KILLED."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` for the duration (main thread only)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
+    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM), never RUNNING."""
+    try:
+        with sigterm_raises():
+            yield tracker
+    except (KeyboardInterrupt, Terminated):
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    else:
+        tracker.end("FINISHED")
