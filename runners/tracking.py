@@ -5,7 +5,8 @@ The contract every producer (trainer, study) and consumer (figures, status) reli
 * tags (strings; booleans as "true"/"false"): family, depth, block, shortcut, preact, width, seed,
   model, plus from a study: ablation, study, stage (search | confirm | train), variant, trial;
   diverged ("true"/"false") on every finished training run.
-* params: the same axes and the flattened recipe and data config (see `flatten`).
+* params (`run_params`): the axes and `model` unprefixed, then arch.*, train.*, data.*,
+  num_params and macs.
 * metrics with step = epoch (1-based): train_loss, train_error, val_loss, val_error, test_loss,
   test_error, lr, epoch_seconds, images_per_second, iteration; errors are fractions in [0, 1].
   layer_response_std with step = the 3x3 layer's index (He 2016a Fig. 7).
@@ -74,6 +75,24 @@ def variant_name(spec: ArchSpec) -> str:
     if spec.zero_init_last:
         name += "-zinit"
     return name
+
+
+def run_params(spec: ArchSpec, train_cfg, data_cfg, *, model_name: str | None = None,
+               params: int | None = None, macs: int | None = None) -> dict[str, str]:
+    """The params of a training run: the axes and `model` unprefixed (as the tags), the rest of
+    the architecture as `arch.*`, the recipe as `train.*` and the data as `data.*`."""
+    import dataclasses
+    arch = spec.as_dict()
+    out = dict(axis_tags(spec, train_cfg.seed))
+    out["model"] = model_name or variant_name(spec)
+    out.update(flatten({k: v for k, v in arch.items() if k not in AXES}, "arch."))
+    out.update(flatten({k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "seed"}, "train."))
+    out.update(flatten(dataclasses.asdict(data_cfg), "data."))
+    if params is not None:
+        out["num_params"] = str(params)
+    if macs is not None:
+        out["macs"] = str(macs)
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
