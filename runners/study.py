@@ -1,0 +1,486 @@
+"""Ablation studies under Optuna: set a study up, run its trials, report its status.
+
+Layout in Optuna (one storage, see runners/storage.py):
+* study `<name>`: the confirmation trials, one per (variant, seed) grid cell, enqueued once. They
+  are never pruned and are the only trials the figures use.
+* with `search:`, one study `<name>:search:<variant>` per variant, holding exactly
+  `trials_per_variant` enqueued trials that TPE fills in; the median pruner compares a trial only
+  with its own variant's. When a variant's search is over, its cells are enqueued at its best
+  hyperparameters (selected on the validation split).
+
+Layout in MLflow: one experiment per study, one parent run per study, one child run per trial
+(`mlflow.parentRunId`), tagged with the axes, `stage`, `variant`, `study` and `trial`. The Optuna
+trial stores `mlflow_run_id`.
+
+Workers claim WAITING trials atomically (Optuna's own compare-and-set on the trial state), so any
+number of them, on any number of machines, run each trial once. A trial whose worker died is
+failed and re-enqueued with the same cell and checkpoint directory, so its retry resumes from the
+last epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import mean, stdev
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from models.spec import ConfigError
+from .storage import (Heartbeat, default_storage, fail_stale_trials, is_database, open_storage, setup_lock,
+                      worker_id)
+from .studyspec import StudySpec, Variant, load_spec
+from .tracking import (Terminated, Tracker, client, default_tracking_uri, fmt, redact, results_dir,
+                       sigterm_raises, tracked_run, ui_link)
+
+CONFIRM, SEARCH = "confirm", "search"
+CELL_ATTRS = ("stage", "variant", "seed", "cell", "hparams", "checkpoint")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class StudyRunner:
+    """One process's view of a study: its stores, its device, and the trial loop."""
+
+    def __init__(self, spec: StudySpec, *, storage: str | None = None, tracking_uri: str | None = None,
+                 device: str = "auto", threads: int | None = None, checkpoint_root: str | None = None,
+                 heartbeat: int = 30, poll: float = 2.0, track: bool = True) -> None:
+        self.spec = spec
+        self.storage_url = storage or default_storage(spec.name)
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.device, self.threads, self.poll = device, threads, poll
+        self.checkpoint_root = Path(checkpoint_root or results_dir() / "checkpoints") / spec.name
+        # Checked before the Optuna storage is touched: an unreachable store writes nothing anywhere.
+        self.mlflow = client(self.tracking_uri) if track else None
+        self.storage = open_storage(self.storage_url, heartbeat=heartbeat, on_stale=self._requeue)
+        self._dataset = None
+
+    # -- studies -----------------------------------------------------------------------------
+    def _study(self, name: str, search: bool = False) -> optuna.Study:
+        pruner = optuna.pruners.NopPruner()
+        if search and self.spec.search.pruner == "median":
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.search.startup_trials)
+        return optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
+                                   load_if_exists=True, pruner=pruner,
+                                   sampler=optuna.samplers.TPESampler() if search else None)
+
+    def main_study(self) -> optuna.Study:
+        return self._study(self.spec.name)
+
+    def search_study(self, variant: Variant) -> optuna.Study:
+        return self._study(f"{self.spec.name}:search:{variant.key}", search=True)
+
+    def all_studies(self) -> list[optuna.Study]:
+        studies = [self.main_study()]
+        if self.spec.search:
+            studies += [self.search_study(v) for v in self.spec.variants]
+        return studies
+
+    def exists(self) -> bool:
+        return any(s.study_name == self.spec.name for s in optuna.get_all_study_summaries(self.storage))
+
+    # -- setup (idempotent, under a lock) ----------------------------------------------------
+    def setup(self) -> None:
+        with setup_lock(self.storage_url, self.spec.name):
+            main = self.main_study()
+            fingerprint = main.user_attrs.get("fingerprint")
+            if fingerprint not in (None, self.spec.fingerprint):
+                raise ConfigError(f"study {self.spec.name!r} already exists in {redact(self.storage_url)} with a "
+                                  "different spec; rerun with the same spec and --set values, or rename the study")
+            if fingerprint is None:
+                main.set_user_attr("fingerprint", self.spec.fingerprint)
+                main.set_user_attr("spec", self.spec.resolved)
+            if "mlflow_parent_run_id" not in main.user_attrs:
+                parent = Tracker.start(self.mlflow, self.spec.name, run_name=self.spec.name,
+                                       tags={"ablation": self.spec.name, "study": self.spec.name, "stage": "study",
+                                             "storage": redact(self.storage_url), **git_tags()})
+                parent.log_params({"spec": self.spec.path, "variants": len(self.spec.variants),
+                                   "seeds": fmt(list(self.spec.seeds)), "search": self.spec.search is not None,
+                                   "fingerprint": self.spec.fingerprint})
+                parent.log_dict(self.spec.resolved, "spec.json")
+                main.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            if self.spec.search is None:
+                for v in self.spec.variants:
+                    self._enqueue_cells(main, v, {})
+            else:
+                for v in self.spec.variants:
+                    study = self.search_study(v)
+                    originals = [t for t in study.get_trials(deepcopy=False) if "retry_of" not in t.user_attrs]
+                    for _ in range(self.spec.search.trials_per_variant - len(originals)):
+                        study.enqueue_trial({}, user_attrs={"stage": SEARCH, "variant": v.key,
+                                                            "seed": self.spec.seeds[0]})
+
+    def _enqueue_cells(self, main: optuna.Study, v: Variant, hparams: dict) -> None:
+        present = {t.user_attrs.get("cell") for t in main.get_trials(deepcopy=False)}
+        for seed in self.spec.seeds:
+            cell = f"{v.key}/seed={seed}"
+            if cell not in present:
+                main.enqueue_trial({}, user_attrs={
+                    "stage": CONFIRM, "variant": v.key, "seed": seed, "cell": cell, "hparams": hparams,
+                    "checkpoint": str(self.checkpoint_root / CONFIRM / v.key / f"seed{seed}")})
+
+    def _enqueue_ready_cells(self) -> bool:
+        """Enqueue the cells of each variant whose search is over; True if any were added."""
+        main = self.main_study()
+        present = {t.user_attrs.get("variant") for t in main.get_trials(deepcopy=False)}
+        added = False
+        for v in self.spec.variants:
+            if v.key in present:
+                continue
+            trials = self.search_study(v).get_trials(deepcopy=False)
+            if not trials or any(t.state not in FINISHED for t in trials):
+                continue
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            if not complete:
+                continue  # every trial failed: `ablate status` shows it; nothing to confirm
+            best = min(complete, key=lambda t: t.value)
+            with setup_lock(self.storage_url, self.spec.name):
+                main.set_user_attr(f"best:{v.key}", {"trial": best.number, "value": best.value,
+                                                      "params": best.params})
+                self._enqueue_cells(main, v, best.params)
+            added = True
+        return added
+
+    # -- the worker loop ---------------------------------------------------------------------
+    def work(self) -> int:
+        """Run trials until none are left; exit status 1 if any trial failed with an error."""
+        failed = 0
+        while True:
+            studies = self.all_studies()
+            for s in studies:
+                fail_stale_trials(s, self._requeue)
+            claimed = self._claim(studies)
+            if claimed is not None:
+                failed += not self._run(*claimed)
+                continue
+            if self.spec.search and self._enqueue_ready_cells():
+                continue
+            if any(s.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+                   for s in studies):
+                time.sleep(self.poll)  # others are still training; a dead one will be retried here
+                continue
+            break
+        self.end_parent("FINISHED")
+        return 1 if failed else 0
+
+    def _claim(self, studies) -> tuple[optuna.Study, optuna.Trial] | None:
+        for study in studies:  # confirmation cells first: they are the results
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                try:
+                    if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                        trial = optuna.trial.Trial(study, t._trial_id)
+                        trial.set_user_attr("worker", worker_id())
+                        return study, trial
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue
+        return None
+
+    def dataset(self, device: str | None = None):
+        """The study's data, loaded once per worker onto its device."""
+        if self._dataset is None:
+            from .data import load_dataset
+            from .trainer import resolve_device
+            self._dataset = load_dataset(self.spec.dataset, resolve_device(device or self.device))
+        return self._dataset
+
+    def _run(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        from .trainer import train
+        attrs = study._storage.get_trial(trial._trial_id).user_attrs
+        stage, v, seed = attrs["stage"], self.spec.variant(attrs["variant"]), attrs["seed"]
+        if stage == SEARCH:
+            hparams = {name: _suggest(trial, name, dist) for name, dist in self.spec.search.space.items()}
+            checkpoint = attrs.get("checkpoint") or str(self.checkpoint_root / SEARCH / v.key / f"trial{trial.number}")
+            trial.set_user_attr("checkpoint", checkpoint)
+        else:
+            hparams, checkpoint = attrs["hparams"], attrs["checkpoint"]
+        cfg = v.recipe(self.spec.train, seed=seed, device=self.device, threads=self.threads, **hparams)
+        tags = {"ablation": self.spec.name, "study": self.spec.name, "stage": stage, "variant": v.key,
+                "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
+                **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {}), **git_tags()}
+        run_name = f"{v.key}/seed={seed}" if stage == CONFIRM else f"search/{v.key}/trial{trial.number}"
+        tracker = Tracker.start(self.mlflow, self.spec.name, run_name, tags=tags,
+                                parent_run_id=self.main_study().user_attrs["mlflow_parent_run_id"])
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        resumed = Path(checkpoint).exists() and any(Path(checkpoint).iterdir())
+        trial.set_user_attr("resumed", resumed)
+
+        def report(epoch: int, metrics: dict) -> None:  # search trials only: confirmations never prune
+            if metrics.get("val_error") is not None:
+                trial.report(metrics["val_error"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+        pruned = False
+        try:
+            with Heartbeat(study, trial._trial_id), tracked_run(tracker):
+                try:
+                    result = train(v.arch, cfg, self.dataset(), tracker=tracker, checkpoint_dir=checkpoint,
+                                   on_epoch=report if stage == SEARCH else None, model_name=v.model_name)
+                except optuna.TrialPruned:
+                    pruned = True
+                    tracker.set_tags({"pruned": "true"})
+        except (KeyboardInterrupt, Terminated):
+            # Interrupted: fail the trial and enqueue its retry now, so the rerun resumes it.
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                self._requeue(study, study._storage.get_trial(trial._trial_id))
+            raise
+        except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"ablate: trial {trial.number} ({run_name}) failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return False
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            final = result.final
+            diverged = result.status == "diverged"
+            # The objective is the final validation error (never test); a diverged trial counts as
+            # chance-or-worse so the search learns to avoid its region.
+            value = final.get("val_error", final.get("train_error"))
+            if diverged or value is None or not math.isfinite(value):
+                value = 1.0
+            trial.set_user_attr("diverged", diverged)
+            trial.set_user_attr("epochs", result.epochs)
+            for k in ("train_error", "val_error", "test_error"):
+                if final.get(k) is not None and math.isfinite(final[k]):
+                    trial.set_user_attr(f"final_{k}", final[k])
+            study.tell(trial, value)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the weights live in MLflow now
+        return True
+
+    def _requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Close a dead attempt's MLflow run and enqueue its retry (same cell, same checkpoint)."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and self.mlflow.get_run(run_id).info.status == "RUNNING":
+            self.mlflow.set_tag(run_id, "killed", "worker died")
+            self.mlflow.set_terminated(run_id, status="KILLED")
+        attrs = {k: trial.user_attrs[k] for k in CELL_ATTRS if k in trial.user_attrs}
+        study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
+
+    def end_parent(self, status: str) -> None:
+        """FINISHED when every trial has ended; KILLED when `ablate run` stops before that."""
+        run_id = self.main_study().user_attrs.get("mlflow_parent_run_id")
+        if not run_id:
+            return
+        if status == "FINISHED" and not self.is_done():
+            return
+        if self.mlflow.get_run(run_id).info.status != status:
+            self.mlflow.set_terminated(run_id, status=status)
+
+    def reopen_parent(self) -> None:
+        run_id = self.main_study().user_attrs.get("mlflow_parent_run_id")
+        if run_id and self.mlflow.get_run(run_id).info.status != "RUNNING":
+            self.mlflow.update_run(run_id, status="RUNNING")
+
+    def is_done(self) -> bool:
+        studies = self.all_studies()
+        if any(s.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) for s in studies):
+            return False
+        present = {t.user_attrs.get("variant") for t in studies[0].get_trials(deepcopy=False)}
+        if not self.spec.search:
+            return True
+        return all(v.key in present or not any(t.state == TrialState.COMPLETE for t in self.search_study(v).trials)
+                   for v in self.spec.variants)
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> list[dict]:
+        main = self.main_study()
+        rows = []
+        for v in self.spec.variants:
+            confirm = [t for t in main.get_trials(deepcopy=False) if t.user_attrs.get("variant") == v.key]
+            search = self.search_study(v).get_trials(deepcopy=False) if self.spec.search else []
+            trials = confirm + search
+            errors = [t.user_attrs["final_test_error"] for t in confirm
+                      if t.state == TrialState.COMPLETE and "final_test_error" in t.user_attrs
+                      and not t.user_attrs.get("diverged")]
+            count = {s: sum(t.state == s for t in trials) for s in TrialState}
+            rows.append({
+                "variant": v.key, "cells": len(self.spec.seeds),
+                "complete": count[TrialState.COMPLETE], "running": count[TrialState.RUNNING],
+                "waiting": count[TrialState.WAITING], "pruned": count[TrialState.PRUNED],
+                "failed": count[TrialState.FAIL],
+                "diverged": sum(bool(t.user_attrs.get("diverged")) for t in trials),
+                "search": f"{sum(t.state in FINISHED for t in search)}/{len(search)}" if self.spec.search else "-",
+                "best_test_error": min(errors) if errors else None,
+                "mean_test_error": mean(errors) if errors else None,
+                "std_test_error": stdev(errors) if len(errors) > 1 else None,
+                "n": len(errors)})
+        return rows
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: dict):
+    if "choices" in dist:
+        return trial.suggest_categorical(name, dist["choices"])
+    if isinstance(dist["low"], int) and isinstance(dist["high"], int) and name == "batch_size":
+        return trial.suggest_int(name, dist["low"], dist["high"], log=bool(dist.get("log")))
+    return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
+
+
+def git_tags() -> dict:
+    """The commit the code ran at, under MLflow's own tag (shown in its UI)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return {"mlflow.source.git.commit": sha} if sha else {}
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _common(p) -> None:
+    p.add_argument("spec", help="the study spec, e.g. ablations/degradation.yaml")
+    p.add_argument("--storage", help="Optuna storage: a journal file path (default: results/optuna/<name>.journal) "
+                                     "or a database URL such as postgresql://user:pass@host/db")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _execution(p) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or results/mlflow.db)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--checkpoint-dir", help="where trials checkpoint (shared storage when workers are on "
+                                            "several machines); default results/checkpoints")
+    p.add_argument("--heartbeat", type=int, default=30, help="seconds between heartbeats on a database "
+                                                             "storage; a trial is retried after 3 missed")
+    p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+
+
+def add_run_arguments(p) -> None:
+    _common(p)
+    _execution(p)
+    p.add_argument("--workers", type=int, help="worker processes on this host (default: one per GPU, else 1)")
+    p.add_argument("--workers-per-gpu", type=int, default=1, help="small CIFAR nets leave a GPU mostly idle")
+
+
+def add_worker_arguments(p) -> None:
+    _common(p)
+    _execution(p)
+    p.add_argument("--threads", type=int, help="CPU threads for this worker (default: all cores)")
+
+
+def add_status_arguments(p) -> None:
+    _common(p)
+    p.add_argument("--json", action="store_true")
+
+
+def _runner(args, **kw) -> StudyRunner:
+    spec = load_spec(args.spec, args.overrides)
+    return StudyRunner(spec, storage=args.storage, tracking_uri=getattr(args, "tracking_uri", None),
+                       device=getattr(args, "device", "auto"), checkpoint_root=getattr(args, "checkpoint_dir", None),
+                       heartbeat=getattr(args, "heartbeat", 30), poll=getattr(args, "poll", 2.0), **kw)
+
+
+def worker_command(args) -> int:
+    runner = _runner(args, threads=args.threads)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    runner.dataset()  # a missing dataset fails here, before anything is written
+    runner.setup()
+    with sigterm_raises():
+        try:
+            return runner.work()
+        except Terminated:
+            return 143
+
+
+def run_command(args) -> int:
+    import torch
+    spec = load_spec(args.spec, args.overrides)
+    gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
+    workers = args.workers or max(1, gpus * args.workers_per_gpu)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)
+    runner = _runner(args, threads=threads)
+    # A missing dataset fails here, before anything is written. Spawned workers load their own
+    # copy, so this one stays on the CPU.
+    runner.dataset(device=None if workers == 1 else "cpu")
+    runner.setup()
+    runner.reopen_parent()
+    storage, uri = runner.storage_url, runner.tracking_uri
+    print(f"study {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds"
+          + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
+          + f"; {workers} worker(s); storage {redact(storage)}")
+    try:
+        with sigterm_raises():
+            if workers == 1:
+                if threads:
+                    torch.set_num_threads(threads)
+                code = runner.work()
+            else:
+                code = _spawn_workers(args, workers, gpus, threads, storage, uri)
+    except (KeyboardInterrupt, Terminated):
+        runner.end_parent("KILLED")
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    runner.end_parent("FINISHED")
+    _print_status(runner.status())
+    exp = runner.mlflow.get_experiment_by_name(spec.name)
+    print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open "
+          f"http://127.0.0.1:5000/{ui_link(runner.mlflow, exp.experiment_id)}")
+    return code
+
+
+def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
+    procs = []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "runners.cli", "worker", args.spec, "--storage", storage,
+               "--tracking-uri", uri, "--device", "cuda" if gpus else args.device,
+               "--heartbeat", str(args.heartbeat), "--poll", str(args.poll)]
+        cmd += [f"--set={o}" for o in args.overrides]
+        if args.checkpoint_dir:
+            cmd += ["--checkpoint-dir", args.checkpoint_dir]
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:
+            cmd += ["--threads", str(threads)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        return max(p.wait() for p in procs)
+    except BaseException:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+
+
+def status_command(args) -> int:
+    import json
+    spec = load_spec(args.spec, args.overrides)
+    url = args.storage or default_storage(spec.name)
+    if not is_database(url) and not Path(url).exists():
+        raise ConfigError(f"no study storage at {url}; start the study with `ablate run {args.spec}`")
+    runner = StudyRunner(spec, storage=url, track=False)
+    if not runner.exists():
+        raise ConfigError(f"no study named {spec.name!r} in {redact(runner.storage_url)}; "
+                          f"start it with `ablate run {args.spec}`")
+    rows = runner.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_status(rows)
+    return 0
+
+
+def _print_status(rows: list[dict]) -> None:
+    def err(r):
+        if r["mean_test_error"] is None:
+            return "-"
+        std = f" ± {r['std_test_error']:.4f}" if r["std_test_error"] is not None else ""
+        return f"{r['mean_test_error']:.4f}{std} (n={r['n']}, best {r['best_test_error']:.4f})"
+    cols = ["variant", "search", "complete", "running", "waiting", "pruned", "failed", "diverged"]
+    table = [[str(r[c]) for c in cols] + [err(r)] for r in rows]
+    header = cols + ["test error"]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for t in table:
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))

@@ -1,0 +1,267 @@
+"""Ablation study specs (ablations/*.yaml): load, override, validate, expand into variants.
+
+A spec is plain YAML read with `yaml.safe_load`; no string in it is ever evaluated. Every error
+names the file, the field and what is allowed, and is raised before anything is created in a
+store. The format is documented in ablations/README.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.registry import resolve
+from models.spec import ArchSpec, ConfigError
+from .config import DataConfig, TrainConfig, coerce, from_mapping
+from .tracking import fmt, variant_name
+
+TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds")
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ArchSpec))
+BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
+# Hyperparameters a search may tune: the recipe's numeric fields.
+SEARCHABLE = {"lr": float, "weight_decay": float, "momentum": float, "batch_size": int,
+              "warmup_lr": float, "gamma": float}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One cell of the model grid: an architecture and the recipe overrides that go with it."""
+
+    key: str  # unique, readable: 'cifar-d20-basic-A-post-w1' (+ '+warmup=true' for overrides)
+    arch: ArchSpec
+    train_overrides: tuple[tuple[str, Any], ...] = ()
+    model_name: str | None = None
+
+    def recipe(self, base: TrainConfig, **hparams) -> TrainConfig:
+        return dataclasses.replace(base, **dict(self.train_overrides), **hparams).validate()
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    trials_per_variant: int
+    space: dict  # name -> {"low", "high", "log"} or {"choices": [...]}
+    pruner: str = "median"  # median | none; prunes only among trials of the same variant
+    startup_trials: int = 3  # trials before the median pruner may prune
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    path: str
+    dataset: DataConfig
+    train: TrainConfig
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    search: SearchSpec | None
+    resolved: dict  # the spec after --set overrides, as logged to MLflow
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when anything that defines the trials changes (checked on resume)."""
+        body = {k: v for k, v in self.resolved.items() if k != "description"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def variant(self, key: str) -> Variant:
+        return next(v for v in self.variants if v.key == key)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read, override (`key.path=value`) and validate a study spec."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"spec file {path} not found; the shipped specs are in ablations/")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a spec is a mapping with fields {', '.join(TOP_LEVEL)}")
+    for item in overrides:
+        apply_override(raw, item, path)
+    return parse_spec(raw, str(path))
+
+
+def apply_override(raw: dict, item: str, path) -> None:
+    """`train.epochs=3` sets raw['train']['epochs'] = 3; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty component in key {key!r}")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else None
+        if isinstance(node, dict):
+            nxt = node.setdefault(part, {})
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping in {path}")
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {item!r}: {last!r} is not an index of the list at {key}")
+        node[int(last)] = parsed
+    elif isinstance(node, dict) and "model" == parts[0] and isinstance(raw.get("model"), list):
+        raise ConfigError(f"--set {item!r}: model is a list in {path}; index it, e.g. model.0.{last}")
+    else:
+        node[last] = parsed
+
+
+def parse_spec(raw: dict, where: str) -> StudySpec:
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(TOP_LEVEL)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"{where}: name must be a word of letters, digits, '-', '_' or '.', got {name!r}")
+    dataset = _parse_dataset(raw.get("dataset"), where)
+    train = from_mapping(TrainConfig, _mapping(raw.get("train"), f"{where}: train"), f"{where}: train")
+    if "model" not in raw:
+        raise ConfigError(f"{where}: model is required (the grid of architectures to compare)")
+    grids = raw["model"] if isinstance(raw["model"], list) else [raw["model"]]
+    variants: dict[str, Variant] = {}
+    for i, grid in enumerate(grids):
+        label = f"{where}: model" + (f".{i}" if isinstance(raw["model"], list) else "")
+        for v in _expand_grid(_mapping(grid, label), label, train):
+            variants.setdefault(v.key, v)
+    seeds = _parse_seeds(raw.get("seeds", [0]), where)
+    search = _parse_search(raw.get("search"), where, dataset)
+    resolved = dict(raw, dataset=dataclasses.asdict(dataset))
+    return StudySpec(name=name, path=where, dataset=dataset, train=train, variants=tuple(variants.values()),
+                     seeds=seeds, search=search, resolved=resolved)
+
+
+def _mapping(value, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return value
+
+
+def _parse_dataset(value, where: str) -> DataConfig:
+    if isinstance(value, str):
+        value = {"name": value}
+    cfg = from_mapping(DataConfig, _mapping(value, f"{where}: dataset"), f"{where}: dataset")
+    if cfg.name not in BUILTIN_DATASETS:
+        root = Path(cfg.name)
+        missing = [d for d in ("train", "test") if not (root / d).is_dir()]
+        if missing:
+            raise ConfigError(f"{where}: dataset.name {cfg.name!r} is not one of {', '.join(BUILTIN_DATASETS)} "
+                              f"nor an ImageFolder root with train/ and test/ (missing: {', '.join(missing)})")
+    return cfg
+
+
+def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
+    """Every combination of the list-valued fields of one model grid."""
+    allowed = ("name",) + ARCH_FIELDS + ("train",)
+    unknown = sorted(set(grid) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    overrides = _mapping(grid.get("train"), f"{where}.train")
+    # Validate the overrides as a whole recipe, so a typo fails here and not mid-study.
+    from_mapping(TrainConfig, {**_asdict_set(train), **overrides}, f"{where}.train")
+    axes = {}
+    for k, v in grid.items():
+        if k == "train":
+            continue
+        # `stages` is itself a list: only a list of lists sweeps it.
+        sweep = isinstance(v, list) and (k != "stages" or (v and isinstance(v[0], list)))
+        axes[k] = v if sweep else [v]
+        if sweep and not v:
+            raise ConfigError(f"{where}.{k}: an empty list leaves nothing to run")
+    names = list(axes)
+    variants = []
+    for combo in itertools.product(*(axes[n] for n in names)):
+        fields = dict(zip(names, combo))
+        base = fields.pop("name", None)
+        try:
+            arch = resolve(base, **_typed(fields)) if base else ArchSpec(**_typed(fields)).validate()
+        except ConfigError as e:
+            shown = ", ".join(f"{k}={fmt(v)}" for k, v in fields.items())
+            raise ConfigError(f"{where} ({shown}): {e}") from None
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        key = variant_name(arch) + "".join(f"+{k}={fmt(v)}" for k, v in sorted(overrides.items()))
+        variants.append(Variant(key=key, arch=arch, model_name=base,
+                                train_overrides=tuple(sorted(overrides.items()))))
+    return variants
+
+
+def _typed(fields: dict) -> dict:
+    """ArchSpec fields from a grid cell, type-checked (the dataclass itself does not check).
+    Stages without a depth define the depth."""
+    hints = {"depth": int | None, "width": float, "preact": bool, "zero_init_last": bool}
+    out = dict(fields)
+    for k, hint in hints.items():
+        if k in out:
+            out[k] = coerce(out[k], hint, k)
+    if "stages" in out and "depth" not in out:
+        out["depth"] = None
+    return out
+
+
+def _asdict_set(cfg: TrainConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _parse_seeds(value, where: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return tuple(range(value))  # `seeds: 3` means seeds 0, 1, 2
+    if (isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+            and len(set(value)) == len(value)):
+        return tuple(value)
+    raise ConfigError(f"{where}: seeds must be a list of distinct integers or a count, got {value!r}")
+
+
+def _parse_search(value, where: str, dataset: DataConfig) -> SearchSpec | None:
+    if value is None:
+        return None
+    value = _mapping(value, f"{where}: search")
+    allowed = ("trials_per_variant", "space", "pruner", "startup_trials")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: search: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    trials = value.get("trials_per_variant")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ConfigError(f"{where}: search.trials_per_variant must be a positive integer, got {trials!r}")
+    space = _mapping(value.get("space"), f"{where}: search.space")
+    if not space:
+        raise ConfigError(f"{where}: search.space is empty; give e.g. lr: {{low: 0.01, high: 0.4, log: true}}")
+    for name, dist in space.items():
+        at = f"{where}: search.space.{name}"
+        if name not in SEARCHABLE:
+            raise ConfigError(f"{at}: not a searchable hyperparameter; allowed: {', '.join(SEARCHABLE)}")
+        dist = _mapping(dist, at)
+        if "choices" in dist:
+            if set(dist) != {"choices"} or not isinstance(dist["choices"], list) or not dist["choices"]:
+                raise ConfigError(f"{at}: give choices: [a, b, ...] alone")
+            continue
+        extra = sorted(set(dist) - {"low", "high", "log"})
+        if extra or "low" not in dist or "high" not in dist:
+            raise ConfigError(f"{at}: give low, high and optionally log (or choices); got {sorted(dist)}")
+        low, high = (coerce(dist[k], SEARCHABLE[name], f"{at}.{k}") for k in ("low", "high"))
+        if not low < high or (dist.get("log") and low <= 0):
+            raise ConfigError(f"{at}: need 0 < low < high for a log scale and low < high always, got {low}, {high}")
+    pruner = value.get("pruner", "median")
+    if pruner not in ("median", "none"):
+        raise ConfigError(f"{where}: search.pruner must be median or none, got {pruner!r}")
+    if dataset.val_size <= 0:
+        raise ConfigError(f"{where}: a search selects on the validation split: set dataset.val_size > 0")
+    startup = value.get("startup_trials", 3)
+    return SearchSpec(trials_per_variant=trials, space=space, pruner=pruner, startup_trials=int(startup))
