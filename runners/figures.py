@@ -124,6 +124,8 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
             ax.set_xlabel("iteration" if x == "iteration" else "epoch")
             ax.legend(loc="upper right")
         axes[0].set_ylabel("error (%)")
+        # The first epochs sit near chance (90%); clip them, as Fig. 6 does, so the gaps that
+        # matter (a few points at the end) stay visible.
         axes[0].set_ylim(0, min(100.0, 1.5 * max(tops, default=50)) or 100)
         if any(r.diverged for v in variants for r in study.by_variant[v]):
             axes[0].plot([], [], "x:", color="0.3", label="diverged run (not in mean)")
