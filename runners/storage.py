@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import socket
 import threading
@@ -27,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from models.spec import ConfigError
+from .database import advisory_lock, check_database
 from .tracking import redact, results_dir
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -48,10 +48,13 @@ def open_storage(url: str, *, heartbeat: int = 30, on_stale: Callable | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         return JournalStorage(JournalFileBackend(str(path)))
+    check_database(url, "the Optuna storage", "check the host, the credentials and that the database exists")
+    lock = advisory_lock(url, "optuna-schema") if url.startswith("postgresql") else contextlib.nullcontext()
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat, heartbeat_stale_trial_callback=on_stale)
+        with lock:  # N workers starting at once on an empty database create its tables once
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat, heartbeat_stale_trial_callback=on_stale)
     except Exception as e:  # noqa: BLE001 - driver errors vary; all mean "cannot use this store"
         raise ConfigError(f"cannot open the Optuna storage {redact(url)}: {_first_line(e)}; "
                           "check the host, the credentials and that the database exists") from None
@@ -66,18 +69,8 @@ def _first_line(e: Exception) -> str:
 def setup_lock(url: str, study_name: str) -> Iterator[None]:
     """Serialise study setup across processes and machines."""
     if url.startswith("postgresql"):
-        import sqlalchemy
-        key = int.from_bytes(hashlib.sha256(f"ablate:{study_name}".encode()).digest()[:8], "big", signed=True)
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        finally:
-            engine.dispose()
+        with advisory_lock(url, f"setup:{study_name}"):
+            yield
         return
     if is_database(url) and not url.startswith("sqlite:///"):
         # Other databases: no portable lock. Setup is still idempotent, only not race-free.

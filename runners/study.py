@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from models.spec import ConfigError
+from .database import check_database
 from .storage import (Heartbeat, default_storage, fail_stale_trials, is_database, open_storage, setup_lock,
                       worker_id)
 from .studyspec import StudySpec, Variant, load_spec
@@ -56,7 +57,10 @@ class StudyRunner:
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.device, self.threads, self.poll = device, threads, poll
         self.checkpoint_root = Path(checkpoint_root or results_dir() / "checkpoints") / spec.name
-        # Checked before the Optuna storage is touched: an unreachable store writes nothing anywhere.
+        # Both stores are checked before either is written to: a bad one leaves nothing behind.
+        if is_database(self.storage_url):
+            check_database(self.storage_url, "the Optuna storage",
+                           "check the host, the credentials and that the database exists")
         self.mlflow = client(self.tracking_uri) if track else None
         self.storage = open_storage(self.storage_url, heartbeat=heartbeat, on_stale=self._requeue)
         self._dataset = None

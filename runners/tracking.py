@@ -113,13 +113,32 @@ def client(uri: str | None = None):
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    c = MlflowClient(tracking_uri=uri)
+    is_db = "://" in uri and not uri.startswith(("sqlite", "http://", "https://", "file:", "databricks"))
+    if is_db:
+        from .database import check_database
+        check_database(uri, "the MLflow tracking store", "check --tracking-uri / MLFLOW_TRACKING_URI")
+    # An unreachable server would otherwise be retried with backoff for minutes.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     try:
-        c.search_experiments(max_results=1)
+        c = MlflowClient(tracking_uri=uri)
+        if uri.startswith("postgresql"):
+            # The first client on an empty database creates MLflow's schema: once, not N times.
+            from .database import advisory_lock
+            with advisory_lock(uri, "mlflow-schema"):
+                c.search_experiments(max_results=1)
+        else:
+            c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(getattr(e, "orig", None) or e).strip()
+        msg = text.splitlines()[0] if text else type(e).__name__
         raise ConfigError(f"cannot reach the MLflow tracking store {redact(uri)}: {redact(msg)[:200]}; "
                           "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
     return c
 
 
@@ -132,6 +151,11 @@ def get_or_create_experiment(c, name: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):  # keep artifacts beside the local store, not in the CWD
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    elif not uri.startswith(("http://", "https://", "databricks")):
+        # A database store (e.g. PostgreSQL) without a server: artifacts under results/, which
+        # must be a shared directory when workers run on several machines. A tracking server
+        # decides its own artifact root (--artifacts-destination).
+        location = (results_dir() / "mlartifacts").resolve().as_uri()
     try:
         return c.create_experiment(name, artifact_location=location and f"{location}/{name}")
     except Exception:  # noqa: BLE001 - another worker created it first

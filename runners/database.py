@@ -1,0 +1,52 @@
+"""SQL databases behind the Optuna storage and the MLflow store: fail fast, lock across machines."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Iterator
+
+from models.spec import ConfigError
+from .tracking import redact
+
+
+def check_database(url: str, what: str, fix: str) -> None:
+    """Connect once to a SQLAlchemy database URL, failing fast with one redacted line.
+
+    MLflow retries a failing database with backoff for ~100 s; a researcher with a typo in the
+    password should hear about it at once.
+    """
+    import sqlalchemy
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=_timeout(url))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001 - driver errors vary; all mean "cannot use this store"
+        text = str(getattr(e, "orig", None) or e).strip()
+        msg = text.splitlines()[0] if text else type(e).__name__
+        raise ConfigError(f"cannot reach {what} {redact(url)}: {redact(msg)[:300]}; {fix}") from None
+
+
+def _timeout(url: str) -> dict:
+    return {"connect_timeout": 10} if url.startswith("postgresql") else {}
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str, name: str) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock named `name`, held for the block.
+
+    Serialises what must happen once across every worker on every machine: creating the schema
+    of an empty database, and setting a study up.
+    """
+    import sqlalchemy
+    key = int.from_bytes(hashlib.sha256(f"ablate:{name}".encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=_timeout(url))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
