@@ -1,0 +1,297 @@
+"""Datasets held on the training device, augmented in whole batches (airbench's loader, generalised).
+
+    data = load_dataset(DataConfig("cifar10", val_size=5000), torch.device("cuda"))
+    x, y = data.batch(data.train, idx, generator)   # normalised, padded-cropped-flipped, on device
+
+Each split is decoded once into one uint8 tensor (N, 3, H, W) on the device; a training batch is
+a `randperm` slice of it, normalised and augmented there with the paper's recipe (He 2016a Sec.
+4.2: 4-pixel padding, random 32x32 crop, horizontal flip) as one gather: no per-image Python or
+PIL in the training loop.
+
+Sources (`DataConfig.name`):
+    cifar10, cifar100  torchvision's, downloaded into DataConfig.root on first use.
+    synthetic          generated, learnable and deterministic: 10 smooth class patterns plus
+                       noise, 32x32; `subset` training images (default 10,000), a fifth as many
+                       test images. For tests and smoke runs.
+    a path             an ImageFolder root with train/<class>/* and test/<class>/* images of one
+                       size. Decoded once and cached as uint8 under results/cache/.
+
+The validation split is carved from the training images (after `subset`), both fixed by
+`split_seed`, never by the training seed. Normalisation statistics come from the training split
+only (the validation and test images are never looked at).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.spec import ConfigError
+
+from .config import DataConfig
+
+TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+SYNTHETIC_TRAIN = 10_000  # default size of the synthetic training set
+SYNTHETIC_CLASSES = 10
+PAD = 4  # He 2016a Sec. 4.2: "4 pixels are padded on each side"
+
+
+@dataclass
+class Split:
+    """Images (N, 3, H, W) uint8 and labels (N,) int64, on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    # Positions in the source's training set (train and val splits), to prove the split; None for test.
+    indices: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.indices)
+
+
+@dataclass
+class Dataset:
+    """The three splits of one dataset on one device, and the training split's statistics."""
+
+    name: str  # short name for display: cifar10, synthetic, or the ImageFolder's folder name
+    train: Split
+    val: Split  # empty when val_size == 0
+    test: Split
+    classes: list[str]
+    mean: torch.Tensor  # float32, [0, 1] units: (3, H, W) per-pixel or (3, 1, 1) per-channel
+    std: torch.Tensor  # float32 (3, 1, 1); ones for per-pixel mean subtraction
+    config: DataConfig
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.images.device
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device), mean=self.mean.to(device), std=self.std.to(device))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float32 (N, 3, H, W), mean-subtracted (and scaled, per channel)."""
+        return (images.float().div_(255) - self.mean) / self.std
+
+    def batch(self, split: Split, idx: torch.Tensor,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `idx` of `split`, normalised; augmented when a generator is given and the
+        config asks for augmentation (training batches only)."""
+        x = self.normalize(split.images[idx])
+        if generator is not None and self.config.augment:
+            x = augment(x, generator)
+        return x, split.labels[idx]
+
+    def summary(self) -> str:
+        return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
+                f"{self.num_classes} classes, {self.input_size}x{self.input_size}, {self.config.normalize}")
+
+
+# -- augmentation ---------------------------------------------------------------------------------
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = PAD) -> torch.Tensor:
+    """Zero-pad by `pad`, take a random HxW crop and flip half the images, for the whole batch at once.
+
+    x is normalised, so the zero padding is the mean (fb.resnet.torch pads after normalising).
+    One gather does crop and flip together: the flipped crop reads its columns in reverse.
+    Returns (N, C, H, W) in channels_last memory format (the gather writes NHWC).
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # (N, C, H+2p, W+2p)
+    dev = x.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    flip = torch.randint(0, 2, (n,), generator=generator, device=dev).bool()
+    rows = dy[:, None] + torch.arange(h, device=dev)  # (N, H)
+    cols = dx[:, None] + torch.arange(w, device=dev)  # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n, device=dev)[:, None, None, None],  # (N, H, W, C) after broadcasting
+                 torch.arange(c, device=dev)[None, None, None, :],
+                 rows[:, :, None, None], cols[:, None, :, None]]
+    return out.permute(0, 3, 1, 2)  # (N, C, H, W) view, channels_last in memory
+
+
+# -- loading --------------------------------------------------------------------------------------
+def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
+    """Load, split and normalise `cfg`'s dataset and put it on `device`; ConfigError if impossible."""
+    cfg.validate()
+    if cfg.name == "synthetic":
+        name = "synthetic"
+        n = cfg.subset or SYNTHETIC_TRAIN
+        train_x, train_y, test_x, test_y, classes = synthetic(n, max(n // 5, 10))
+    elif cfg.name in TORCHVISION:
+        name = cfg.name
+        train_x, train_y, test_x, test_y, classes = _load_torchvision(cfg.name, cfg.root)
+    else:
+        path = Path(cfg.name).expanduser()
+        name = path.name
+        train_x, train_y, test_x, test_y, classes = _load_imagefolder(path)
+
+    n = len(train_y)
+    keep = n if cfg.subset is None else cfg.subset
+    if keep > n:
+        raise ConfigError(f"dataset.subset ({cfg.subset}) exceeds the {n} training images of {name}")
+    if cfg.val_size >= keep:
+        raise ConfigError(f"dataset.val_size ({cfg.val_size}) must be smaller than the {keep} training "
+                          f"images of {name}; lower --val-size")
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    perm = torch.randperm(n, generator=g)[:keep]
+    val_idx, train_idx = perm[:cfg.val_size].sort().values, perm[cfg.val_size:].sort().values
+    train = Split(train_x[train_idx], train_y[train_idx], train_idx)
+    val = Split(train_x[val_idx], train_y[val_idx], val_idx)
+    test = Split(test_x, test_y)
+    mean, std = _statistics(train.images, cfg.normalize)
+    data = Dataset(name, train, val, test, classes, mean, std, cfg)
+    return data.to(device)
+
+
+def _statistics(images: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean (the paper's) or per-channel mean and std of uint8 images, in [0, 1] units.
+
+    Summed in float64 chunks: a float copy of all 45k CIFAR images would take 550 MB.
+    """
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    squares = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for chunk in images.split(4096):
+        chunk = chunk.double() / 255
+        total += chunk.sum(0)
+        squares += chunk.square().sum(0)
+    n = images.shape[0]
+    if kind == "pixel_mean":
+        return (total / n).float(), torch.ones(3, 1, 1)
+    count = n * images.shape[2] * images.shape[3]
+    mean = total.sum((1, 2)) / count
+    std = (squares.sum((1, 2)) / count - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.float().view(3, 1, 1), std.float().view(3, 1, 1)
+
+
+def synthetic(n_train: int, n_test: int, size: int = 32):
+    """A learnable, deterministic 10-class problem: each class is a smooth random colour pattern
+    (4x4 noise upsampled to size x size); an image is its class pattern at a random contrast, plus
+    pixel noise. Translations and flips keep the class, so the paper's augmentation applies."""
+    g = torch.Generator().manual_seed(20160310)  # fixed: train and test share the class patterns
+    protos = F.interpolate(torch.rand(SYNTHETIC_CLASSES, 3, 4, 4, generator=g), size=size,
+                           mode="bicubic", align_corners=False).clamp(0, 1)  # (K, 3, S, S)
+
+    def sample(n: int, seed: int):
+        gs = torch.Generator().manual_seed(seed)
+        labels = torch.randperm(n, generator=gs) % SYNTHETIC_CLASSES
+        contrast = 0.35 + 0.3 * torch.rand(n, 1, 1, 1, generator=gs)
+        noise = torch.rand(n, 3, size, size, generator=gs)
+        x = contrast * protos[labels] + (1 - contrast) * noise
+        return (x * 255).round().clamp(0, 255).to(torch.uint8), labels.long()
+
+    train_x, train_y = sample(n_train, 1)
+    test_x, test_y = sample(n_test, 2)
+    return train_x, train_y, test_x, test_y, [f"class{k}" for k in range(SYNTHETIC_CLASSES)]
+
+
+def _load_torchvision(name: str, root: str):
+    import torchvision
+    cls = getattr(torchvision.datasets, TORCHVISION[name])
+    splits = []
+    for is_train in (True, False):
+        try:
+            ds = cls(root, train=is_train, download=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; a corrupt archive a RuntimeError
+            reason = (str(getattr(e, "reason", "") or e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise ConfigError(f"cannot get {name} into {root}/ ({reason}); offline? put {cls.filename} "
+                              f"(from {cls.url}) into {root}/ or give --data-root") from None
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
+        splits += [images, torch.tensor(ds.targets, dtype=torch.long)]
+    return (*splits, list(ds.classes))
+
+
+def _load_imagefolder(root: Path):
+    """Decode an ImageFolder root once; later loads read the uint8 cache (keyed by path, names,
+    sizes and modification times, so edited folders are decoded again)."""
+    hint = "an ImageFolder root holds train/<class>/<image> and test/<class>/<image>"
+    if not root.is_dir():
+        raise ConfigError(f"dataset path {root} does not exist; give cifar10, cifar100, synthetic or the "
+                          f"path of an ImageFolder root (it holds train/<class>/<image> and test/<class>/<image>)")
+    listing = {}
+    for split in ("train", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            raise ConfigError(f"{root} has no {split}/ folder; {hint}")
+        listing[split] = {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                          for d in sorted(folder.iterdir()) if d.is_dir()}
+    classes = sorted(listing["train"])
+    if not classes or not any(listing["train"].values()):
+        raise ConfigError(f"{root / 'train'} holds no class folders with images; {hint}")
+    unknown = sorted(set(listing["test"]) - set(classes))
+    if unknown:
+        raise ConfigError(f"{root / 'test'} has classes missing from train/: {', '.join(unknown[:5])}")
+
+    key = hashlib.sha1(str(root.resolve()).encode())
+    for split in ("train", "test"):
+        for cls_name, files in listing[split].items():
+            for f in files:
+                st = f.stat()
+                key.update(f"{split}/{cls_name}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    from .tracking import results_dir
+    cache = results_dir() / "cache" / f"imagefolder-{root.name}-{key.hexdigest()[:16]}.pt"
+    if cache.exists():
+        try:
+            d = torch.load(cache, weights_only=True)
+            return d["train_x"], d["train_y"], d["test_x"], d["test_y"], list(d["classes"])
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
+            pass
+    index = {c: i for i, c in enumerate(classes)}
+    train_x, train_y = _decode(listing["train"], index)
+    test_x, test_y = _decode(listing["test"], index)
+    if len(test_y) == 0:
+        raise ConfigError(f"{root / 'test'} holds no images; {hint}")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ConfigError(f"{root}: train images are {tuple(train_x.shape[2:])}, test images "
+                          f"{tuple(test_x.shape[2:])}; all images must have one size")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
+                    "classes": classes}, tmp)
+        tmp.replace(cache)
+    except OSError:
+        pass  # the cache is an optimisation: a read-only results/ must not stop training
+    return train_x, train_y, test_x, test_y, classes
+
+
+def _decode(listing: dict[str, list[Path]], index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) uint8 and (N,) labels; PIL decodes (torchvision.io's decoders are deprecated)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    images, labels = [], []
+    for cls_name, files in listing.items():
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    img = np.asarray(im.convert("RGB"))  # (H, W, 3)
+            except (OSError, UnidentifiedImageError) as e:
+                raise ConfigError(f"cannot decode {f}: {str(e).splitlines()[0][:120]}") from None
+            if images and img.shape != images[0].shape:
+                raise ConfigError(f"{f} is {img.shape[1]}x{img.shape[0]}, other images are "
+                                  f"{images[0].shape[1]}x{images[0].shape[0]}; all images must have one size")
+            images.append(img)
+            labels.append(index[cls_name])
+    if not images:
+        return torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.long)

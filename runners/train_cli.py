@@ -1,0 +1,202 @@
+"""`ablate train MODEL`: train one model with the paper's recipe and log it to MLflow.
+
+    ablate train resnet20 --dataset /work/shared/data/cifar10-jpeg-subset --epochs 8 --val-size 1000
+    ablate train plain56 --shortcut B --warmup --iterations 64000      # the paper's length
+    ablate train resnet20 --set train.schedule=cosine --set data.normalize=channel
+
+Everything is validated, the data loaded and the model built before an MLflow run exists, so bad
+input costs one line on stderr (exit 2) and leaves the store untouched. Each epoch is
+checkpointed under results/checkpoints/<model>-<hash of the resolved config>/, so rerunning the
+same command after an interruption resumes there (in a new MLflow run holding the full curves).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from models.spec import ArchSpec, ConfigError
+
+from . import tracking
+from .config import DataConfig, TrainConfig, from_mapping
+
+BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
+DEFAULT_EXPERIMENT = "ablate-train"
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered name (see `ablate models`) or [preact-](resnet|plain)<6n+2>")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="cifar10", metavar="NAME|PATH",
+                   help="cifar10, cifar100, synthetic, or an ImageFolder root with train/ and test/ (default: cifar10)")
+    d.add_argument("--data-root", metavar="DIR", help="where cifar10/cifar100 are downloaded (default: data)")
+    d.add_argument("--subset", type=int, metavar="N", help="use N training images (before the val split)")
+    d.add_argument("--val-size", type=int, metavar="N", help="validation images held out of train (default: 5000)")
+    d.add_argument("--split-seed", type=int, metavar="S", help="fixes the subset and val split (default: 0)")
+    d.add_argument("--normalize", choices=["pixel_mean", "channel"],
+                   help="subtract the per-pixel mean (the paper, default) or standardise per channel")
+    d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no padding, cropping or flipping")
+
+    t = p.add_argument_group("recipe (default: He et al. 2016a's CIFAR recipe, 64k iterations)")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, metavar="N")
+    length.add_argument("--iterations", type=int, metavar="N")
+    t.add_argument("--batch-size", type=int, metavar="B", help="default: 128")
+    t.add_argument("--lr", type=float, help="default: 0.1")
+    t.add_argument("--momentum", type=float, help="default: 0.9")
+    t.add_argument("--weight-decay", type=float, help="default: 1e-4")
+    t.add_argument("--nesterov", action="store_true", default=None)
+    t.add_argument("--schedule", choices=["step", "cosine", "constant"], help="default: step")
+    t.add_argument("--milestones", type=_floats, metavar="M1,M2",
+                   help="step schedule, in the run's unit (default: 1/2 and 3/4 of the run)")
+    t.add_argument("--gamma", type=float, help="lr factor at each milestone (default: 0.1)")
+    t.add_argument("--warmup", action="store_true", default=None,
+                   help="lr --warmup-lr until the training error is below --warmup-until-error (ResNet-110)")
+    t.add_argument("--warmup-lr", type=float, help="default: 0.01")
+    t.add_argument("--warmup-until-error", type=float, metavar="E", help="default: 0.8")
+    t.add_argument("--seed", type=int, help="initialisation and data order (default: 0)")
+
+    e = p.add_argument_group("execution")
+    e.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    e.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic algorithms: a resumed run ends with the same numbers")
+    e.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    e.add_argument("--amp", choices=["auto", "bf16", "off"], help="auto: bf16 on CUDA, off on CPU")
+    e.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
+    e.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all cores)")
+    e.add_argument("--eval-batch-size", type=int, metavar="B")
+    e.add_argument("--no-probe", dest="probe", action="store_false", default=None,
+                   help="skip the layer-response probe (He 2016a Fig. 7) after training")
+
+    a = p.add_argument_group("architecture overrides")
+    a.add_argument("--shortcut", choices=["none", "A", "B", "C"])
+    a.add_argument("--preact", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--width", type=float)
+    a.add_argument("--depth", type=int)
+    a.add_argument("--block", choices=["basic", "bottleneck"])
+    a.add_argument("--zero-init-last", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any field: arch.F (or bare F), train.F or data.F; VALUE is YAML (repeatable)")
+
+    m = p.add_argument_group("tracking and checkpoints")
+    m.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    m.add_argument("--run-name", help="default: <model>-<dataset>-s<seed>")
+    m.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db")
+    m.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="default: results/checkpoints/<model>-<hash of the resolved config>")
+    m.add_argument("--fresh", action="store_true", help="discard the checkpoint and start over")
+    m.add_argument("--no-checkpoint", action="store_true", help="keep no checkpoint (no resume)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
+    """(model name, arch, recipe, data) from the command line; ConfigError on any bad value."""
+    import yaml
+
+    import models
+    arch_over = {k: getattr(args, k) for k in ("shortcut", "preact", "width", "depth", "block", "zero_init_last")}
+    train_map = {k: getattr(args, k) for k in (
+        "epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
+        "milestones", "gamma", "warmup", "warmup_lr", "warmup_until_error", "seed", "device",
+        "deterministic", "compile", "amp", "channels_last", "threads", "eval_batch_size", "probe")}
+    dataset = args.dataset
+    if dataset not in BUILTIN_DATASETS:  # a path: absolute, so the config (and its hash) is cwd-free
+        dataset = str(Path(dataset).expanduser().resolve())
+    data_map = {"name": dataset, "root": args.data_root, "subset": args.subset, "val_size": args.val_size,
+                "split_seed": args.split_seed, "normalize": args.normalize, "augment": args.augment}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse {text!r}") from None
+        part, _, field = key.rpartition(".")
+        target = {"": arch_over, "arch": arch_over, "train": train_map, "data": data_map}.get(part)
+        if target is None:
+            raise ConfigError(f"--set {key}: the key must be arch.FIELD (or FIELD), train.FIELD or data.FIELD")
+        target[field] = value
+    if train_map["epochs"] is not None and train_map["iterations"] is not None:
+        raise ConfigError("give --epochs or --iterations, not both")
+    arch = models.resolve(args.model, **arch_over)
+    train_cfg = from_mapping(TrainConfig, {k: v for k, v in train_map.items() if v is not None}, "train")
+    data_cfg = from_mapping(DataConfig, {k: v for k, v in data_map.items() if v is not None}, "dataset")
+    return args.model, arch, train_cfg, data_cfg
+
+
+def default_checkpoint_dir(name: str, arch: ArchSpec, train_cfg: TrainConfig, data_cfg: DataConfig) -> Path:
+    from .trainer import config_signature
+    key = json.dumps(config_signature(arch, train_cfg, data_cfg), sort_keys=True, default=str)
+    return tracking.results_dir() / "checkpoints" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def train_command(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+    from .trainer import CHECKPOINT, _check_signature, config_signature, load_checkpoint, resolve_device, train
+    started = time.perf_counter()
+    name, arch, train_cfg, data_cfg = resolve_configs(args)
+    device = resolve_device(train_cfg.device)
+    data = load_dataset(data_cfg, device)
+    import torch
+
+    import models
+    with torch.device("meta"):  # shapes only: the size report costs no memory or initialisation
+        info = models.describe(models.ResNet(arch, num_classes=data.num_classes))
+
+    ckpt_dir = None
+    if not args.no_checkpoint:
+        ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else default_checkpoint_dir(name, arch, train_cfg, data_cfg)
+        path = ckpt_dir / CHECKPOINT
+        if args.fresh and path.exists():
+            path.unlink()
+        saved = load_checkpoint(path)
+        if saved is not None:
+            _check_signature(path, saved["signature"], config_signature(arch, train_cfg, data_cfg))
+            if saved["status"] in ("finished", "diverged"):
+                final = saved["history"][-1] if saved["history"] else {}
+                print(f"already {saved['status']}: {path} ({saved['epoch']} epochs, test error "
+                      f"{final.get('test_error', float('nan')):.4f}); pass --fresh to train again")
+                return 0
+            print(f"resuming from {path} after epoch {saved['epoch']}")
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    client = tracking.client(uri)  # the first touch of the store: everything above is validated
+
+    n, unit = train_cfg.length
+    print(f"{name}: {info['params']:,} params, {info['macs'] / 1e6:,.1f}M MACs | {data.summary()} | "
+          f"{n} {unit}, batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, {device}")
+    run_name = args.run_name or f"{name}-{data.name}-s{train_cfg.seed}"
+    tracker = tracking.Tracker.start(client, args.experiment, run_name)
+
+    def report(epoch: int, m: dict) -> None:
+        val = f"val {m['val_loss']:.3f}/{m['val_error']:.4f}  " if "val_error" in m else ""
+        tqdm.write(f"epoch {epoch:>3}  train {m['train_loss']:.3f}/{m['train_error']:.4f}  {val}"
+                   f"test {m['test_loss']:.3f}/{m['test_error']:.4f}  lr {m['lr']:.4g}  "
+                   f"{m['epoch_seconds']:.1f}s  {m['images_per_second']:,.0f} img/s", file=sys.stdout)
+        sys.stdout.flush()
+
+    with tracking.tracked_run(tracker):
+        result = train(arch, train_cfg, data, tracker=tracker, checkpoint_dir=ckpt_dir, on_epoch=report,
+                       model_name=name, progress=True)
+    f = result.final
+    errors = ", ".join(f"{k} {f[f'{k}_error']:.4f}" for k in ("train", "val", "test") if f"{k}_error" in f)
+    print(f"{result.status}: {result.epochs} epochs in {time.perf_counter() - started:.1f} s; "
+          f"final error {errors or 'n/a'}" +
+          (f"; best val {result.best_val_error:.4f}" if result.best_val_error is not None else ""))
+    exp_id = client.get_run(tracker.run_id).info.experiment_id
+    print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {tracking.redact(uri)}")
+    print(f"  view: mlflow ui --backend-store-uri {tracking.redact(uri)}   then open "
+          f"http://127.0.0.1:5000/{tracking.ui_link(client, exp_id)}")
+    return 0

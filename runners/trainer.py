@@ -1,0 +1,487 @@
+"""The trainer: a function of (architecture, recipe, data), with no globals.
+
+    result = train(models.resolve("resnet20"), TrainConfig(epochs=160), DataConfig("cifar10"),
+                   tracker=tracker, checkpoint_dir="results/checkpoints/x")
+
+The recipe is He et al. 2016a Sec. 4.2 (see runners/config.py). The whole dataset sits on the
+training device as uint8 and is augmented there in batches (runners/data.py). Every epoch
+records the training loss and error as measured on the fly (the augmented batches, in training
+mode, as the paper plots them), the validation and test loss and error, the lr, the time and
+the throughput; is logged to the tracker (the contract in runners/tracking.py); and is
+checkpointed atomically with the model, optimizer, schedule and RNG states, so an interrupted run
+resumes exactly (bit-identical on CPU in deterministic mode). A non-finite loss ends the run as
+"diverged": a result, not an exception. Selection (`best_val_error`) reads validation only.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.network import ResNet
+from models.spec import ArchSpec, ConfigError
+
+from . import tracking
+from .config import DataConfig, TrainConfig
+from .data import Dataset, Split, load_dataset
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+# Fields that change how a run executes, not what it computes: they may differ on resume and do
+# not enter the default checkpoint directory's hash.
+RUNTIME_FIELDS = ("device", "threads", "compile", "eval_batch_size", "probe", "deterministic",
+                  "amp", "channels_last")
+WARMUP_EMA = 0.9  # the warm-up watches a running (bias-corrected EMA) training error, ~10 batches
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "diverged"
+    epochs: int  # epochs completed (with finite losses)
+    history: list[dict]  # per-epoch metrics, keys as the tracking contract, plus "epoch"
+    final: dict  # the last completed epoch's metrics ({} if none)
+    best_val_error: float | None  # min validation error over epochs; None without a val split
+    responses: list[dict] | None  # [{"index", "layer", "std"}], He 2016a Fig. 7; None if not probed
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N; ConfigError if unavailable."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name} requested but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+# -- the run's length and lr ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """How many steps: the last partial batch of an epoch is dropped (batches are randperm
+    slices, so every image is seen over the epochs); an iteration-length run ends mid-epoch."""
+
+    steps_per_epoch: int
+    epochs: int
+    iterations: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, n_train: int) -> "Plan":
+        spe = max(1, n_train // cfg.batch_size)
+        n, unit = cfg.length
+        if unit == "epochs":
+            return cls(spe, n, n * spe)
+        return cls(spe, math.ceil(n / spe), n)
+
+    def steps_in(self, epoch: int) -> int:  # epoch is 1-based
+        return min(self.steps_per_epoch, self.iterations - (epoch - 1) * self.steps_per_epoch)
+
+
+class LRSchedule:
+    """The lr of iteration k (0-based): the recipe's schedule, behind the paper's warm-up.
+
+    step:     lr * gamma^(milestones passed); milestones in the run's unit, default 1/2 and 3/4
+              of it (He 2016a: 0.1, /10 at 32k and 48k of 64k iterations).
+    cosine:   lr * (1 + cos(pi k / K)) / 2.   constant: lr.
+    warm-up:  He 2016a Sec. 4.2 (ResNet-110): warmup_lr until the running training error falls
+              below warmup_until_error, then back to the schedule's lr for the current iteration
+              (so it composes with the milestones). It never raises the lr above the schedule and
+              never comes back.
+    """
+
+    def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
+        self.cfg, self.total = cfg, plan.iterations
+        n, unit = cfg.length
+        per_unit = plan.steps_per_epoch if unit == "epochs" else 1
+        milestones = cfg.milestones if cfg.milestones is not None else (n / 2, 3 * n / 4)
+        self.boundaries = sorted(round(m * per_unit) for m in milestones)
+        self.warming = cfg.warmup
+        self.ema, self.count, self.warmup_end = 0.0, 0, -1
+
+    def base(self, k: int) -> float:
+        cfg = self.cfg
+        if cfg.schedule == "step":
+            return cfg.lr * cfg.gamma ** sum(k >= b for b in self.boundaries)
+        if cfg.schedule == "cosine":
+            return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(k, self.total) / self.total))
+        return cfg.lr
+
+    def lr(self, k: int) -> float:
+        return min(self.cfg.warmup_lr, self.base(k)) if self.warming else self.base(k)
+
+    def observe(self, k: int, batch_error: float) -> None:
+        """Feed iteration k's training error; ends the warm-up when the running error is low."""
+        if not self.warming:
+            return
+        self.count += 1
+        self.ema = WARMUP_EMA * self.ema + (1 - WARMUP_EMA) * batch_error
+        if self.ema / (1 - WARMUP_EMA ** self.count) < self.cfg.warmup_until_error:
+            self.warming, self.warmup_end = False, k + 1
+
+    def state_dict(self) -> dict:
+        return {"warming": self.warming, "ema": self.ema, "count": self.count, "warmup_end": self.warmup_end}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warming, self.ema = bool(state["warming"]), float(state["ema"])
+        self.count, self.warmup_end = int(state["count"]), int(state["warmup_end"])
+
+
+# -- execution settings ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def runtime(cfg: TrainConfig, device: torch.device):
+    """Threads and determinism for the duration of a run; the process's settings are restored."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    det_warn, bench = torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+        # CUDA has no deterministic backward of AdaptiveAvgPool2d (the head's pool), so there it
+        # warns instead of raising; on CPU every op is deterministic and resumes are bit-exact.
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        torch.backends.cudnn.benchmark = bench
+
+
+def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA by default; off on CPU (2x slower there) unless asked for."""
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns the batch's (mean loss, wrong predictions) as device tensors, unsynced."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach().float(), (out.detach().argmax(1) != y).sum()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    # Weight decay on every parameter, BN included, as in the paper's (Caffe/Torch) recipe.
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, split: Split, cfg: TrainConfig,
+             amp: bool) -> tuple[float, float]:
+    """(mean loss, error) of `split`, in eval mode, without augmentation."""
+    model.eval()
+    loss = torch.zeros((), device=data.device, dtype=torch.float64)
+    wrong = torch.zeros((), device=data.device, dtype=torch.long)
+    for i in range(0, len(split), cfg.eval_batch_size):
+        x, y = data.batch(split, slice(i, i + cfg.eval_batch_size))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x.contiguous(memory_format=memory_format(cfg)))
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
+        wrong += (out.argmax(1) != y).sum()
+    return loss.item() / len(split), wrong.item() / len(split)
+
+
+@torch.no_grad()
+def layer_responses(model: ResNet, data: Dataset, split: Split, batch_size: int = 250) -> list[dict]:
+    """He 2016a Fig. 7: the std of each 3x3 layer's response (after BN, before the addition and
+    the nonlinearity) over `split`, in eval mode and fp32; the std is over all of a layer's
+    outputs (images, channels, positions). Statistics are taken inside the forward hook, before
+    any in-place ReLU that follows can overwrite the tensor."""
+    model.eval()
+    points = model.response_modules()
+    sums = torch.zeros(len(points), 2, dtype=torch.float64, device=data.device)
+    counts = [0] * len(points)
+
+    def hook(i: int):
+        def record(module, inputs, out):
+            sums[i, 0] += out.sum(dtype=torch.float64)
+            sums[i, 1] += out.double().square().sum()
+            counts[i] += out.numel()
+        return record
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(points)]
+    try:
+        for i in range(0, len(split), batch_size):
+            x, _ = data.batch(split, slice(i, i + batch_size))
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    sums = sums.cpu()
+    out = []
+    for i, (name, _) in enumerate(points):
+        mean, sq = sums[i, 0].item() / counts[i], sums[i, 1].item() / counts[i]
+        out.append({"index": i, "layer": name, "std": math.sqrt(max(sq - mean * mean, 0.0))})
+    return out
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def config_signature(arch: ArchSpec, cfg: TrainConfig, data_cfg: DataConfig) -> dict:
+    """What a run computes: must match to resume; hashed into the CLI's default checkpoint dir."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    train["milestones"] = list(cfg.milestones) if cfg.milestones is not None else None
+    return {"arch": arch.as_dict(), "train": train, "data": dataclasses.asdict(data_cfg)}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash leaves the previous checkpoint or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at `path` (tensors on the CPU), or None; weights_only, so no pickle code runs."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
+        raise ConfigError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it or pass --fresh") from None
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"checkpoint {path} has version {state.get('version')}, expected "
+                          f"{CHECKPOINT_VERSION}; delete it or pass --fresh")
+    return state
+
+
+def _check_signature(path: Path, saved: dict, current: dict) -> None:
+    for part in ("arch", "train", "data"):
+        for key in sorted(set(saved[part]) | set(current[part])):
+            a, b = saved[part].get(key), current[part].get(key)
+            if a != b:
+                raise ConfigError(f"checkpoint {path} is of another run ({part}.{key}: {a!r} there, "
+                                  f"{b!r} here); pass --fresh to discard it or use another checkpoint dir")
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# -- the training run -----------------------------------------------------------------------------
+def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
+          tracker: tracking.Tracker | None = None, checkpoint_dir: str | Path | None = None,
+          on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train `arch` with recipe `cfg` on `data`; log to `tracker` (without ending its run).
+
+    With `checkpoint_dir`, every epoch is checkpointed there; a checkpoint found there is resumed
+    (its history first re-logged to `tracker`), and a finished one is returned without training.
+    `on_epoch(epoch, metrics)` runs after each epoch is logged and checkpointed; what it raises
+    propagates unchanged (e.g. optuna.TrialPruned). `progress` shows a tqdm bar on a terminal.
+    """
+    arch, cfg = arch.validate(), cfg.validate()
+    device = resolve_device(cfg.device)
+    with runtime(cfg, device):
+        dataset = (data if isinstance(data, Dataset) else load_dataset(data, device)).to(device)
+        return _Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
+
+
+class _Run:
+    """The state of one training run; `run()` is the loop, the rest is bookkeeping."""
+
+    def __init__(self, arch, cfg, data, device, tracker, checkpoint_dir, model_name) -> None:
+        self.arch, self.cfg, self.data, self.device, self.tracker = arch, cfg, data, device, tracker
+        self.model_name = model_name or tracking.variant_name(arch)
+        self.path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+        self.signature = config_signature(arch, cfg, data.config)
+        self.plan = Plan.of(cfg, len(data.train))
+        self.amp, self.fmt = use_amp(cfg, device), memory_format(cfg)
+
+        torch.manual_seed(cfg.seed)  # the initialisation; the data order has its own generator
+        self.model = ResNet(arch, num_classes=data.num_classes)
+        self.complexity = self.model.complexity(data.input_size)
+        self.model.to(device=device, memory_format=self.fmt)
+        self.opt = make_optimizer(self.model, cfg)
+        self.schedule = LRSchedule(cfg, self.plan)
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.history: list[dict] = []
+        self.epoch, self.iteration, self.status, self.responses = 0, 0, "running", None
+
+    # -- checkpoint state --
+    def state(self) -> dict:
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        return {"version": CHECKPOINT_VERSION, "status": self.status, "epoch": self.epoch,
+                "iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.schedule.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "augment": self.gen.get_state()},
+                "history": self.history, "responses": self.responses, "signature": self.signature}
+
+    def restore(self, s: dict) -> None:
+        _check_signature(self.path, s["signature"], self.signature)
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.schedule.load_state_dict(s["scheduler"])
+        torch.set_rng_state(s["rng"]["torch"])
+        if self.device.type == "cuda" and s["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+        self.gen.set_state(s["rng"]["augment"])
+        self.history, self.responses = list(s["history"]), s["responses"]
+        self.epoch, self.iteration, self.status = int(s["epoch"]), int(s["iteration"]), s["status"]
+
+    def checkpoint(self) -> None:
+        if self.path is not None:
+            save_checkpoint(self.path, self.state())
+
+    # -- tracking --
+    def log_start(self) -> None:
+        t, cx = self.tracker, self.complexity
+        if t is None:
+            return
+        t.log_params(tracking.run_params(self.arch, self.cfg, self.data.config, model_name=self.model_name,
+                                         params=cx.params, macs=cx.macs))
+        tags = {**tracking.axis_tags(self.arch, self.cfg.seed), "model": self.model_name}
+        sha = git_sha()
+        if sha:
+            tags["mlflow.source.git.commit"] = sha
+        t.set_tags(tags)
+        d = self.data
+        t.log_dict({"model": self.model_name, "arch": self.arch.as_dict(),
+                    "train": dataclasses.asdict(self.cfg), "data": dataclasses.asdict(d.config),
+                    "dataset": {"name": d.name, "train": len(d.train), "val": len(d.val),
+                                "test": len(d.test), "classes": d.classes, "input_size": d.input_size},
+                    "plan": dataclasses.asdict(self.plan), "device": str(self.device),
+                    "amp": self.amp, "torch": torch.__version__, "git_sha": sha}, "config.json")
+        t.log_dict({**cx.as_dict(), "rows": cx.rows}, "complexity.json")
+        for m in self.history:  # a resumed attempt's run still gets the complete curves
+            t.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
+
+    def log_end(self) -> None:
+        t = self.tracker
+        if t is None:
+            return
+        if self.status == "finished":
+            t.log_state_dict({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
+            if self.responses is not None:
+                t.log_dict(self.responses, "layer_responses.json")
+                t.log_metric_series("layer_response_std", [r["std"] for r in self.responses])
+        t.set_tags({"diverged": self.status == "diverged"})
+
+    # -- the loop --
+    def run(self, on_epoch, progress: bool) -> TrainResult:
+        saved = load_checkpoint(self.path) if self.path is not None else None
+        if saved is not None:
+            self.restore(saved)
+        self.log_start()
+        if self.status in ("finished", "diverged"):
+            self.log_end()
+            return self.result()
+        from tqdm.auto import tqdm
+        bar = tqdm(total=self.plan.iterations, initial=self.iteration, unit="it", file=sys.stderr,
+                   disable=None if progress else True, leave=False, dynamic_ncols=True)
+        forward = torch.compile(self.model) if self.cfg.compile else self.model
+        try:
+            while self.epoch < self.plan.epochs and self.status == "running":
+                metrics = self.train_epoch(forward, bar)
+                if metrics is None:
+                    self.status = "diverged"
+                    break
+                self.history.append(metrics)
+                self.epoch += 1
+                if self.tracker is not None:
+                    self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=self.epoch)
+                self.checkpoint()
+                bar.set_postfix(epoch=self.epoch, train_err=f"{metrics['train_error']:.3f}",
+                                test_err=f"{metrics['test_error']:.3f}")
+                if on_epoch is not None:
+                    on_epoch(self.epoch, metrics)
+        finally:
+            bar.close()
+        if self.status == "running":
+            self.status = "finished"
+            if self.cfg.probe:
+                self.responses = layer_responses(self.model, self.data, self.data.test)
+        self.log_end()
+        self.checkpoint()
+        return self.result()
+
+    def train_epoch(self, forward: nn.Module, bar) -> dict | None:
+        """One epoch; its metrics, or None when a loss turned non-finite."""
+        data, cfg, device = self.data, self.cfg, self.device
+        epoch = self.epoch + 1
+        steps, n = self.plan.steps_in(epoch), len(data.train)
+        check_every = 1 if device.type == "cpu" else 25  # a host sync per step is free only on CPU
+        self.model.train()
+        perm = torch.randperm(n, generator=self.gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        wrong = torch.zeros((), device=device, dtype=torch.long)
+        seen, lr = 0, self.schedule.lr(self.iteration)
+        _sync(device)
+        start = time.perf_counter()
+        for s in range(steps):
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x, y = data.batch(data.train, idx, self.gen)
+            lr = self.schedule.lr(self.iteration)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            loss, batch_wrong = train_step(forward, self.opt, x.contiguous(memory_format=self.fmt), y, self.amp)
+            loss_sum += loss * len(idx)
+            wrong += batch_wrong
+            seen += len(idx)
+            if self.schedule.warming:  # the only per-step sync outside the CPU; warm-up is short
+                self.schedule.observe(self.iteration, batch_wrong.item() / len(idx))
+            self.iteration += 1
+            bar.update(1)
+            if ((s + 1) % check_every == 0 or s == steps - 1) and not torch.isfinite(loss_sum).item():
+                return None
+        _sync(device)
+        seconds = time.perf_counter() - start
+        metrics = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen}
+        if len(data.val):
+            metrics["val_loss"], metrics["val_error"] = evaluate(self.model, data, data.val, cfg, self.amp)
+        metrics["test_loss"], metrics["test_error"] = evaluate(self.model, data, data.test, cfg, self.amp)
+        if not all(math.isfinite(v) for v in metrics.values()):
+            return None
+        metrics.update(lr=lr, epoch_seconds=seconds, images_per_second=seen / seconds,
+                       iteration=self.iteration)
+        return metrics
+
+    def result(self) -> TrainResult:
+        vals = [m["val_error"] for m in self.history if "val_error" in m]
+        return TrainResult(status=self.status, epochs=len(self.history), history=list(self.history),
+                           final=dict(self.history[-1]) if self.history else {},
+                           best_val_error=min(vals) if vals else None, responses=self.responses)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
