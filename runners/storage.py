@@ -77,7 +77,7 @@ def setup_lock(url: str, study_name: str) -> Iterator[None]:
         yield
         return
     path = Path(url.removeprefix("sqlite:///").removeprefix("file://"))
-    lock = path.with_name(path.name + ".lock")
+    lock = path.with_name(path.name + ".setup-lock")  # ".lock" is the journal's own lock file
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -111,9 +111,15 @@ def worker_is_dead(worker: str | None) -> bool:
     return _start_time(int(pid)) != start
 
 
+def heartbeat_interval(storage) -> int | None:
+    """Seconds between heartbeats, or None where the storage has none (journal files)."""
+    get = getattr(storage, "get_heartbeat_interval", None)
+    return get() if get else None
+
+
 def fail_stale_trials(study: optuna.Study, on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> None:
     """Fail the RUNNING trials of dead workers and hand each to `on_stale` (exactly once)."""
-    if optuna.storages.is_heartbeat_enabled(study._storage):
+    if heartbeat_interval(study._storage):
         optuna.storages.fail_stale_trials(study)  # calls the storage's stale-trial callback
         return
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -132,7 +138,7 @@ class Heartbeat:
 
     def __init__(self, study: optuna.Study, trial_id: int) -> None:
         storage = study._storage
-        self._enabled = optuna.storages.is_heartbeat_enabled(storage)
+        self._enabled = bool(heartbeat_interval(storage))
         self._storage, self._trial_id = storage, trial_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)

@@ -122,13 +122,14 @@ def client(uri: str | None = None):
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     try:
-        c = MlflowClient(tracking_uri=uri)
         if uri.startswith("postgresql"):
             # The first client on an empty database creates MLflow's schema: once, not N times.
             from .database import advisory_lock
             with advisory_lock(uri, "mlflow-schema"):
+                c = MlflowClient(tracking_uri=uri)
                 c.search_experiments(max_results=1)
         else:
+            c = MlflowClient(tracking_uri=uri)
             c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
         text = str(getattr(e, "orig", None) or e).strip()
