@@ -285,20 +285,9 @@ def plot_ablation(study: Study, groups: dict[tuple, list[Variant]], out: Path) -
 
 # -- the command --------------------------------------------------------------------------------
 def experiment_from_spec(path: str) -> str:
-    """The experiment named by an ablation spec's top-level `name`."""
-    import yaml
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"spec file {path} not found (give an ablations/*.yaml file or --experiment NAME)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = " ".join(str(e).split())[:160]
-        raise ConfigError(f"{path}: not a valid YAML file ({first})") from None
-    name = data.get("name") if isinstance(data, dict) else None
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{path}: needs a top-level `name:` (the study's MLflow experiment)")
-    return name.strip()
+    """The experiment of an ablation spec: its `name` (the spec is validated, not its data)."""
+    from runners.studyspec import load_spec
+    return load_spec(path, check_data=False).name
 
 
 def add_figures_arguments(p: argparse.ArgumentParser) -> None:

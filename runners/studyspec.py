@@ -72,8 +72,12 @@ class StudySpec:
         return next(v for v in self.variants if v.key == key)
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
-    """Read, override (`key.path=value`) and validate a study spec."""
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, check_data: bool = True) -> StudySpec:
+    """Read, override (`key.path=value`) and validate a study spec.
+
+    check_data=False skips checking that an ImageFolder dataset exists: figures are drawn from
+    the tracking store long after the data may be gone.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"spec file {path} not found; the shipped specs are in ablations/")
@@ -87,7 +91,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise ConfigError(f"{path}: a spec is a mapping with fields {', '.join(TOP_LEVEL)}")
     for item in overrides:
         apply_override(raw, item, path)
-    return parse_spec(raw, str(path))
+    return parse_spec(raw, str(path), check_data=check_data)
 
 
 def apply_override(raw: dict, item: str, path) -> None:
@@ -121,14 +125,14 @@ def apply_override(raw: dict, item: str, path) -> None:
         node[last] = parsed
 
 
-def parse_spec(raw: dict, where: str) -> StudySpec:
+def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
     unknown = sorted(set(raw) - set(TOP_LEVEL))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(TOP_LEVEL)}")
     name = raw.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"{where}: name must be a word of letters, digits, '-', '_' or '.', got {name!r}")
-    dataset = _parse_dataset(raw.get("dataset"), where)
+    dataset = _parse_dataset(raw.get("dataset"), where, check_data)
     train = from_mapping(TrainConfig, _mapping(raw.get("train"), f"{where}: train"), f"{where}: train")
     if "model" not in raw:
         raise ConfigError(f"{where}: model is required (the grid of architectures to compare)")
@@ -153,11 +157,11 @@ def _mapping(value, where: str) -> dict:
     return value
 
 
-def _parse_dataset(value, where: str) -> DataConfig:
+def _parse_dataset(value, where: str, check_data: bool) -> DataConfig:
     if isinstance(value, str):
         value = {"name": value}
     cfg = from_mapping(DataConfig, _mapping(value, f"{where}: dataset"), f"{where}: dataset")
-    if cfg.name not in BUILTIN_DATASETS:
+    if check_data and cfg.name not in BUILTIN_DATASETS:
         root = Path(cfg.name)
         missing = [d for d in ("train", "test") if not (root / d).is_dir()]
         if missing:
