@@ -1,11 +1,12 @@
 """`ablate bench [MODEL]`: training throughput of this trainer's hot loop vs a conventional loop.
 
 ours          the trainer's step: uint8 dataset on the device, batched pad-crop-flip, randperm
-              slices, channels_last model (bf16 autocast on CUDA), the trainer's bookkeeping.
+              slices, channels_last model (bf16 autocast on CUDA), multi-tensor (foreach) SGD,
+              the trainer's bookkeeping.
 conventional  what most CIFAR scripts do: a torch DataLoader over a dataset of PIL images (as
               torchvision's CIFAR10: a uint8 array, one PIL image per __getitem__) with
               torchvision's per-image RandomCrop(32, 4), RandomHorizontalFlip, ToTensor and
-              Normalize, feeding an eager NCHW fp32 model.
+              Normalize, feeding an eager NCHW fp32 model and torch.optim.SGD with its defaults.
 
 Same process, same architecture and initial weights, same images and batch size. Timings on a
 shared machine are noisy, so the two loops alternate (A B A B ...) after an untimed warm-up and
@@ -96,7 +97,9 @@ def bench_command(args) -> int:
         conv_model.load_state_dict(ours_model.state_dict())  # same initial weights
         ours_model.to(device=device, memory_format=fmt)
         conv_model.to(device)
-        ours_opt, conv_opt = make_optimizer(ours_model, cfg), make_optimizer(conv_model, cfg)
+        ours_opt = make_optimizer(ours_model, cfg)
+        conv_opt = torch.optim.SGD(conv_model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)  # the usual call: torch's defaults
 
         # -- ours: the trainer's hot loop -----------------------------------------------------
         gen = torch.Generator(device=device).manual_seed(0)
