@@ -74,7 +74,7 @@ def bench_command(args) -> int:
 
     import models
     from .data import load_dataset
-    from .trainer import make_optimizer, memory_format, resolve_device, runtime, train_step, use_amp
+    from .trainer import make_optimizer, memory_format, resolve_device, runtime, sync, train_step, use_amp
 
     for flag in ("batch_size", "steps", "repeats"):
         if getattr(args, flag) <= 0:
@@ -151,10 +151,10 @@ def bench_command(args) -> int:
                 loss.item()  # the usual per-step `running_loss += loss.item()`
 
         def timed(fn) -> float:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fn(args.steps)
-            _sync(device)
+            sync(device)
             return args.steps * bs / (time.perf_counter() - start)
 
         ours_model.train()
@@ -185,8 +185,3 @@ def bench_command(args) -> int:
                                                "device": str(device), "threads": threads, "workers": args.workers,
                                                "rates": rates, "median": med, "ratio": ratio}, indent=2))
     return 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

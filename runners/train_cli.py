@@ -145,7 +145,7 @@ def train_command(args) -> int:
     from tqdm.auto import tqdm
 
     from .data import load_dataset
-    from .trainer import CHECKPOINT, _check_signature, config_signature, load_checkpoint, resolve_device, train
+    from .trainer import CHECKPOINT, check_signature, config_signature, load_checkpoint, resolve_device, train
     started = time.perf_counter()
     name, arch, train_cfg, data_cfg = resolve_configs(args)
     device = resolve_device(train_cfg.device)
@@ -164,7 +164,7 @@ def train_command(args) -> int:
             path.unlink()
         saved = load_checkpoint(path)
         if saved is not None:
-            _check_signature(path, saved["signature"], config_signature(arch, train_cfg, data_cfg))
+            check_signature(path, saved["signature"], config_signature(arch, train_cfg, data_cfg))
             if saved["status"] in ("finished", "diverged"):
                 final = saved["history"][-1] if saved["history"] else {}
                 print(f"already {saved['status']}: {path} ({saved['epoch']} epochs, test error "

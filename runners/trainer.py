@@ -281,7 +281,7 @@ def load_checkpoint(path: Path) -> dict | None:
     return state
 
 
-def _check_signature(path: Path, saved: dict, current: dict) -> None:
+def check_signature(path: Path, saved: dict, current: dict) -> None:
     for part in ("arch", "train", "data"):
         for key in sorted(set(saved[part]) | set(current[part])):
             a, b = saved[part].get(key), current[part].get(key)
@@ -349,7 +349,7 @@ class _Run:
                 "history": self.history, "responses": self.responses, "signature": self.signature}
 
     def restore(self, s: dict) -> None:
-        _check_signature(self.path, s["signature"], self.signature)
+        check_signature(self.path, s["signature"], self.signature)
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         self.schedule.load_state_dict(s["scheduler"])
@@ -447,7 +447,7 @@ class _Run:
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), device=device, dtype=torch.long)
         seen, lr = 0, self.schedule.lr(self.iteration)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for s in range(steps):
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
@@ -465,7 +465,7 @@ class _Run:
             bar.update(1)
             if ((s + 1) % check_every == 0 or s == steps - 1) and not torch.isfinite(loss_sum).item():
                 return None
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
         metrics = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen}
         if len(data.val):
@@ -484,6 +484,7 @@ class _Run:
                            best_val_error=min(vals) if vals else None, responses=self.responses)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings must not stop before the kernels do)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -14,9 +14,7 @@ from runners.data import augment, load_dataset
 SHARED = Path("/work/shared/data/cifar10-jpeg-subset")
 
 
-@pytest.fixture(autouse=True)
-def results_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("ABLATE_RESULTS", str(tmp_path / "results"))  # the ImageFolder cache goes here
+pytestmark = pytest.mark.usefixtures("results")  # conftest: results/ (the ImageFolder cache) in tmp
 
 
 def test_augment_is_a_padded_crop_with_flips_for_the_whole_batch():
@@ -110,7 +108,7 @@ def _write_folder(root: Path, classes=("cat", "ant", "bee"), per_split={"train":
     return written
 
 
-def test_imagefolder_is_decoded_exactly_and_cached(tmp_path, monkeypatch):
+def test_imagefolder_is_decoded_exactly_and_cached(tmp_path, results, monkeypatch):
     root = tmp_path / "tiny"
     written = _write_folder(root)
     d = load_dataset(DataConfig(str(root), val_size=3))
@@ -120,7 +118,7 @@ def test_imagefolder_is_decoded_exactly_and_cached(tmp_path, monkeypatch):
     for j, (c, i) in enumerate([(c, i) for c in d.classes for i in range(2)]):
         assert torch.equal(d.test.images[j], torch.from_numpy(written[("test", c, i)]).permute(2, 0, 1))
         assert d.test.labels[j] == d.classes.index(c)
-    cache = list((tmp_path / "results" / "cache").glob("imagefolder-tiny-*.pt"))
+    cache = list((results / "cache").glob("imagefolder-tiny-*.pt"))
     assert len(cache) == 1
 
     def no_decoding(*a, **k):

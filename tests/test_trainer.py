@@ -1,26 +1,23 @@
 """The trainer on tiny nets and synthetic data: it learns, resumes exactly, survives divergence,
 warms up and comes back, and leaves the MLflow contract's params, tags, metrics and artifacts."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ablate, assert_one_line_error
 
 from models import ArchSpec, ConfigError, ResNet
 from runners import tracking
 from runners.config import DataConfig, TrainConfig
 from runners.data import load_dataset
-from runners.trainer import (CHECKPOINT, LRSchedule, Plan, load_checkpoint, resolve_device, train)
+from runners.trainer import CHECKPOINT, LRSchedule, Plan, load_checkpoint, resolve_device, train
 
 TINY = ArchSpec(depth=8)  # 3 stages of one basic block: 75k parameters
 DATA_CFG = DataConfig("synthetic", subset=600, val_size=100)  # 500 train, 100 val, 120 test
 CONTRACT_METRICS = ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
                     "lr", "epoch_seconds", "images_per_second", "iteration")
 RESULT_KEYS = ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error", "lr", "iteration")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -176,20 +173,13 @@ def test_resolve_device():
 
 
 # -- the command line -----------------------------------------------------------------------------
-def ablate(*args, tmp_path):
-    env = {**os.environ, "ABLATE_RESULTS": str(tmp_path / "results"), "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "runners.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
-
-
 TINY_RUN = ("--dataset", "synthetic", "--subset", "300", "--val-size", "50", "--epochs", "2",
             "--batch-size", "64", "--threads", "2")
 
 
-def test_ablate_train_end_to_end(tmp_path):
+def test_ablate_train_end_to_end(results, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = ablate("train", "resnet8", *TINY_RUN, "--tracking-uri", uri, tmp_path=tmp_path)
+    out = ablate("train", "resnet8", *TINY_RUN, "--tracking-uri", uri)
     assert out.returncode == 0, out.stderr
     assert "finished: 2 epochs" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     assert "#/experiments/" in out.stdout
@@ -198,9 +188,9 @@ def test_ablate_train_end_to_end(tmp_path):
     runs = c.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["model"] == "resnet8" and runs[0].data.params["data.name"] == "synthetic"
-    assert list((tmp_path / "results" / "checkpoints").glob("resnet8-*/checkpoint.pt"))
+    assert list((results / "checkpoints").glob("resnet8-*/checkpoint.pt"))
     # The same command again finds the finished checkpoint: no second run.
-    again = ablate("train", "resnet8", *TINY_RUN, "--tracking-uri", uri, tmp_path=tmp_path)
+    again = ablate("train", "resnet8", *TINY_RUN, "--tracking-uri", uri)
     assert again.returncode == 0 and "already finished" in again.stdout
     assert len(c.search_runs([exp.experiment_id])) == 1
 
@@ -213,10 +203,8 @@ def test_ablate_train_end_to_end(tmp_path):
     (("resnet8", "--dataset", "synthetic", "--subset", "100", "--val-size", "200"), "must exceed"),
     (("resnet8", "--dataset", "synthetic", "--set", "train.bogus=1"), "unknown field"),
 ])
-def test_ablate_train_bad_input_is_one_line_and_touches_no_store(tmp_path, args, message):
+def test_ablate_train_bad_input_is_one_line_and_touches_no_store(results, tmp_path, args, message):
     db = tmp_path / "mlflow.db"
-    out = ablate("train", *args, "--tracking-uri", f"sqlite:///{db}", tmp_path=tmp_path)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
+    out = ablate("train", *args, "--tracking-uri", f"sqlite:///{db}")
+    assert_one_line_error(out, message)
     assert not db.exists()  # no experiment, no run: the store was never opened
