@@ -44,10 +44,20 @@ class Head(nn.Sequential):
         if preact:
             layers["bn"] = nn.BatchNorm2d(in_ch)
             layers["relu"] = nn.ReLU(inplace=True)
-        layers["pool"] = nn.AdaptiveAvgPool2d(1)
-        layers["flatten"] = nn.Flatten(1)  # (N, C, 1, 1) -> (N, C); no hard-coded batch size
+        layers["pool"] = GlobalAvgPool()
         layers["fc"] = nn.Linear(in_ch, num_classes)
         super().__init__(layers)
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, C, H, W) -> (N, C) at any input size and batch size.
+
+    A mean rather than `AdaptiveAvgPool2d`, whose CUDA backward has no deterministic kernel:
+    this keeps deterministic mode (and exact resume) available on GPUs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
 
 
 def make_stages(spec: ArchSpec, in_ch: int) -> tuple[nn.Sequential, int]:

@@ -38,7 +38,7 @@ from .database import check_database
 from .storage import (Heartbeat, default_storage, fail_stale_trials, is_database, open_storage, setup_lock,
                       worker_id)
 from .studyspec import StudySpec, Variant, load_spec
-from .tracking import (Terminated, Tracker, client, default_tracking_uri, fmt, redact, results_dir,
+from .tracking import (Terminated, Tracker, client, default_tracking_uri, fmt, git_commit, redact, results_dir,
                        sigterm_raises, tracked_run, ui_link)
 
 CONFIRM, SEARCH = "confirm", "search"
@@ -103,7 +103,8 @@ class StudyRunner:
             if "mlflow_parent_run_id" not in main.user_attrs:
                 parent = Tracker.start(self.mlflow, self.spec.name, run_name=self.spec.name,
                                        tags={"ablation": self.spec.name, "study": self.spec.name, "stage": "study",
-                                             "storage": redact(self.storage_url), **git_tags()})
+                                             "storage": redact(self.storage_url),
+                                             "mlflow.source.git.commit": git_commit() or "unknown"})
                 parent.log_params({"spec": self.spec.path, "variants": len(self.spec.variants),
                                    "seeds": fmt(list(self.spec.seeds)), "search": self.spec.search is not None,
                                    "fingerprint": self.spec.fingerprint})
@@ -206,7 +207,7 @@ class StudyRunner:
         cfg = v.recipe(self.spec.train, seed=seed, device=self.device, threads=self.threads, **hparams)
         tags = {"ablation": self.spec.name, "study": self.spec.name, "stage": stage, "variant": v.key,
                 "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
-                **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {}), **git_tags()}
+                **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {})}
         run_name = f"{v.key}/seed={seed}" if stage == CONFIRM else f"search/{v.key}/trial{trial.number}"
         tracker = Tracker.start(self.mlflow, self.spec.name, run_name, tags=tags,
                                 parent_run_id=self.main_study().user_attrs["mlflow_parent_run_id"])
@@ -324,16 +325,6 @@ def _suggest(trial: optuna.Trial, name: str, dist: dict):
     if isinstance(dist["low"], int) and isinstance(dist["high"], int) and name == "batch_size":
         return trial.suggest_int(name, dist["low"], dist["high"], log=bool(dist.get("log")))
     return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
-
-
-def git_tags() -> dict:
-    """The commit the code ran at, under MLflow's own tag (shown in its UI)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return {"mlflow.source.git.commit": sha} if sha else {}
 
 
 # -- commands -----------------------------------------------------------------------------------

@@ -57,6 +57,17 @@ def fmt(value) -> str:
     return str(value)
 
 
+def git_commit() -> str | None:
+    """The commit the code runs at (logged as MLflow's own `mlflow.source.git.commit` tag)."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def axis_tags(spec: ArchSpec, seed: int) -> dict[str, str]:
     """The axes every run is tagged with, so the MLflow UI can filter and group on them."""
     values = {"family": spec.family, "depth": spec.total_depth, "block": spec.block,

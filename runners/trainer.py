@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -154,8 +153,9 @@ def runtime(cfg: TrainConfig, device: torch.device):
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
-        # CUDA has no deterministic backward of AdaptiveAvgPool2d (the head's pool), so there it
-        # warns instead of raising; on CPU every op is deterministic and resumes are bit-exact.
+        # The head pools with a mean (AdaptiveAvgPool2d has no deterministic CUDA backward). Should
+        # some op of a future torch lack a deterministic CUDA kernel, warn rather than stop a long
+        # GPU run; on CPU every op is deterministic and resumes are bit-exact (tested).
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
@@ -290,15 +290,6 @@ def check_signature(path: Path, saved: dict, current: dict) -> None:
                                   f"{b!r} here); pass --fresh to discard it or use another checkpoint dir")
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # -- the training run -----------------------------------------------------------------------------
 def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
           tracker: tracking.Tracker | None = None, checkpoint_dir: str | Path | None = None,
@@ -372,7 +363,7 @@ class _Run:
         t.log_params(tracking.run_params(self.arch, self.cfg, self.data.config, model_name=self.model_name,
                                          params=cx.params, macs=cx.macs))
         tags = {**tracking.axis_tags(self.arch, self.cfg.seed), "model": self.model_name}
-        sha = git_sha()
+        sha = tracking.git_commit()
         if sha:
             tags["mlflow.source.git.commit"] = sha
         t.set_tags(tags)
