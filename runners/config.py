@@ -17,6 +17,9 @@ from typing import Any, Literal
 from models.spec import ConfigError
 
 
+BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an ImageFolder path
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """name: cifar10 | cifar100 | synthetic | a path to an ImageFolder root with train/ and test/."""

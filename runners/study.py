@@ -221,7 +221,8 @@ class StudyRunner:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        pruned = False
+        pruned, started = False, time.time()
+        print(f"trial {trial.number} {run_name}: started" + (" (resuming)" if resumed else ""), flush=True)
         try:
             with Heartbeat(study, trial._trial_id), tracked_run(tracker):
                 try:
@@ -240,8 +241,10 @@ class StudyRunner:
             study.tell(trial, state=TrialState.FAIL)
             print(f"ablate: trial {trial.number} ({run_name}) failed: {type(e).__name__}: {e}", file=sys.stderr)
             return False
+        took = f"{time.time() - started:.0f} s"
         if pruned:
             study.tell(trial, state=TrialState.PRUNED)
+            print(f"trial {trial.number} {run_name}: pruned after {took}", flush=True)
         else:
             final = result.final
             diverged = result.status == "diverged"
@@ -256,6 +259,10 @@ class StudyRunner:
                 if final.get(k) is not None and math.isfinite(final[k]):
                     trial.set_user_attr(f"final_{k}", final[k])
             study.tell(trial, value)
+            errors = "  ".join(f"{k} {final[k]:.4f}" for k in ("train_error", "val_error", "test_error")
+                               if final.get(k) is not None)
+            print(f"trial {trial.number} {run_name}: {'diverged' if diverged else 'done'} in {took}  {errors}",
+                  flush=True)
         shutil.rmtree(checkpoint, ignore_errors=True)  # the weights live in MLflow now
         return True
 

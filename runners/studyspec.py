@@ -19,12 +19,11 @@ import yaml
 
 from models.registry import resolve
 from models.spec import ArchSpec, ConfigError
-from .config import DataConfig, TrainConfig, coerce, from_mapping
+from .config import BUILTIN_DATASETS, DataConfig, TrainConfig, coerce, from_mapping
 from .tracking import fmt, variant_name
 
 TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds")
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ArchSpec))
-BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
 # Hyperparameters a search may tune: the recipe's numeric fields.
 SEARCHABLE = {"lr": float, "weight_decay": float, "momentum": float, "batch_size": int,
               "warmup_lr": float, "gamma": float}

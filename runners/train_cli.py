@@ -1,6 +1,6 @@
 """`ablate train MODEL`: train one model with the paper's recipe and log it to MLflow.
 
-    ablate train resnet20 --dataset /work/shared/data/cifar10-jpeg-subset --epochs 8 --val-size 1000
+    ablate train resnet20 --dataset ../shared/data/cifar10-jpeg-subset --epochs 8 --val-size 1000
     ablate train plain56 --shortcut B --warmup --iterations 64000      # the paper's length
     ablate train resnet20 --set train.schedule=cosine --set data.normalize=channel
 
@@ -21,9 +21,8 @@ from pathlib import Path
 from models.spec import ArchSpec, ConfigError
 
 from . import tracking
-from .config import DataConfig, TrainConfig, from_mapping
+from .config import BUILTIN_DATASETS, DataConfig, TrainConfig, from_mapping
 
-BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")
 DEFAULT_EXPERIMENT = "ablate-train"
 
 

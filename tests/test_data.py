@@ -11,7 +11,7 @@ from runners import data as data_mod
 from runners.config import DataConfig
 from runners.data import augment, load_dataset
 
-SHARED = Path("/work/shared/data/cifar10-jpeg-subset")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-subset"  # beside the repo
 
 
 pytestmark = pytest.mark.usefixtures("results")  # conftest: results/ (the ImageFolder cache) in tmp
