@@ -70,7 +70,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU (slower there)
     channels_last: bool = True  # ~1.4x faster on these CPUs, and the fast path on tensor cores
     compile: bool = False
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 250  # ~1.6x faster than 1000 on these CPUs (cache-sized activations)
     probe: bool = True  # layer-response std (Fig. 7) after training
     threads: int | None = None  # CPU threads for this process; None: all cores
 

@@ -64,21 +64,27 @@ class StudyRunner:
         self.mlflow = client(self.tracking_uri) if track else None
         self.storage = open_storage(self.storage_url, heartbeat=heartbeat, on_stale=self._requeue)
         self._dataset = None
+        self._studies: dict[str, optuna.Study] = {}
 
     # -- studies -----------------------------------------------------------------------------
-    def _study(self, name: str, search: bool = False) -> optuna.Study:
-        pruner = optuna.pruners.NopPruner()
-        if search and self.spec.search.pruner == "median":
-            pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.search.startup_trials)
-        return optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
-                                   load_if_exists=True, pruner=pruner,
-                                   sampler=optuna.samplers.TPESampler() if search else None)
+    def _study(self, name: str, search: bool = False, create: bool = False) -> optuna.Study:
+        """The study `name`, loaded once per process. Only setup creates studies: on a journal,
+        even `create_study(load_if_exists=True)` of an existing study appends a log record."""
+        if name not in self._studies or create:
+            pruner = optuna.pruners.NopPruner()
+            if search and self.spec.search.pruner == "median":
+                pruner = optuna.pruners.MedianPruner(n_startup_trials=self.spec.search.startup_trials)
+            kw = dict(study_name=name, storage=self.storage, pruner=pruner,
+                      sampler=optuna.samplers.TPESampler() if search else None)
+            self._studies[name] = (optuna.create_study(direction="minimize", load_if_exists=True, **kw)
+                                   if create else optuna.load_study(**kw))
+        return self._studies[name]
 
-    def main_study(self) -> optuna.Study:
-        return self._study(self.spec.name)
+    def main_study(self, create: bool = False) -> optuna.Study:
+        return self._study(self.spec.name, create=create)
 
-    def search_study(self, variant: Variant) -> optuna.Study:
-        return self._study(f"{self.spec.name}:search:{variant.key}", search=True)
+    def search_study(self, variant: Variant, create: bool = False) -> optuna.Study:
+        return self._study(f"{self.spec.name}:search:{variant.key}", search=True, create=create)
 
     def all_studies(self) -> list[optuna.Study]:
         studies = [self.main_study()]
@@ -92,7 +98,7 @@ class StudyRunner:
     # -- setup (idempotent, under a lock) ----------------------------------------------------
     def setup(self) -> None:
         with setup_lock(self.storage_url, self.spec.name):
-            main = self.main_study()
+            main = self.main_study(create=True)
             fingerprint = main.user_attrs.get("fingerprint")
             if fingerprint not in (None, self.spec.fingerprint):
                 raise ConfigError(f"study {self.spec.name!r} already exists in {redact(self.storage_url)} with a "
@@ -115,7 +121,7 @@ class StudyRunner:
                     self._enqueue_cells(main, v, {})
             else:
                 for v in self.spec.variants:
-                    study = self.search_study(v)
+                    study = self.search_study(v, create=True)
                     originals = [t for t in study.get_trials(deepcopy=False) if "retry_of" not in t.user_attrs]
                     for _ in range(self.spec.search.trials_per_variant - len(originals)):
                         study.enqueue_trial({}, user_attrs={"stage": SEARCH, "variant": v.key,
