@@ -318,7 +318,7 @@ def figures_command(args) -> int:
         print(f"skipped: {s}")
     for n in notes:
         print(f"note: {n}")
-    print(f"MLflow UI: {tracking.ui_link(c, study.experiment_id)} "
+    print(f"MLflow UI: {tracking.ui_link(study.experiment_id)} "
           f"(serve it with: mlflow ui --backend-store-uri {tracking.redact(uri)})")
     return 0
 

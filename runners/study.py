@@ -37,7 +37,7 @@ from models.spec import ConfigError
 from .database import check_database
 from .storage import (Heartbeat, default_storage, fail_stale_trials, is_database, open_storage, setup_lock,
                       worker_id)
-from .studyspec import StudySpec, Variant, load_spec
+from .studyspec import SEARCHABLE, StudySpec, Variant, load_spec
 from .tracking import (Terminated, Tracker, client, default_tracking_uri, fmt, git_commit, redact, results_dir,
                        sigterm_raises, tracked_run, ui_link)
 
@@ -335,8 +335,8 @@ class StudyRunner:
 def _suggest(trial: optuna.Trial, name: str, dist: dict):
     if "choices" in dist:
         return trial.suggest_categorical(name, dist["choices"])
-    if isinstance(dist["low"], int) and isinstance(dist["high"], int) and name == "batch_size":
-        return trial.suggest_int(name, dist["low"], dist["high"], log=bool(dist.get("log")))
+    if SEARCHABLE[name] is int:
+        return trial.suggest_int(name, int(dist["low"]), int(dist["high"]), log=bool(dist.get("log")))
     return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
 
 
@@ -432,7 +432,7 @@ def run_command(args) -> int:
     _print_status(runner.status())
     exp = runner.mlflow.get_experiment_by_name(spec.name)
     print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open "
-          f"http://127.0.0.1:5000/{ui_link(runner.mlflow, exp.experiment_id)}")
+          f"http://127.0.0.1:5000/{ui_link(exp.experiment_id)}")
     return code
 
 

@@ -177,7 +177,7 @@ def get_or_create_experiment(c, name: str) -> str:
         return exp.experiment_id
 
 
-def ui_link(c, experiment_id: str) -> str:
+def ui_link(experiment_id: str) -> str:
     """Where runs, charts and group-by live in MLflow 3's UI (it opens in the GenAI view)."""
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 

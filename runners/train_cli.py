@@ -197,5 +197,5 @@ def train_command(args) -> int:
     exp_id = client.get_run(tracker.run_id).info.experiment_id
     print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {tracking.redact(uri)}")
     print(f"  view: mlflow ui --backend-store-uri {tracking.redact(uri)}   then open "
-          f"http://127.0.0.1:5000/{tracking.ui_link(client, exp_id)}")
+          f"http://127.0.0.1:5000/{tracking.ui_link(exp_id)}")
     return 0
