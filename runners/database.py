@@ -5,8 +5,7 @@ import contextlib
 import hashlib
 from typing import Iterator
 
-from models.spec import ConfigError
-from .tracking import redact
+from .errors import ConfigError, first_line, redact
 
 
 def check_database(url: str, what: str, fix: str) -> None:
@@ -22,9 +21,7 @@ def check_database(url: str, what: str, fix: str) -> None:
             pass
         engine.dispose()
     except Exception as e:  # noqa: BLE001 - driver errors vary; all mean "cannot use this store"
-        text = str(getattr(e, "orig", None) or e).strip()
-        msg = text.splitlines()[0] if text else type(e).__name__
-        raise ConfigError(f"cannot reach {what} {redact(url)}: {redact(msg)[:300]}; {fix}") from None
+        raise ConfigError(f"cannot reach {what} {redact(url)}: {first_line(e)}; {fix}") from None
 
 
 def _timeout(url: str) -> dict:

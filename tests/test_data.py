@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import ConfigError
-from runners import data as data_mod
-from runners.config import DataConfig
-from runners.data import augment, load_dataset
+from runners.errors import ConfigError
+from runners.train import data as data_mod
+from runners.train.config import DataConfig
+from runners.train.data import augment, load_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-subset"  # beside the repo
 

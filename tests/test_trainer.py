@@ -8,10 +8,10 @@ import torch
 from conftest import ablate, assert_one_line_error
 
 from models import ArchSpec, ConfigError, ResNet
-from runners import tracking
-from runners.config import DataConfig, TrainConfig
-from runners.data import load_dataset
-from runners.trainer import CHECKPOINT, LRSchedule, Plan, load_checkpoint, resolve_device, train
+from runners.tracking import runs as tracking
+from runners.train.config import DataConfig, TrainConfig
+from runners.train.data import load_dataset
+from runners.train.trainer import CHECKPOINT, LRSchedule, Plan, load_checkpoint, resolve_device, train
 
 TINY = ArchSpec(depth=8)  # 3 stages of one basic block: 75k parameters
 DATA_CFG = DataConfig("synthetic", subset=600, val_size=100)  # 500 train, 100 val, 120 test

@@ -23,15 +23,14 @@ from pathlib import Path
 
 import torch
 
-from models.spec import ConfigError
-
-from .config import DataConfig, TrainConfig
+from ..errors import ConfigError
+from ..train.config import DataConfig, TrainConfig
 
 # The shared CPU-scale subset (12k CIFAR-10 JPEGs) if this checkout sits beside it.
 SHARED_SUBSET = ("shared/data/cifar10-jpeg-subset", "../shared/data/cifar10-jpeg-subset")
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="resnet20", help="default: resnet20")
     p.add_argument("--dataset", metavar="NAME|PATH",
                    help="default: the shared cifar10-jpeg-subset if present, else synthetic")
@@ -48,7 +47,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_dataset() -> str:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for rel in SHARED_SUBSET:
         if (root / rel / "train").is_dir():
             return str((root / rel).resolve())
@@ -69,12 +68,12 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def bench_command(args) -> int:
+def run(args) -> int:
     import torchvision.transforms as T
 
     import models
-    from .data import load_dataset
-    from .trainer import make_optimizer, memory_format, resolve_device, runtime, sync, train_step, use_amp
+    from ..train.data import load_dataset
+    from ..train.trainer import make_optimizer, memory_format, resolve_device, runtime, sync, train_step, use_amp
 
     for flag in ("batch_size", "steps", "repeats"):
         if getattr(args, flag) <= 0:

@@ -1,6 +1,6 @@
 """What an ablation study's MLflow experiment holds: its usable runs, grouped by variant.
 
-Read through `MlflowClient` only, following the contract in `runners.tracking`. Only FINISHED
+Read through `MlflowClient` only, following the contract in `runners.tracking.runs`. Only FINISHED
 runs of the `confirm` or `train` stage are used (a run without a stage tag is a plain
 `ablate train` run and counts as `train`); `search` trials are tuned on validation data with
 short budgets and never mix in. Every run left out is counted with its reason, so a partial
@@ -12,8 +12,8 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from models.spec import ConfigError
-from runners import tracking
+from ..errors import ConfigError
+from . import runs as tracking
 
 STAGES = ("confirm", "train")
 CURVE_METRICS = ("train_error", "test_error", "iteration", "layer_response_std")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.spec import ConfigError
+from ..errors import ConfigError
 
 from .config import DataConfig
 
@@ -248,7 +248,7 @@ def _load_imagefolder(root: Path):
             for f in files:
                 st = f.stat()
                 key.update(f"{split}/{cls_name}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    from .tracking import results_dir
+    from ..paths import results_dir
     cache = results_dir() / "cache" / f"imagefolder-{root.name}-{key.hexdigest()[:16]}.pt"
     if cache.exists():
         try:

@@ -18,9 +18,11 @@ from typing import Any
 import yaml
 
 from models.registry import resolve
-from models.spec import ArchSpec, ConfigError
-from .config import BUILTIN_DATASETS, DataConfig, TrainConfig, coerce, from_mapping
-from .tracking import fmt, variant_name
+from models.spec import ArchSpec
+
+from ..errors import ConfigError
+from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, coerce, from_mapping
+from ..tracking.runs import fmt, variant_name
 
 TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds")
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ArchSpec))

@@ -1,6 +1,6 @@
 """Ablation studies under Optuna: set a study up, run its trials, report its status.
 
-Layout in Optuna (one storage, see runners/storage.py):
+Layout in Optuna (one storage, see runners/study/storage.py):
 * study `<name>`: the confirmation trials, one per (variant, seed) grid cell, enqueued once. They
   are never pruned and are the only trials the figures use.
 * with `search:`, one study `<name>:search:<variant>` per variant, holding exactly
@@ -19,12 +19,8 @@ last epoch.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,13 +29,12 @@ from statistics import mean, stdev
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from models.spec import ConfigError
-from .database import check_database
-from .storage import (Heartbeat, default_storage, fail_stale_trials, is_database, open_storage, setup_lock,
-                      worker_id)
-from .studyspec import SEARCHABLE, StudySpec, Variant, load_spec
-from .tracking import (Terminated, Tracker, client, default_tracking_uri, fmt, git_commit, redact, results_dir,
-                       sigterm_raises, tracked_run, ui_link)
+from ..database import check_database
+from ..errors import ConfigError, redact
+from ..paths import default_storage, default_tracking_uri, results_dir
+from ..tracking.runs import Terminated, Tracker, client, fmt, git_commit, tracked_run
+from .spec import SEARCHABLE, StudySpec, Variant
+from .storage import Heartbeat, fail_stale_trials, is_database, open_storage, setup_lock, worker_id
 
 CONFIRM, SEARCH = "confirm", "search"
 CELL_ATTRS = ("stage", "variant", "seed", "cell", "hparams", "checkpoint")
@@ -195,13 +190,13 @@ class StudyRunner:
     def dataset(self, device: str | None = None):
         """The study's data, loaded once per worker onto its device."""
         if self._dataset is None:
-            from .data import load_dataset
-            from .trainer import resolve_device
+            from ..train.data import load_dataset
+            from ..train.trainer import resolve_device
             self._dataset = load_dataset(self.spec.dataset, resolve_device(device or self.device))
         return self._dataset
 
     def _run(self, study: optuna.Study, trial: optuna.Trial) -> bool:
-        from .trainer import train
+        from ..train.trainer import train
         attrs = study._storage.get_trial(trial._trial_id).user_attrs
         stage, v, seed = attrs["stage"], self.spec.variant(attrs["variant"]), attrs["seed"]
         if stage == SEARCH:
@@ -338,157 +333,3 @@ def _suggest(trial: optuna.Trial, name: str, dist: dict):
     if SEARCHABLE[name] is int:
         return trial.suggest_int(name, int(dist["low"]), int(dist["high"]), log=bool(dist.get("log")))
     return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
-
-
-# -- commands -----------------------------------------------------------------------------------
-def _common(p) -> None:
-    p.add_argument("spec", help="the study spec, e.g. ablations/degradation.yaml")
-    p.add_argument("--storage", help="Optuna storage: a journal file path (default: results/optuna/<name>.journal) "
-                                     "or a database URL such as postgresql://user:pass@host/db")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
-
-
-def _execution(p) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or results/mlflow.db)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--checkpoint-dir", help="where trials checkpoint (shared storage when workers are on "
-                                            "several machines); default results/checkpoints")
-    p.add_argument("--heartbeat", type=int, default=30, help="seconds between heartbeats on a database "
-                                                             "storage; a trial is retried after 3 missed")
-    p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
-
-
-def add_run_arguments(p) -> None:
-    _common(p)
-    _execution(p)
-    p.add_argument("--workers", type=int, help="worker processes on this host (default: one per GPU, else 1)")
-    p.add_argument("--workers-per-gpu", type=int, default=1, help="small CIFAR nets leave a GPU mostly idle")
-
-
-def add_worker_arguments(p) -> None:
-    _common(p)
-    _execution(p)
-    p.add_argument("--threads", type=int, help="CPU threads for this worker (default: all cores)")
-
-
-def add_status_arguments(p) -> None:
-    _common(p)
-    p.add_argument("--json", action="store_true")
-
-
-def _runner(args, **kw) -> StudyRunner:
-    spec = load_spec(args.spec, args.overrides)
-    return StudyRunner(spec, storage=args.storage, tracking_uri=getattr(args, "tracking_uri", None),
-                       device=getattr(args, "device", "auto"), checkpoint_root=getattr(args, "checkpoint_dir", None),
-                       heartbeat=getattr(args, "heartbeat", 30), poll=getattr(args, "poll", 2.0), **kw)
-
-
-def worker_command(args) -> int:
-    runner = _runner(args, threads=args.threads)
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    runner.dataset()  # a missing dataset fails here, before anything is written
-    runner.setup()
-    with sigterm_raises():
-        try:
-            return runner.work()
-        except Terminated:
-            return 143
-
-
-def run_command(args) -> int:
-    import torch
-    spec = load_spec(args.spec, args.overrides)
-    gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
-    workers = args.workers or max(1, gpus * args.workers_per_gpu)
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)
-    runner = _runner(args, threads=threads)
-    # A missing dataset fails here, before anything is written. Spawned workers load their own
-    # copy, so this one stays on the CPU.
-    runner.dataset(device=None if workers == 1 else "cpu")
-    runner.setup()
-    runner.reopen_parent()
-    storage, uri = runner.storage_url, runner.tracking_uri
-    print(f"study {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds"
-          + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
-          + f"; {workers} worker(s); storage {redact(storage)}")
-    try:
-        with sigterm_raises():
-            if workers == 1:
-                if threads:
-                    torch.set_num_threads(threads)
-                code = runner.work()
-            else:
-                code = _spawn_workers(args, workers, gpus, threads, storage, uri)
-    except (KeyboardInterrupt, Terminated):
-        runner.end_parent("KILLED")
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    runner.end_parent("FINISHED")
-    _print_status(runner.status())
-    exp = runner.mlflow.get_experiment_by_name(spec.name)
-    print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open "
-          f"http://127.0.0.1:5000/{ui_link(exp.experiment_id)}")
-    return code
-
-
-def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
-    procs = []
-    for i in range(workers):
-        cmd = [sys.executable, "-m", "runners.cli", "worker", args.spec, "--storage", storage,
-               "--tracking-uri", uri, "--device", "cuda" if gpus else args.device,
-               "--heartbeat", str(args.heartbeat), "--poll", str(args.poll)]
-        cmd += [f"--set={o}" for o in args.overrides]
-        if args.checkpoint_dir:
-            cmd += ["--checkpoint-dir", args.checkpoint_dir]
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        else:
-            cmd += ["--threads", str(threads)]
-        procs.append(subprocess.Popen(cmd, env=env))
-    try:
-        return max(p.wait() for p in procs)
-    except BaseException:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        raise
-
-
-def status_command(args) -> int:
-    import json
-    spec = load_spec(args.spec, args.overrides)
-    url = args.storage or default_storage(spec.name)
-    if not is_database(url) and not Path(url).exists():
-        raise ConfigError(f"no study storage at {url}; start the study with `ablate run {args.spec}`")
-    runner = StudyRunner(spec, storage=url, track=False)
-    if not runner.exists():
-        raise ConfigError(f"no study named {spec.name!r} in {redact(runner.storage_url)}; "
-                          f"start it with `ablate run {args.spec}`")
-    rows = runner.status()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_status(rows)
-    return 0
-
-
-def _print_status(rows: list[dict]) -> None:
-    def err(r):
-        if r["mean_test_error"] is None:
-            return "-"
-        std = f" ± {r['std_test_error']:.4f}" if r["std_test_error"] is not None else ""
-        return f"{r['mean_test_error']:.4f}{std} (n={r['n']}, best {r['best_test_error']:.4f})"
-    cols = ["variant", "search", "complete", "running", "waiting", "pruned", "failed", "diverged"]
-    table = [[str(r[c]) for c in cols] + [err(r)] for r in rows]
-    header = cols + ["test error"]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for t in table:
-        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))

@@ -18,15 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from models.spec import ArchSpec, ConfigError
+from models.spec import ArchSpec
 
-from . import tracking
-from .config import BUILTIN_DATASETS, DataConfig, TrainConfig, from_mapping
+from ..errors import ConfigError, redact
+from ..paths import default_tracking_uri, results_dir
+from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, from_mapping
 
 DEFAULT_EXPERIMENT = "ablate-train"
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a registered name (see `ablate models`) or [preact-](resnet|plain)<6n+2>")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="cifar10", metavar="NAME|PATH",
@@ -135,16 +136,16 @@ def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
 
 
 def default_checkpoint_dir(name: str, arch: ArchSpec, train_cfg: TrainConfig, data_cfg: DataConfig) -> Path:
-    from .trainer import config_signature
+    from ..train.trainer import config_signature
     key = json.dumps(config_signature(arch, train_cfg, data_cfg), sort_keys=True, default=str)
-    return tracking.results_dir() / "checkpoints" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return results_dir() / "checkpoints" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
-def train_command(args) -> int:
+def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from .data import load_dataset
-    from .trainer import CHECKPOINT, check_signature, config_signature, load_checkpoint, resolve_device, train
+    from ..train.data import load_dataset
+    from ..train.trainer import CHECKPOINT, check_signature, config_signature, load_checkpoint, resolve_device, train
     started = time.perf_counter()
     name, arch, train_cfg, data_cfg = resolve_configs(args)
     device = resolve_device(train_cfg.device)
@@ -170,7 +171,8 @@ def train_command(args) -> int:
                       f"{final.get('test_error', float('nan')):.4f}); pass --fresh to train again")
                 return 0
             print(f"resuming from {path} after epoch {saved['epoch']}")
-    uri = args.tracking_uri or tracking.default_tracking_uri()
+    from ..tracking import runs as tracking
+    uri = args.tracking_uri or default_tracking_uri()
     client = tracking.client(uri)  # the first touch of the store: everything above is validated
 
     n, unit = train_cfg.length
@@ -195,7 +197,7 @@ def train_command(args) -> int:
           f"final error {errors or 'n/a'}" +
           (f"; best val {result.best_val_error:.4f}" if result.best_val_error is not None else ""))
     exp_id = client.get_run(tracker.run_id).info.experiment_id
-    print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {tracking.redact(uri)}")
-    print(f"  view: mlflow ui --backend-store-uri {tracking.redact(uri)}   then open "
+    print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {redact(uri)}")
+    print(f"  view: mlflow ui --backend-store-uri {redact(uri)}   then open "
           f"http://127.0.0.1:5000/{tracking.ui_link(exp_id)}")
     return 0

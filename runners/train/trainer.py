@@ -3,11 +3,11 @@
     result = train(models.resolve("resnet20"), TrainConfig(epochs=160), DataConfig("cifar10"),
                    tracker=tracker, checkpoint_dir="results/checkpoints/x")
 
-The recipe is He et al. 2016a Sec. 4.2 (see runners/config.py). The whole dataset sits on the
-training device as uint8 and is augmented there in batches (runners/data.py). Every epoch
+The recipe is He et al. 2016a Sec. 4.2 (see runners/train/config.py). The whole dataset sits on the
+training device as uint8 and is augmented there in batches (runners/train/data.py). Every epoch
 records the training loss and error as measured on the fly (the augmented batches, in training
 mode, as the paper plots them), the validation and test loss and error, the lr, the time and
-the throughput; is logged to the tracker (the contract in runners/tracking.py); and is
+the throughput; is logged to the tracker (the contract in runners/tracking/runs.py); and is
 checkpointed atomically with the model, optimizer, schedule and RNG states, so an interrupted run
 resumes exactly (bit-identical on CPU in deterministic mode). A non-finite loss ends the run as
 "diverged": a result, not an exception. Selection (`best_val_error`) reads validation only.
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.network import ResNet
-from models.spec import ArchSpec, ConfigError
+from models.spec import ArchSpec
 
-from . import tracking
+from ..errors import ConfigError
+from ..tracking import runs as tracking
 from .config import DataConfig, TrainConfig
 from .data import Dataset, Split, load_dataset
 

@@ -1,9 +1,9 @@
 """`ablate figures`: He et al. 2016a's figures and tables regenerated from the MLflow store alone.
 
 Nothing is retrained and Optuna is not needed: every number comes from the runs' tags, params
-and metric histories (the contract in `runners.tracking`), read by `runners.results`: FINISHED runs of the
+and metric histories (the contract in `runners.tracking.runs`), read by `runners.tracking.results`: FINISHED runs of the
 `confirm`/`train` stages, never `search` trials. Runs tagged diverged=true are counted and drawn as x markers but kept out of means and tests,
-where one exploded run would otherwise set the result. Statistics live in `runners.stats`.
+where one exploded run would otherwise set the result. Statistics live in `runners.report.stats`, tables in `runners.report.tables`.
 
 Figures (PDF with TrueType fonts + PNG): training curves (Fig. 6), final error vs depth, layer
 responses (Fig. 7), error by variant at a fixed depth (the Table 3 comparison). Tables
@@ -11,7 +11,6 @@ responses (Fig. 7), error by variant at a fixed depth (the Table 3 comparison). 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from collections import defaultdict
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.spec import ConfigError
-from runners import stats, tracking
-from runners.results import RunRecord, Study, Variant, load_study, num
+from ..tracking.results import RunRecord, Study, Variant, num
+from . import stats, tables
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ def plot_final_vs_depth(study: Study, out: Path) -> list[Path]:
     fig = Figure(figsize=(6.6, 2.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     depths = sorted({v.depth for v in study.by_variant})
-    ref = stats.paper_reference_points(study)
+    ref = tables.paper_reference_points(study)
     ys: list[float] = [e for _, e in ref]  # shifted artists escape autoscaling: limits are set below
     for ax, attr, title in ((axes[0], "final_train", "final training error"),
                             (axes[1], "final_test", "final test error")):
@@ -283,46 +281,6 @@ def plot_ablation(study: Study, groups: dict[tuple, list[Variant]], out: Path) -
     return _save(fig, out, "ablation")
 
 
-# -- the command --------------------------------------------------------------------------------
-def experiment_from_spec(path: str) -> str:
-    """The experiment of an ablation spec: its `name` (the spec is validated, not its data)."""
-    from runners.studyspec import load_spec
-    return load_spec(path, check_data=False).name
-
-
-def add_figures_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", nargs="?", help="ablation spec (ablations/*.yaml); its `name` is the experiment")
-    p.add_argument("--experiment", help="MLflow experiment name, instead of SPEC")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or "
-                   "results/mlflow.db)")
-    p.add_argument("--out", default=None, help="output folder (default: results/figures/<study>)")
-    p.add_argument("--x", choices=("epoch", "iteration"), default="epoch",
-                   help="x axis of the training curves (iteration: the `iteration` metric, as Fig. 6)")
-    p.add_argument("--band", choices=("ci", "minmax"), default="ci",
-                   help="band over seeds in the curves: 95%% t-interval of the mean, or min..max")
-
-
-def figures_command(args) -> int:
-    if bool(args.spec) == bool(args.experiment):
-        raise ConfigError("give either SPEC or --experiment NAME (exactly one)")
-    name = args.experiment or experiment_from_spec(args.spec)
-    uri = args.tracking_uri or tracking.default_tracking_uri()
-    c = tracking.client(uri)
-    study = load_study(c, name)
-    out = Path(args.out) if args.out else tracking.results_dir() / "figures" / name.replace("/", "_")
-    out.mkdir(parents=True, exist_ok=True)
-    written, skipped, notes = write_all(study, out, x=args.x, band=args.band)
-    for p in written:
-        print(p)
-    for s in skipped:
-        print(f"skipped: {s}")
-    for n in notes:
-        print(f"note: {n}")
-    print(f"MLflow UI: {tracking.ui_link(study.experiment_id)} "
-          f"(serve it with: mlflow ui --backend-store-uri {tracking.redact(uri)})")
-    return 0
-
-
 def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
     """Every figure and table the data supports; returns (paths written, skipped + why, notes)."""
     from matplotlib import rc_context
@@ -353,19 +311,19 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
                 written += plot_ablation(study, groups, out)
             else:
                 skipped.append("ablation (Table 3): no depth with variants differing in shortcut/block/preact")
-        for stem, table, why in (("variants", stats.variant_table(study), ""),
-                                 ("plain_vs_residual", stats.plain_vs_residual_table(study),
+        for stem, table, why in (("variants", tables.variant_table(study), ""),
+                                 ("plain_vs_residual", tables.plain_vs_residual_table(study),
                                   "no depth with both plain and residual runs"),
-                                 ("degradation", stats.degradation_table(study),
+                                 ("degradation", tables.degradation_table(study),
                                   "no kind of net with two or more depths")):
             if table is None or not table.rows:
                 skipped.append(f"table {stem}: {why}")
                 continue
-            for ext, render in (("csv", stats.to_csv), ("md", stats.to_markdown), ("tex", stats.to_latex)):
+            for ext, render in (("csv", tables.to_csv), ("md", tables.to_markdown), ("tex", tables.to_latex)):
                 path = out / f"{stem}.{ext}"
                 path.write_text(render(table), encoding="utf-8")
                 written.append(path)
     summary = out / "summary.md"
-    summary.write_text(stats.summary_markdown(study, [p.name for p in written], skipped, notes),
+    summary.write_text(tables.summary_markdown(study, [p.name for p in written], skipped, notes),
                        encoding="utf-8")
     return written + [summary], skipped, notes

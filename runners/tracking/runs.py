@@ -20,32 +20,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from models.spec import ArchSpec, ConfigError
+from models.spec import ArchSpec
+
+from ..errors import ConfigError, first_line, redact
+from ..paths import default_tracking_uri, results_dir
 
 AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed")
-DEFAULT_RESULTS = "results"
-
-
-def results_dir() -> Path:
-    return Path(os.environ.get("ABLATE_RESULTS", DEFAULT_RESULTS))
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite store under results/ (MLflow 3's default kind)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir() / 'mlflow.db').resolve()}"
-
-
-def redact(url: str) -> str:
-    """`scheme://user:secret@host` -> `scheme://user:***@host`: credentials never reach logs."""
-    return re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1:***@", str(url))
-
-
 def fmt(value) -> str:
     """The string form used for tags and params: lowercase booleans, compact numbers and lists."""
     if isinstance(value, bool):
@@ -126,7 +111,7 @@ def client(uri: str | None = None):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     is_db = "://" in uri and not uri.startswith(("sqlite", "http://", "https://", "file:", "databricks"))
     if is_db:
-        from .database import check_database
+        from ..database import check_database
         check_database(uri, "the MLflow tracking store", "check --tracking-uri / MLFLOW_TRACKING_URI")
     # An unreachable server would otherwise be retried with backoff for minutes.
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -135,7 +120,7 @@ def client(uri: str | None = None):
     try:
         if uri.startswith("postgresql"):
             # The first client on an empty database creates MLflow's schema: once, not N times.
-            from .database import advisory_lock
+            from ..database import advisory_lock
             with advisory_lock(uri, "mlflow-schema"):
                 c = MlflowClient(tracking_uri=uri)
                 c.search_experiments(max_results=1)
@@ -143,9 +128,7 @@ def client(uri: str | None = None):
             c = MlflowClient(tracking_uri=uri)
             c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        text = str(getattr(e, "orig", None) or e).strip()
-        msg = text.splitlines()[0] if text else type(e).__name__
-        raise ConfigError(f"cannot reach the MLflow tracking store {redact(uri)}: {redact(msg)[:200]}; "
+        raise ConfigError(f"cannot reach the MLflow tracking store {redact(uri)}: {first_line(e, 200)}; "
                           "check --tracking-uri / MLFLOW_TRACKING_URI") from None
     finally:
         for k, v in saved.items():

@@ -25,16 +25,11 @@ from typing import Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from models.spec import ConfigError
-from .database import advisory_lock, check_database
-from .tracking import redact, results_dir
+from ..database import advisory_lock, check_database
+from ..errors import ConfigError, first_line, redact
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def default_storage(study_name: str) -> str:
-    return str(results_dir() / "optuna" / f"{study_name}.journal")
 
 
 def is_database(url: str) -> bool:
@@ -56,13 +51,8 @@ def open_storage(url: str, *, heartbeat: int = 30, on_stale: Callable | None = N
                 url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
                 grace_period=3 * heartbeat, heartbeat_stale_trial_callback=on_stale)
     except Exception as e:  # noqa: BLE001 - driver errors vary; all mean "cannot use this store"
-        raise ConfigError(f"cannot open the Optuna storage {redact(url)}: {_first_line(e)}; "
+        raise ConfigError(f"cannot open the Optuna storage {redact(url)}: {first_line(e)}; "
                           "check the host, the credentials and that the database exists") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(getattr(e, "orig", None) or e).strip()
-    return redact(text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.spec import ConfigError
+from ..errors import ConfigError
 
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an ImageFolder path

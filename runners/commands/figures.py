@@ -1,0 +1,46 @@
+"""`ablate figures SPEC | --experiment NAME`: paper figures and tables from the MLflow store alone."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError, redact
+from ..paths import default_tracking_uri, results_dir
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", nargs="?", help="ablation spec (ablations/*.yaml); its `name` is the experiment")
+    p.add_argument("--experiment", help="MLflow experiment name, instead of SPEC")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or "
+                   "results/mlflow.db)")
+    p.add_argument("--out", default=None, help="output folder (default: results/figures/<study>)")
+    p.add_argument("--x", choices=("epoch", "iteration"), default="epoch",
+                   help="x axis of the training curves (iteration: the `iteration` metric, as Fig. 6)")
+    p.add_argument("--band", choices=("ci", "minmax"), default="ci",
+                   help="band over seeds in the curves: 95%% t-interval of the mean, or min..max")
+
+
+def run(args) -> int:
+    from ..report.figures import write_all
+    from ..study.spec import load_spec
+    from ..tracking.results import load_study
+    from ..tracking.runs import client, ui_link
+
+    if bool(args.spec) == bool(args.experiment):
+        raise ConfigError("give either SPEC or --experiment NAME (exactly one)")
+    # The spec is validated, not its data: figures outlive the dataset.
+    name = args.experiment or load_spec(args.spec, check_data=False).name
+    uri = args.tracking_uri or default_tracking_uri()
+    study = load_study(client(uri), name)
+    out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped, notes = write_all(study, out, x=args.x, band=args.band)
+    for p in written:
+        print(p)
+    for s in skipped:
+        print(f"skipped: {s}")
+    for n in notes:
+        print(f"note: {n}")
+    print(f"MLflow UI: {ui_link(study.experiment_id)} "
+          f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
+    return 0

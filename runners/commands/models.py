@@ -1,0 +1,36 @@
+"""`ablate models [PATTERN]`: the registered models with their size."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch wildcard, e.g. 'plain*'")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args) -> int:
+    import models
+    names = models.list_models(args.pattern)
+    if not names:
+        # A pattern without wildcards is a name: resolve it so unknown names explain themselves.
+        if not any(c in args.pattern for c in "*?["):
+            names = [args.pattern]
+        else:
+            raise ConfigError(f"no registered model matches {args.pattern!r}; try 'resnet*' or 'plain*'")
+    rows = [models.describe(n) for n in names]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["name", "family", "depth", "block", "shortcut", "preact", "params", "macs"]
+    fmt = {"params": lambda v: f"{v:,}", "macs": lambda v: f"{v / 1e6:,.1f}M"}
+    table = [[fmt.get(c, str)(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for t in table:
+        print("  ".join(v.rjust(w) if c in fmt or c == "depth" else v.ljust(w)
+                        for c, v, w in zip(cols, t, widths)))
+    return 0
