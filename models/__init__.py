@@ -15,8 +15,11 @@ import importlib
 _EXPORTS = {
     "ArchSpec": ".spec", "ConfigError": ".spec",
     "Block": ".blocks", "PadShortcut": ".blocks", "Projection": ".blocks",
+    "GhostBatchNorm2d": ".blocks", "ScaledSum": ".blocks", "GatedSum": ".blocks",
+    "DroppedShortcutSum": ".blocks",
     "Complexity": ".complexity", "complexity": ".complexity",
     "ResNet": ".network", "from_torchvision_state_dict": ".network",
+    "from_akamaster_state_dict": ".network",
     "build": ".registry", "describe": ".registry", "list_models": ".registry",
     "register_model": ".registry", "resolve": ".registry",
 }

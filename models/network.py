@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .blocks import EXPANSION, Block, conv
+from .blocks import EXPANSION, PRE_ORDERS, Block, conv, norm_layer
 from .spec import ArchSpec
 
 BASE_WIDTH = {"cifar": 16, "imagenet": 64, "seed": 64}
@@ -21,28 +21,35 @@ BASE_WIDTH = {"cifar": 16, "imagenet": 64, "seed": 64}
 class Stem(nn.Sequential):
     """cifar: 3x3 conv (He 2016a Sec. 4.2); imagenet/seed: 7x7/2 conv + 3x3/2 max pool (Table 1).
 
-    A pre-activation cifar stem is the bare conv: the first block's BN-ReLU follows it
-    (He 2016b reference code); the ImageNet stem keeps its BN-ReLU before the pool.
+    Every activation order keeps the stem's BN-ReLU. In the pre-activation orders it is the first
+    unit's pre-activation: He 2016b Sec. 4.1 adopts "the first activation right after conv1 and
+    before splitting into two paths", so the first block adds none (fb.resnet.torch
+    preresnet.lua: conv-BN-ReLU stem, then a 'no_preact' first block; its CIFAR variant's bare
+    conv followed by a shared 'both_preact' BN-ReLU computes the same function).
     """
 
-    def __init__(self, family: str, out_ch: int, preact: bool) -> None:
+    def __init__(self, family: str, out_ch: int, norm=nn.BatchNorm2d) -> None:
         large = family != "cifar"
         layers: OrderedDict[str, nn.Module] = OrderedDict(conv=conv(3, out_ch, 7 if large else 3, 2 if large else 1))
-        if large or not preact:
-            layers["bn"] = nn.BatchNorm2d(out_ch)
-            layers["relu"] = nn.ReLU(inplace=True)
+        layers["bn"] = norm(out_ch)
+        layers["relu"] = nn.ReLU(inplace=True)
         if large:
             layers["maxpool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         super().__init__(layers)
 
 
 class Head(nn.Sequential):
-    """Global average pooling and a linear classifier; pre-activation nets add the final BN-ReLU."""
+    """Global average pooling and a linear classifier.
 
-    def __init__(self, in_ch: int, num_classes: int, preact: bool) -> None:
+    The pre-activation orders add "an extra activation right after [the last unit's] element-wise
+    addition" (He 2016b Sec. 4.1): BN-ReLU for full pre-activation (e), ReLU for ReLU-only (d).
+    """
+
+    def __init__(self, in_ch: int, num_classes: int, order: str, norm=nn.BatchNorm2d) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        if preact:
-            layers["bn"] = nn.BatchNorm2d(in_ch)
+        if order == "preact":
+            layers["bn"] = norm(in_ch)
+        if order in PRE_ORDERS:
             layers["relu"] = nn.ReLU(inplace=True)
         layers["pool"] = GlobalAvgPool()
         layers["fc"] = nn.Linear(in_ch, num_classes)
@@ -70,6 +77,7 @@ def make_stages(spec: ArchSpec, in_ch: int) -> tuple[nn.Sequential, int]:
     base = round(BASE_WIDTH[spec.family] * spec.width)
     expansion = EXPANSION[spec.block]
     depths = spec.stage_depths
+    norm = norm_layer(spec.bn_batch)
     stages = []
     for i, n in enumerate(depths):
         out_ch = base * 2**i * expansion
@@ -78,9 +86,13 @@ def make_stages(spec: ArchSpec, in_ch: int) -> tuple[nn.Sequential, int]:
         else:
             strides = [1] * (n - 1) + [2 if i < len(depths) - 1 else 1]
         blocks = []
-        for stride in strides:
+        for j, stride in enumerate(strides):
             blocks.append(Block(spec.block, in_ch, out_ch, stride=stride, shortcut=spec.shortcut,
-                                preact=spec.preact, stride_on_first=spec.downsample == "last"))
+                                order=spec.order, stride_on_first=spec.downsample == "last",
+                                input_activated=i == 0 and j == 0, pad=spec.pad,
+                                shortcut_scale=spec.shortcut_scale, branch_scale=spec.branch_scale,
+                                gate_bias=spec.gate_bias, shortcut_dropout=spec.shortcut_dropout,
+                                norm=norm))
             in_ch = out_ch
         stages.append(nn.Sequential(*blocks))
     return nn.Sequential(*stages), in_ch
@@ -95,9 +107,10 @@ class ResNet(nn.Module):
         self.spec = spec
         self.num_classes = num_classes or spec.default_num_classes
         stem_ch = round(BASE_WIDTH[spec.family] * spec.width)
-        self.stem = Stem(spec.family, stem_ch, spec.preact)
+        norm = norm_layer(spec.bn_batch)
+        self.stem = Stem(spec.family, stem_ch, norm)
         self.stages, out_ch = make_stages(spec, stem_ch)
-        self.head = Head(out_ch, self.num_classes, spec.preact)
+        self.head = Head(out_ch, self.num_classes, spec.order, norm)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -108,6 +121,8 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+            if hasattr(m, "reset_gate"):  # a gate's bias starts at b_g (He 2016b Sec. 3.1)
+                m.reset_gate()
         if self.spec.zero_init_last:
             for block in self.blocks():
                 block.zero_init_last()
@@ -124,8 +139,7 @@ class ResNet(nn.Module):
         names = {m: n for n, m in self.named_modules()}
         out = []
         if self.stem.conv.kernel_size == (3, 3):
-            point = self.stem.bn if hasattr(self.stem, "bn") else self.stem.conv
-            out.append((names[point], point))
+            out.append((names[self.stem.bn], self.stem.bn))
         for block in self.blocks():
             out.extend((names[m], m) for m in block.response_modules())
         return out
@@ -155,6 +169,37 @@ def from_torchvision_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     renamed = {}
     for key, value in state_dict.items():
         for pattern, repl in _TORCHVISION_RENAMES:
+            key = re.sub(pattern, repl, key)
+        renamed[key] = value
+    return renamed
+
+
+# akamaster/pytorch_resnet_cifar10 module names -> ours. Its blocks match ours; option A has no
+# parameters, so only the containers are renamed.
+_AKAMASTER_RENAMES = [
+    (r"^module\.", ""),  # saved from nn.DataParallel
+    (r"^conv1\.", "stem.conv."),
+    (r"^bn1\.", "stem.bn."),
+    (r"^layer(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}."),
+    (r"^linear\.", "head.fc."),
+]
+
+
+def from_akamaster_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
+    """Rename an akamaster/pytorch_resnet_cifar10 ResNet state_dict (or its checkpoint, a dict
+    holding "state_dict") so it loads with strict=True into our net built with pad="split":
+
+        net = models.build("resnet56", pad="split")
+        net.load_state_dict(models.from_akamaster_state_dict(torch.load(path)), strict=True)
+
+    module.* -> *, conv1/bn1 -> stem.conv/stem.bn, layer{i}.{j}.* -> stages.{i-1}.{j}.*,
+    linear -> head.fc. Its option A puts the zero channels on both sides (pad="split").
+    """
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _AKAMASTER_RENAMES:
             key = re.sub(pattern, repl, key)
         renamed[key] = value
     return renamed

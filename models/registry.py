@@ -96,7 +96,7 @@ def describe(model: str | nn.Module, **overrides) -> dict:
         name, spec, net = getattr(model, "model_name", None), model.spec, model
     cx = complexity(net)
     return {"name": name, "family": spec.family, "depth": spec.total_depth, "block": spec.block,
-            "shortcut": spec.shortcut, "preact": spec.preact, "width": spec.width,
+            "shortcut": spec.shortcut, "preact": spec.preact, "order": spec.order, "width": spec.width,
             "stages": list(spec.stage_depths), "params": cx.params, "macs": cx.macs,
             "input_size": cx.input_size}
 
