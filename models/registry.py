@@ -7,42 +7,35 @@
 Registered names are data (an `ArchSpec` preset each). Unregistered CIFAR names that follow the
 grammar `[preact-](resnet|plain)<depth>` also resolve, so `resnet26` works and `resnet21` explains
 why it does not.
+
+This module imports torch only to build or measure a network: listing and resolving names, and
+describing a registered preset (whose size is read from the golden file `complexity.json`,
+checked against the live count by the tests), stay instant.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import json
 import re
-from typing import Callable
+from pathlib import Path
 
-from torch import nn
-
-from .complexity import complexity
-from .network import ResNet
 from .spec import IMAGENET_DEPTHS, ArchSpec, ConfigError
 
 _REGISTRY: dict[str, ArchSpec] = {}
 _NAME_GRAMMAR = re.compile(r"^(?P<preact>preact-)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
+GOLDEN = Path(__file__).with_name("complexity.json")
 
 
-def register_model(name: str, spec: ArchSpec | None = None):
-    """Register `spec` under `name`; without a spec, decorate a function returning one.
+def register_model(name: str, spec: ArchSpec) -> ArchSpec:
+    """Register `spec` under `name`.
 
     Re-registering a name raises: silently replacing a preset would change every study using it.
     """
-    def add(s: ArchSpec) -> ArchSpec:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = s.validate()
-        return s
-
-    if spec is not None:
-        return add(spec)
-
-    def decorator(fn: Callable[[], ArchSpec]) -> Callable[[], ArchSpec]:
-        add(fn())
-        return fn
-    return decorator
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = spec.validate()
+    return spec
 
 
 def _natural_key(name: str):
@@ -74,31 +67,62 @@ def resolve(name: str, **overrides) -> ArchSpec:
     return spec.replace(**overrides) if overrides else spec.validate()
 
 
-def build(name: str | ArchSpec, num_classes: int | None = None, **overrides) -> ResNet:
-    """Build a registered model (or an `ArchSpec`) with fields overridden.
+def build(name: str | ArchSpec, num_classes: int | None = None, **overrides):
+    """Build a registered model (or an `ArchSpec`) with fields overridden: a `ResNet`.
 
     num_classes defaults to the family's (cifar 10, imagenet 1000, seed 2).
     """
+    from .network import ResNet
     spec = name.replace(**overrides) if isinstance(name, ArchSpec) else resolve(name, **overrides)
     model = ResNet(spec, num_classes)
     model.model_name = name if isinstance(name, str) else None
     return model
 
 
-def describe(model: str | nn.Module, **overrides) -> dict:
-    """Name, architecture axes, parameters and MACs at the family's input size."""
+def describe(model, **overrides) -> dict:
+    """Name, architecture axes, parameters and MACs at the family's input size.
+
+    `model` is a name or a built network. A registered name without overrides is read from the
+    golden file; anything else is measured (on the meta device: shapes only, no memory).
+    """
     if isinstance(model, str):
-        import torch
         name, spec = model, resolve(model, **overrides)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            net = ResNet(spec)
+        size = _golden().get(name) if name in _REGISTRY and not overrides else None
+        if size is None:
+            size = measure(spec)
     else:
-        name, spec, net = getattr(model, "model_name", None), model.spec, model
-    cx = complexity(net)
+        from .complexity import complexity
+        name, spec = getattr(model, "model_name", None), model.spec
+        size = complexity(model).as_dict()
     return {"name": name, "family": spec.family, "depth": spec.total_depth, "block": spec.block,
             "shortcut": spec.shortcut, "preact": spec.preact, "order": spec.order, "width": spec.width,
-            "stages": list(spec.stage_depths), "params": cx.params, "macs": cx.macs,
-            "input_size": cx.input_size}
+            "stages": list(spec.stage_depths), **size}
+
+
+def measure(spec: ArchSpec) -> dict:
+    """{"params", "macs", "input_size"} of `spec`, counted on a network built on the meta device."""
+    import torch
+
+    from .complexity import complexity
+    from .network import ResNet
+    with torch.device("meta"):
+        return complexity(ResNet(spec)).as_dict()
+
+
+_GOLDEN_CACHE: dict | None = None
+
+
+def _golden() -> dict:
+    global _GOLDEN_CACHE
+    if _GOLDEN_CACHE is None:
+        _GOLDEN_CACHE = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    return _GOLDEN_CACHE
+
+
+def write_golden() -> None:
+    """Recount every registered preset into complexity.json (after changing a block or a preset):
+    `python -c "from models.registry import write_golden; write_golden()"`."""
+    GOLDEN.write_text(json.dumps({n: measure(s) for n, s in sorted(_REGISTRY.items())}, indent=1) + "\n")
 
 
 # -- the presets -------------------------------------------------------------------------------

@@ -202,3 +202,20 @@ def test_ablate_models_table_json_and_errors():
         assert out.returncode == 2
         assert msg in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_golden_complexity_file_matches_the_live_count(name):
+    """`ablate models` reads sizes from models/complexity.json; it must equal a fresh count.
+    After changing a block or a preset: python -c "from models.registry import write_golden; write_golden()"."""
+    from models import registry
+    assert registry._golden()[name] == registry.measure(models.resolve(name))
+
+
+def test_listing_models_and_the_parser_import_no_torch():
+    code = ("import sys; from runners.cli import build_parser, main; build_parser(); "
+            "assert main(['models', 'resnet1*']) == 0; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert "resnet110" in out.stdout and "1,727,962" in out.stdout
