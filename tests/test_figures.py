@@ -109,7 +109,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-FILES = ["curves", "final_error_vs_depth", "layer_responses", "ablation"]
+FILES = ["curves", "curves_by_depth", "final_error_vs_depth", "layer_responses", "ablation"]
 TABLES = ["variants", "plain_vs_residual", "degradation"]
 
 
@@ -145,8 +145,8 @@ def test_variant_table_matches_mlflow(store, outputs):
         assert row["num_params"] == runs[0].data.params["num_params"]
     assert rows[("none", "56")]["diverged"] == "1"
     # Paper recipe + option A: He 2016a Table 6 stands beside ours; never beside plain nets.
-    assert rows[("A", "20")]["paper_test_pct"] == "8.75" and rows[("A", "56")]["paper_test_pct"] == "6.97"
-    assert rows[("none", "20")]["paper_test_pct"] == ""
+    assert rows[("A", "20")]["paper_2016a_pct"] == "8.75" and rows[("A", "56")]["paper_2016a_pct"] == "6.97"
+    assert rows[("none", "20")]["paper_2016a_pct"] == ""
 
 
 def test_paired_test_matches_scipy(store, outputs):
@@ -205,7 +205,7 @@ def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     spec.write_text(f"name: {EXP}\ndataset: {{name: /data/long/gone}}\nmodel: {{depth: [20, 32], shortcut: [none, A]}}\n")
     assert cli.main(["figures", str(spec), "--tracking-uri", store[0], "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
-    assert str(tmp_path / "o" / "curves.pdf") in printed and "MLflow UI: #/experiments/" in printed
+    assert str(tmp_path / "o" / "curves.pdf") in printed and "MLflow UI: http://127.0.0.1:5000/#/experiments/" in printed
 
 
 def test_only_supported_figures_are_drawn(tmp_path, capsys):
