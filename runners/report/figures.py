@@ -113,14 +113,20 @@ def _fit_ylim(ax, lows: list[float], highs: list[float]) -> None:
     ax.set_ylim(max(0.0, a - pad), min(100.0, b + pad))
 
 
+def _band_style(kind: str, color) -> dict:
+    """A t-interval is a filled band; min..max (few seeds) is hatched, so the two never look alike."""
+    if kind == "minmax":
+        return {"facecolor": "none", "edgecolor": color, "hatch": "////", "alpha": 0.45, "lw": 0}
+    return {"color": color, "alpha": 0.15, "lw": 0}
+
+
 def _style_handles(band_kinds: set[str], diverged: bool) -> list:
     """Legend entries for what line styles mean: dashed = train, solid = test; the band; x."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     out = [Line2D([], [], color="0.3", ls="--", lw=0.8, label="training error"),
            Line2D([], [], color="0.3", ls="-", lw=1.4, label="test error")]
-    out += [Patch(color="0.3", alpha=0.2, lw=0, label=BAND_TEXT[b])
-            for b in sorted(band_kinds)]
+    out += [Patch(**_band_style(b, "0.3"), label=BAND_TEXT[b]) for b in sorted(band_kinds)]
     if diverged:
         out.append(Line2D([], [], color="0.3", ls=":", marker="x", label="diverged run (not in mean)"))
     return out
@@ -138,8 +144,10 @@ def _draw_variant_curves(ax, study: Study, v: VariantAxes, x: str, band: str, co
         bands.add(kind)
         steps, mean, lo, hi, _ = _aggregate(curves, kind)
         xs = _x_values(ok, steps, x)
+        if metric == "test_error" and kind != band:
+            label = label[:-1] + ", min..max band)"
         ax.plot(xs, 100 * mean, style, color=color, lw=width, label=label if metric == "test_error" else None)
-        ax.fill_between(xs, 100 * lo, 100 * hi, color=color, alpha=0.15, lw=0)
+        ax.fill_between(xs, 100 * lo, 100 * hi, **_band_style(kind, color))
         # The first epochs sit near chance (90%); leave them out of the fitted top, as Fig. 6 does,
         # so the gaps that matter (a few points at the end) stay visible.
         late = xs >= xs.min() + 0.1 * (xs.max() - xs.min())
@@ -265,6 +273,8 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
             fails = sum(s_.failed for s_ in sums)
             label = (vs[0].kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if len(lines) > 1 else "")
                      + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} failed" if fails else "") + ")")
+            if len(vs) > 1 and len({s_.n for s_ in sums}) > 1:
+                label = label[:-1] + " by depth)"
             ax.errorbar(xs, mean, yerr=err, fmt="-o", color=color, ms=3.5, lw=1.2, capsize=2.5, label=label,
                         transform=data)
             for xv, v in zip(xs, vs):
@@ -299,8 +309,9 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
         axes[1].plot([], [], "x", color="0.3", label="diverged run (not in mean)")
     axes[0].set_ylabel("error (%)")
     _fit_ylim(axes[0], lows, highs)
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
+    entries = sorted(zip(*axes[1].get_legend_handles_labels()),
+                     key=lambda hl: (hl[1].startswith("He "), hl[1].startswith("diverged")))
+    fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 3))
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
     fig.suptitle(f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else ""), fontsize=7.5)
     return _save(fig, out, "final_error_vs_depth")
@@ -354,7 +365,7 @@ def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Pat
     from matplotlib.figure import Figure
     rows = max(len(vs) for vs in groups.values())
     refs = tables.paper_numbers(study)
-    fig = Figure(figsize=(3.6 * len(groups) + 0.8, 0.4 * rows + 1.5), layout="constrained")
+    fig = Figure(figsize=(max(3.6 * len(groups) + 0.8, 5.0), 0.4 * rows + 1.9), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     bands: set[str] = set()
     for ax, ((family, width, depth), vs) in zip(axes, groups.items()):
@@ -393,10 +404,11 @@ def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Pat
             ax.set_xlim(max(0.0, a - pad), min(100.0, b + pad))
         ax.set_xlabel("final error (%)")
         ax.set_title(f"{family}, depth {depth}, width {width}")
-        ax.legend(loc="best")
+    entries = dict(kv for ax in axes for kv in zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=min(len(entries), 3))
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
-    fig.suptitle(f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else "")
-                 + "; x = diverged run", fontsize=7.5)
+    fig.suptitle(f"{study.name}: mean over converged seeds; x = diverged run"
+                 + (f"\nbars = {what}" if what else ""), fontsize=7.5)
     return _save(fig, out, "ablation")
 
 

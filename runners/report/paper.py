@@ -43,7 +43,7 @@ def _table6() -> dict[Key, PaperNumber]:
     rows = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
     out = {}
     for depth, err in rows.items():
-        stat = "best of 5 (mean ± std 6.61 ± 0.16)" if depth == 110 else "one number (runs not stated)"
+        stat = "best of 5; mean ± std 6.61 ± 0.16" if depth == 110 else "one number (runs not stated)"
         out[("cifar10", depth, "basic", "A")] = PaperNumber(HE2016A, "Table 6", err, stat)
     return out
 
@@ -104,6 +104,11 @@ def _get(params: dict, *names: str, default: str | None = None) -> str | None:
     return default
 
 
+def _shortcut(params: dict) -> str:
+    """The shortcut kind; "none" (a plain net) is a value here, not a missing param."""
+    return params.get("shortcut") or params.get("arch.shortcut") or "A"
+
+
 def _num(s: str | None, default: float) -> float:
     try:
         return float(s) if s is not None else default
@@ -127,7 +132,7 @@ def dataset_of(params: dict) -> str | None:
 
 def form_of(params: dict) -> str | None:
     """The papers' name of a run's shortcut/activation variant, or None when no paper has one."""
-    shortcut = _get(params, "shortcut", default="A")
+    shortcut = _shortcut(params)
     preact = _get(params, "preact", default="false") == "true"
     order = _get(params, "order", "act_order", "activation_order", "preact_order")
     if order is not None:
@@ -156,7 +161,7 @@ def form_of(params: dict) -> str | None:
 def paper_key(params: dict) -> Key | None:
     """(dataset, depth, block, form) of a run, or None for a net no paper's table has (plain,
     not CIFAR, not a CIFAR-family ResNet)."""
-    if _get(params, "family", default="cifar") != "cifar" or _get(params, "shortcut") == "none":
+    if _get(params, "family", default="cifar") != "cifar" or _shortcut(params) == "none":
         return None
     dataset, form = dataset_of(params), form_of(params)
     depth = _num(_get(params, "depth"), float("nan"))
@@ -165,7 +170,7 @@ def paper_key(params: dict) -> Key | None:
     block = _get(params, "block", default="basic")
     if block in ONE_LAYER_BLOCKS:
         block = "1-layer"
-    if form == "original" and _get(params, "shortcut") == "A":
+    if form == "original" and _shortcut(params) == "A":
         form = "A"  # 2016a Table 6's option A, which is also 2016b's original
     return (dataset, int(depth), block, form)
 

@@ -246,7 +246,9 @@ def _runtime(c, run_id: str, params: dict) -> tuple[str | None, bool | None]:
     if amp is None:
         return None, None
     import json
+    import os
     import tempfile
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run otherwise
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = c.download_artifacts(run_id, "config.json", tmp)
