@@ -212,7 +212,7 @@ def _variant(axes: tuple, key: str | None, keys: set) -> VariantAxes:
         # recipe override (runners.study.spec): the override part names the difference when it
         # is unique among the twins, the whole key otherwise.
         suffix = {k: k[k.index("+"):] if k and "+" in k else "" for k in keys}
-        detail = suffix[key] if list(suffix.values()).count(suffix[key]) == 1 and suffix[key] else key
+        detail = suffix[key] if list(suffix.values()).count(suffix[key]) == 1 else key
     return VariantAxes(tags["family"], int(parse_float(tags["depth"])), tags["block"], tags["shortcut"],
                        tags["preact"] == "true", tags["width"], extra, detail)
 
