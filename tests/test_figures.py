@@ -229,6 +229,7 @@ def test_only_supported_figures_are_drawn(tmp_path, capsys):
     assert (out / "curves.png").exists() and (out / "variants.csv").exists()
     assert not (out / "final_error_vs_depth.pdf").exists() and not (out / "plain_vs_residual.csv").exists()
     assert "skipped: final error vs depth" in printed and "skipped: table plain_vs_residual" in printed
+    assert "skipped: ablation: no depth has two or more residual variants" in printed
     assert _csv(out / "variants.csv")[0]["seeds"] == "2"
 
 

@@ -234,7 +234,8 @@ def _interval(s: stats.Summary, values: list[float], band: str) -> tuple[float, 
 
 
 def _n_text(ns: list[int]) -> str:
-    return f"n={ns[0]}" if len(set(ns)) == 1 else "n=" + ",".join(map(str, ns))
+    """Converged seeds per point: 'n=5', or 'n=5/5/3 by depth' where they differ."""
+    return f"n={ns[0]}" if len(set(ns)) == 1 else "n=" + "/".join(map(str, ns)) + " by depth"
 
 
 def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]:
@@ -273,8 +274,6 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
             fails = sum(s_.failed for s_ in sums)
             label = (vs[0].kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if len(lines) > 1 else "")
                      + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} failed" if fails else "") + ")")
-            if len(vs) > 1 and len({s_.n for s_ in sums}) > 1:
-                label = label[:-1] + " by depth)"
             ax.errorbar(xs, mean, yerr=err, fmt="-o", color=color, ms=3.5, lw=1.2, capsize=2.5, label=label,
                         transform=data)
             for xv, v in zip(xs, vs):
@@ -416,8 +415,8 @@ def _no_ablation_reason(study: Study) -> str:
     residual = sorted({v.kind_label() for v in study.by_variant if v.residual})
     if not residual:
         return "ablation: no residual runs"
-    return ("ablation: no depth has two or more residual variants to compare (found only "
-            f"{', '.join(residual)} at each depth); plain vs residual is in plain_vs_residual.*")
+    return ("ablation: no depth has two or more residual variants to compare (at most one per depth, "
+            f"of: {', '.join(residual)}); plain vs residual is in plain_vs_residual.*")
 
 
 def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):

@@ -85,7 +85,7 @@ def to_latex(t: Table) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "−": "$-$", "≥": r"$\geq$"}
+        "±": r"$\pm$", "−": "$-$", "≥": r"$\geq$", "Δ": r"$\Delta$", "→": r"$\to$"}
 
 
 def _tex(s: str) -> str:
@@ -125,9 +125,9 @@ def recipe_notes(runs) -> list[str]:
         for d in paper.recipe_differences(r.params, iterations=_iterations(r), amp=r.amp, device=r.device):
             counts[d] = counts.get(d, 0) + 1
     if not counts:
-        return ["recipe: no difference from the papers' CIFAR recipe in the runs' params"]
+        return ["recipe vs the papers: no difference from their CIFAR recipe in the runs' params"]
     n = len(runs)
-    return [f"recipe differs from the papers': {d}" + ("" if k == n else f" ({k} of {n} runs)")
+    return [f"recipe vs the papers: {d}" + ("" if k == n else f" ({k} of {n} runs)")
             for d, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
