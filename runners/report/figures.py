@@ -273,7 +273,9 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
             highs += [100 * hi for _, hi in bars]
             fails = sum(s_.failed for s_ in sums)
             label = (vs[0].kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if len(lines) > 1 else "")
-                     + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} failed" if fails else "") + ")")
+                     + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} failed" if fails else "")
+                     + (", min..max bars" if band == "ci" and any(1 < s_.n < stats.MIN_SEEDS_FOR_CI for s_ in sums)
+                        else "") + ")")
             ax.errorbar(xs, mean, yerr=err, fmt="-o", color=color, ms=3.5, lw=1.2, capsize=2.5, label=label,
                         transform=data)
             for xv, v in zip(xs, vs):
@@ -310,7 +312,7 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
     _fit_ylim(axes[0], lows, highs)
     entries = sorted(zip(*axes[1].get_legend_handles_labels()),
                      key=lambda hl: (hl[1].startswith("He "), hl[1].startswith("diverged")))
-    fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 3))
+    fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 2))
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
     fig.suptitle(f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else ""), fontsize=7.5)
     return _save(fig, out, "final_error_vs_depth")
