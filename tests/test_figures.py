@@ -26,17 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINISHED",
-             diverged=False, rng):
+             diverged=False, rng, axes=None, variant=None):
+    """`axes`: further axis tags (logged as tags and unprefixed params, as `run_params` does)."""
     from mlflow.entities import Metric, Param
     tags = {"family": "cifar", "depth": str(depth), "block": "basic", "shortcut": shortcut,
             "preact": "false", "width": "1", "seed": str(seed), "model": f"{shortcut}{depth}",
-            "ablation": EXP, "study": EXP, "stage": stage, "variant": f"d{depth}-{shortcut}"}
+            "ablation": EXP, "study": EXP, "stage": stage, "variant": variant or f"d{depth}-{shortcut}",
+            **(axes or {})}
     if stage is None:  # a direct `ablate train` run: no study tags
         tags = {k: v for k, v in tags.items() if k not in ("ablation", "study", "stage", "variant")}
     run = c.create_run(exp_id, run_name=f"{shortcut}-{depth}-s{seed}", tags=tags)
     rid = run.info.run_id
     params = {**{k: v for k, v in tags.items() if k in ("family", "depth", "block", "shortcut", "preact",
-                                                          "width", "seed", "model")},
+                                                          "width", "seed", "model", *(axes or {}))},
               "data.name": "cifar10", "data.subset": "none", "train.iterations": "64000",
               "train.epochs": "none", "train.lr": "0.1", "train.batch_size": "128",
               "num_params": str(269722 if depth == 20 else 853018), "macs": str(40_600_000 * depth // 20)}
@@ -109,7 +111,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-FILES = ["curves", "final_error_vs_depth", "layer_responses", "ablation"]
+FILES = ["curves", "curves_by_depth", "final_error_vs_depth", "layer_responses", "ablation"]
 TABLES = ["variants", "plain_vs_residual", "degradation"]
 
 
@@ -145,8 +147,8 @@ def test_variant_table_matches_mlflow(store, outputs):
         assert row["num_params"] == runs[0].data.params["num_params"]
     assert rows[("none", "56")]["diverged"] == "1"
     # Paper recipe + option A: He 2016a Table 6 stands beside ours; never beside plain nets.
-    assert rows[("A", "20")]["paper_test_pct"] == "8.75" and rows[("A", "56")]["paper_test_pct"] == "6.97"
-    assert rows[("none", "20")]["paper_test_pct"] == ""
+    assert rows[("A", "20")]["paper_2016a_pct"] == "8.75" and rows[("A", "56")]["paper_2016a_pct"] == "6.97"
+    assert rows[("none", "20")]["paper_2016a_pct"] == ""
 
 
 def test_paired_test_matches_scipy(store, outputs):
@@ -205,7 +207,7 @@ def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     spec.write_text(f"name: {EXP}\ndataset: {{name: /data/long/gone}}\nmodel: {{depth: [20, 32], shortcut: [none, A]}}\n")
     assert cli.main(["figures", str(spec), "--tracking-uri", store[0], "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
-    assert str(tmp_path / "o" / "curves.pdf") in printed and "MLflow UI: #/experiments/" in printed
+    assert str(tmp_path / "o" / "curves.pdf") in printed and "MLflow UI: http://127.0.0.1:5000/#/experiments/" in printed
 
 
 def test_only_supported_figures_are_drawn(tmp_path, capsys):
@@ -227,6 +229,7 @@ def test_only_supported_figures_are_drawn(tmp_path, capsys):
     assert (out / "curves.png").exists() and (out / "variants.csv").exists()
     assert not (out / "final_error_vs_depth.pdf").exists() and not (out / "plain_vs_residual.csv").exists()
     assert "skipped: final error vs depth" in printed and "skipped: table plain_vs_residual" in printed
+    assert "skipped: ablation: no depth has two or more residual variants" in printed
     assert _csv(out / "variants.csv")[0]["seeds"] == "2"
 
 
@@ -253,3 +256,124 @@ def test_bad_input_is_one_line_exit_2(store, tmp_path, case):
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.startswith("ablate figures: error:")
+
+
+def test_tables_show_paper_numbers_failures_and_holm(store, outputs):
+    out = outputs[0]
+    md = (out / "variants.md").read_text()
+    rows = {r["net"]: r for r in _md_rows(md)}
+    paper_col = next(h for h in rows["ResNet-20 (A)"] if h.startswith("He 2016a"))
+    assert "best of 5" in paper_col  # which statistic the paper's number is
+    assert rows["ResNet-20 (A)"][paper_col] == "8.75" and rows["ResNet-56 (A)"][paper_col] == "6.97"
+    assert rows["plain-20"][paper_col] == "" and rows["ResNet-20 (B)"][paper_col] == ""
+    assert rows["plain-56"]["fail"] == "fail 1/5" and rows["plain-20"]["fail"] == "0/6"
+    assert "BatchNorm statistics over 128" in md  # a recipe difference that remains, read from params
+    csv_rows = _csv(out / "variants.csv")
+    assert {r["fail"] for r in csv_rows if r["shortcut"] == "none" and r["depth"] == "56"} == {"fail 1/5"}
+    for name in ("plain_vs_residual", "degradation"):
+        rows = _csv(out / f"{name}.csv")
+        for raw, adj in (("test_p_ttest", "test_p_ttest_holm"), ("train_p", "train_p_holm")):
+            if raw not in rows[0]:
+                continue
+            p = np.array([float(r[raw]) for r in rows])
+            order = np.argsort(p)
+            m = len(p)
+            # Holm by hand: (m - rank) * p in ascending order, made monotone, capped at 1
+            want = np.empty(m)
+            want[order] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+            assert [float(r[adj]) for r in rows] == pytest.approx(want, rel=1e-5)
+        assert "Holm" in (out / f"{name}.md").read_text()
+
+
+def _md_rows(md):
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def _study(curves_by_variant):
+    """An in-process study: {(shortcut, depth): [train/test curves per seed]}; no store."""
+    from runners.tracking.results import RunRecord, Study, VariantAxes
+    by_variant = {}
+    for (shortcut, depth), seeds in curves_by_variant.items():
+        v = VariantAxes("cifar", depth, "basic", shortcut, False, "1")
+        by_variant[v] = [RunRecord(f"{shortcut}{depth}s{i}", v, str(i), False,
+                                   {"data.name": "cifar10", "train.batch_size": "128"},
+                                   {"train_error": c, "test_error": {k: x + 0.01 for k, x in c.items()}},
+                                   c[max(c)], c[max(c)] + 0.01) for i, c in enumerate(seeds)]
+    return Study("inproc", "0", by_variant)
+
+
+def test_figures_have_integer_ticks_and_bands_within_range(tmp_path, monkeypatch):
+    from runners.report import figures
+    figs = {}
+    save = figures._save
+
+    def keep(fig, out, stem):
+        figs[stem] = fig
+        return save(fig, out, stem)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    # Two seeds far apart (a 95% t-interval would pass 0 and 100) and three seeds near 0.
+    wide = [{e: min(0.99, 0.5 + 0.45 * e / 7) for e in range(1, 8)}, {e: 0.05 for e in range(1, 8)}]
+    low = [{e: 0.002 * s + 0.0005 * e for e in range(1, 8)} for s in range(3)]
+    study = _study({("none", 20): wide, ("A", 20): low, ("none", 8): low, ("A", 8): wide})
+    figures.write_all(study, tmp_path)
+    assert {"curves", "curves_by_depth", "final_error_vs_depth"} <= set(figs)
+    for stem in ("curves", "curves_by_depth"):
+        for ax in figs[stem].axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (stem, ticks)
+            lo, hi = ax.get_ylim()
+            assert 0 <= lo < hi <= 100
+            for coll in ax.collections:  # the bands
+                ys = np.concatenate([p.vertices[:, 1] for p in coll.get_paths()])
+                assert ys.min() >= 0 and ys.max() <= 100, stem
+        labels = [t.get_text() for t in figs[stem].legends[0].get_texts()]
+        assert "training error" in labels and "test error" in labels  # line styles in the legend
+        assert any("min..max" in t for t in labels)  # 2 seeds: a min..max band, labelled
+    by_depth = figs["curves_by_depth"].axes
+    assert [ax.get_title() for ax in by_depth] == ["8 layers", "20 layers"]  # plain and residual overlaid
+    assert {t.get_text() for t in by_depth[0].get_legend().get_texts()} == {"plain (n=3)",
+                                                                          "ResNet (A) (n=2, min..max band)"}
+    for ax in figs["final_error_vs_depth"].axes:
+        lo, hi = ax.get_ylim()
+        assert 0 <= lo < hi <= 100
+        for line in ax.get_lines():
+            ys = line.get_ydata()
+            assert np.all((np.asarray(ys, float) >= 0) & (np.asarray(ys, float) <= 100))
+
+
+def test_variants_keep_apart_by_every_axis_tag_and_variant_tag(tmp_path):
+    """A new axis tag (here `order`) and a recipe override (the study's `variant` tag) each make a
+    variant of their own; a run without a variant tag joins the one study variant with its axes."""
+    from mlflow.tracking import MlflowClient
+
+    from runners.tracking.results import load_study
+    uri = f"sqlite:///{tmp_path / 'axes.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exp_id = c.create_experiment("axes", artifact_location=(tmp_path / "a").as_uri())
+    rng = np.random.default_rng(2)
+    key = "cifar-d20-basic-A-post-w1"
+    for seed in (0, 1):
+        _log_run(c, exp_id, shortcut="A", depth=20, seed=seed, rng=rng, variant=key)
+        _log_run(c, exp_id, shortcut="A", depth=20, seed=seed, rng=rng, variant=key + "+warmup=true")
+        _log_run(c, exp_id, shortcut="A", depth=20, seed=seed, rng=rng, variant=key + "-order-b",
+                 axes={"order": "b"})
+    _log_run(c, exp_id, shortcut="A", depth=20, seed=2, stage=None, rng=rng, axes={"order": "b"})
+    study = load_study(c, "axes")
+    got = {(v.extra, v.detail): [r.seed for r in runs] for v, runs in study.by_variant.items()}
+    assert got == {((), ""): ["0", "1"], ((), "+warmup=true"): ["0", "1"],
+                   ((("order", "b"),), ""): ["0", "1", "2"]}
+    assert not study.ignored  # nothing superseded: twins did not collide on (variant, seed)
+    labels = sorted(v.label() for v in study.by_variant)
+    assert labels == ["ResNet-20 (A)", "ResNet-20 (A) +warmup=true", "ResNet-20 (A) [order=b]"]
+
+
+def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys):
+    spec = tmp_path / "study.yaml"
+    spec.write_text("name: renamed\ndataset: {name: cifar10}\nmodel: {depth: 20, shortcut: [none, A]}\n")
+    assert cli.main(["figures", str(spec), "--set", f"name={EXP}", "--tracking-uri", store[0],
+                     "--ui-url", "http://lab:8080/", "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert f"MLflow UI: http://lab:8080/#/experiments/{store[2]}/runs?workflowType=machine_learning" in printed

@@ -7,17 +7,24 @@ from pathlib import Path
 from ..errors import ConfigError, redact
 from ..paths import default_tracking_uri, results_dir
 
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="ablation spec (ablations/*.yaml); its `name` is the experiment")
     p.add_argument("--experiment", help="MLflow experiment name, instead of SPEC")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field as in `ablate run`, e.g. --set name=X for a renamed study "
+                        "(repeatable)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or "
                    "results/mlflow.db)")
+    p.add_argument("--ui-url", default=DEFAULT_UI_URL,
+                   help=f"where `mlflow ui` serves, for the printed link (default: {DEFAULT_UI_URL})")
     p.add_argument("--out", default=None, help="output folder (default: results/figures/<study>)")
     p.add_argument("--x", choices=("epoch", "iteration"), default="epoch",
                    help="x axis of the training curves (iteration: the `iteration` metric, as Fig. 6)")
     p.add_argument("--band", choices=("ci", "minmax"), default="ci",
-                   help="band over seeds in the curves: 95%% t-interval of the mean, or min..max")
+                   help="band over seeds: 95%% t-interval of the mean (min..max below 3 seeds), or min..max")
 
 
 def run(args) -> int:
@@ -28,8 +35,10 @@ def run(args) -> int:
 
     if bool(args.spec) == bool(args.experiment):
         raise ConfigError("give either SPEC or --experiment NAME (exactly one)")
+    if args.overrides and not args.spec:
+        raise ConfigError("--set overrides a spec's fields; give SPEC, or drop --set and name the experiment")
     # The spec is validated, not its data: figures outlive the dataset.
-    name = args.experiment or load_spec(args.spec, check_data=False).name
+    name = args.experiment or load_spec(args.spec, args.overrides, check_data=False).name
     uri = args.tracking_uri or default_tracking_uri()
     study = load_study(client(uri), name)
     out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")
@@ -41,6 +50,6 @@ def run(args) -> int:
         print(f"skipped: {s}")
     for n in notes:
         print(f"note: {n}")
-    print(f"MLflow UI: {ui_link(study.experiment_id)} "
+    print(f"MLflow UI: {args.ui_url.rstrip('/')}/{ui_link(study.experiment_id)} "
           f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
     return 0

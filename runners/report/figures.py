@@ -1,13 +1,18 @@
-"""`ablate figures`: He et al. 2016a's figures and tables regenerated from the MLflow store alone.
+"""`ablate figures`: He et al. 2016a/b's figures and tables regenerated from the MLflow store alone.
 
 Nothing is retrained and Optuna is not needed: every number comes from the runs' tags, params
-and metric histories (the contract in `runners.tracking.runs`), read by `runners.tracking.results`: FINISHED runs of the
-`confirm`/`train` stages, never `search` trials. Runs tagged diverged=true are counted and drawn as x markers but kept out of means and tests,
-where one exploded run would otherwise set the result. Statistics live in `runners.report.stats`, tables in `runners.report.tables`.
+and metric histories (the contract in `runners.tracking.runs`), read by
+`runners.tracking.results`: FINISHED runs of the `confirm`/`train` stages, never `search`
+trials. Diverged runs are counted ("fail k/N") and drawn as x markers but kept out of means and
+tests, where one exploded run would otherwise set the result. Statistics live in
+`runners.report.stats`, tables in `runners.report.tables`, the papers' numbers in
+`runners.report.paper`.
 
-Figures (PDF with TrueType fonts + PNG): training curves (Fig. 6), final error vs depth, layer
-responses (Fig. 7), error by variant at a fixed depth (the Table 3 comparison). Tables
-(CSV, Markdown, LaTeX): per variant, plain vs residual per depth, degradation per family.
+Figures (PDF with TrueType fonts and no creation date, + PNG; the same store gives the same
+bytes): training curves per kind of net (Fig. 6) and per depth (plain and residual overlaid),
+final error vs depth, layer responses (Fig. 7), error by variant at a fixed depth (Table 3 of
+2016a, Tables 1-2 of 2016b). Every band or bar is clipped to [0, 100]% and is a 95% t-interval
+from 3 seeds on, min..max below; n is in the legend; y ranges fit the data.
 """
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tracking.results import RunRecord, Study, Variant, num
-from . import stats, tables
+from ..tracking.results import RunRecord, Study, VariantAxes, parse_float
+from . import paper, stats, tables
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -41,7 +46,8 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
 
 
 def _aggregate(series: list[dict[int, float]], band: str):
-    """Steps, mean, band low/high and count over runs at each step (runs may end early)."""
+    """Steps, mean, band low/high (clipped to [0, 1]: errors are fractions) and count over runs at
+    each step (runs may end early). band: "ci" (95% t-interval) or "minmax"."""
     steps = sorted(set().union(*series))
     m = np.full((len(series), len(steps)), np.nan)
     col = {s: j for j, s in enumerate(steps)}
@@ -58,8 +64,14 @@ def _aggregate(series: list[dict[int, float]], band: str):
         else:
             std = np.nanstd(m, axis=0, ddof=1)
             half = np.array([stats.t_half_width(s_, int(k)) for s_, k in zip(std, n)])
-            lo, hi = mean - half, mean + half
+            lo, hi = stats.clip(mean - half, mean + half, (0.0, 1.0))
     return np.array(steps), mean, lo, hi, n
+
+
+def band_of(n: int, band: str) -> str:
+    """The band drawn over n seeds: min..max below MIN_SEEDS_FOR_CI, where a t-interval is too
+    wide to say anything (with 2 seeds its 95% half-width is 12.7 standard errors)."""
+    return "minmax" if band == "minmax" or n < stats.MIN_SEEDS_FOR_CI else "ci"
 
 
 BAND_TEXT = {"ci": "band: 95% t-interval of the mean over seeds",
@@ -72,16 +84,92 @@ def _depth_colors(study: Study) -> dict[int, tuple]:
     return dict(zip(depths, sns.color_palette("colorblind", max(len(depths), 1))))
 
 
+def _kind_colors(study: Study) -> dict[tuple, tuple]:
+    import seaborn as sns
+    kinds = sorted({v.kind for v in study.by_variant})
+    return dict(zip(kinds, sns.color_palette("colorblind", max(len(kinds), 1))))
+
+
 def _seeds_text(runs: list[RunRecord]) -> str:
     n = sum(r.converged for r in runs)
     d = len(runs) - n
-    return f"n={n}" + (f", {d} diverged" if d else "")
+    return f"n={n}" + (f", fail {d}/{len(runs)}" if d else "")
+
+
+def _integer_ticks(axis) -> None:
+    """Epochs and layer indices are counts: no 2.5 on their axes."""
+    from matplotlib.ticker import MaxNLocator
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _fit_ylim(ax, lows: list[float], highs: list[float]) -> None:
+    """A y range fitted to what is drawn (in %), within [0, 100], so gaps of a few points show."""
+    lo = [v for v in lows if np.isfinite(v)]
+    hi = [v for v in highs if np.isfinite(v)]
+    if not lo or not hi:
+        return
+    a, b = min(lo), max(hi)
+    pad = max(0.06 * (b - a), 0.5)
+    ax.set_ylim(max(0.0, a - pad), min(100.0, b + pad))
+
+
+def _band_style(kind: str, color) -> dict:
+    """A t-interval is a filled band; min..max (few seeds) is hatched, so the two never look alike."""
+    if kind == "minmax":
+        return {"facecolor": "none", "edgecolor": color, "hatch": "////", "alpha": 0.45, "lw": 0}
+    return {"color": color, "alpha": 0.15, "lw": 0}
+
+
+def _style_handles(band_kinds: set[str], diverged: bool) -> list:
+    """Legend entries for what line styles mean: dashed = train, solid = test; the band; x."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    out = [Line2D([], [], color="0.3", ls="--", lw=0.8, label="training error"),
+           Line2D([], [], color="0.3", ls="-", lw=1.4, label="test error")]
+    out += [Patch(**_band_style(b, "0.3"), label=BAND_TEXT[b]) for b in sorted(band_kinds)]
+    if diverged:
+        out.append(Line2D([], [], color="0.3", ls=":", marker="x", label="diverged run (not in mean)"))
+    return out
+
+
+def _draw_variant_curves(ax, study: Study, v: VariantAxes, x: str, band: str, color, label: str,
+                         lows: list, highs: list, bands: set) -> None:
+    runs = study.by_variant[v]
+    ok = [r for r in runs if r.converged]
+    for metric, style, width in (("train_error", "--", 0.8), ("test_error", "-", 1.4)):
+        curves = [r.curves[metric] for r in ok if metric in r.curves]
+        if not curves:
+            continue
+        kind = band_of(len(curves), band)
+        bands.add(kind)
+        steps, mean, lo, hi, _ = _aggregate(curves, kind)
+        xs = _x_values(ok, steps, x)
+        if metric == "test_error" and kind != band:
+            label = label[:-1] + ", min..max band)"
+        ax.plot(xs, 100 * mean, style, color=color, lw=width, label=label if metric == "test_error" else None)
+        ax.fill_between(xs, 100 * lo, 100 * hi, **_band_style(kind, color))
+        # The first epochs sit near chance (90%); leave them out of the fitted top, as Fig. 6 does,
+        # so the gaps that matter (a few points at the end) stay visible.
+        late = xs >= xs.min() + 0.1 * (xs.max() - xs.min())
+        lows.extend(100 * lo[late])
+        highs.extend(100 * hi[late])
+    for r in (r for r in runs if r.diverged and r.curves.get("test_error")):
+        steps = sorted(r.curves["test_error"])
+        xs = _x_values([r], np.array(steps), x) if x == "iteration" and "iteration" in r.curves \
+            else np.array(steps, float)
+        ys = np.array([r.curves["test_error"][s] for s in steps]) * 100
+        good = np.isfinite(ys)
+        if good.any():
+            ax.plot(xs[good], ys[good], ":", color=color, lw=0.7)
+            ax.plot(xs[good][-1:], ys[good][-1:], "x", color=color, ms=6, mew=1.5)
+            highs.append(ys[good][-1])
 
 
 def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path], list[str]]:
-    """He 2016a Fig. 6: one panel per kind of net (plain, each residual kind) in each line."""
+    """He 2016a Fig. 6, twice: one panel per kind of net (plain, each residual kind) with one line
+    per depth (curves*), and one panel per depth overlaying the kinds (curves_by_depth*)."""
     from matplotlib.figure import Figure
-    colors, paths, notes = _depth_colors(study), [], []
+    depth_colors, kind_colors, paths, notes = _depth_colors(study), _kind_colors(study), [], []
     runs_all = [r for r in study.runs if r.converged]
     if x == "iteration" and any("iteration" not in r.curves for r in runs_all):
         notes.append("curves: some runs lack the `iteration` metric, plotted against epoch instead")
@@ -89,48 +177,35 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
     lines = study.lines()
     for line, variants in lines.items():
         kinds = sorted({v.kind for v in variants})
-        fig = Figure(figsize=(3.0 * len(kinds) + 0.4, 2.7), layout="constrained")
-        axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
-        tops = []
-        for ax, kind in zip(axes, kinds):
-            for v in [v for v in variants if v.kind == kind]:
-                runs = study.by_variant[v]
-                ok = [r for r in runs if r.converged]
-                c = colors[v.depth]
-                for metric, style, width in (("train_error", "--", 0.8), ("test_error", "-", 1.4)):
-                    curves = [r.curves[metric] for r in ok if metric in r.curves]
-                    if not curves:
-                        continue
-                    steps, mean, lo, hi, _ = _aggregate(curves, band)
-                    xs = _x_values(ok, steps, x)
-                    label = f"{v.depth}-layer ({_seeds_text(runs)})" if metric == "test_error" else None
-                    ax.plot(xs, 100 * mean, style, color=c, lw=width, label=label)
-                    ax.fill_between(xs, 100 * lo, 100 * hi, color=c, alpha=0.15, lw=0)
-                    tail = mean[xs >= xs.min() + 0.2 * (xs.max() - xs.min())]
-                    tops.append(np.nanmax(tail) * 100 if np.isfinite(tail).any() else 0)
-                for r in (r for r in runs if r.diverged and r.curves.get("test_error")):
-                    steps = sorted(r.curves["test_error"])
-                    xs = _x_values([r], np.array(steps), x) if x == "iteration" and "iteration" in r.curves \
-                        else np.array(steps, float)
-                    ys = np.array([r.curves["test_error"][s] for s in steps]) * 100
-                    good = np.isfinite(ys)
-                    if good.any():
-                        ax.plot(xs[good], ys[good], ":", color=c, lw=0.7)
-                        ax.plot(xs[good][-1:], ys[good][-1:], "x", color=c, ms=6, mew=1.5)
-            v0 = next(v for v in variants if v.kind == kind)
-            ax.set_title(("plain" if not v0.residual else v0.kind_label()) + " nets")
-            ax.set_xlabel("iteration" if x == "iteration" else "epoch")
-            ax.legend(loc="upper right")
-        axes[0].set_ylabel("error (%)")
-        # The first epochs sit near chance (90%); clip them, as Fig. 6 does, so the gaps that
-        # matter (a few points at the end) stay visible.
-        axes[0].set_ylim(0, min(100.0, 1.5 * max(tops, default=50)) or 100)
-        if any(r.diverged for v in variants for r in study.by_variant[v]):
-            axes[0].plot([], [], "x:", color="0.3", label="diverged run (not in mean)")
-            axes[0].legend(loc="upper right")
-        fig.suptitle(f"{study.name}: dashed = training error, solid = test error; {BAND_TEXT[band]}",
-                     fontsize=7.5)
-        paths += _save(fig, out, "curves" + _line_suffix(line, lines))
+        depths = sorted({v.depth for v in variants})
+        diverged = any(r.diverged for v in variants for r in study.by_variant[v])
+        panels = [("curves", kinds, lambda k: [v for v in variants if v.kind == k],
+                   lambda v: (depth_colors[v.depth], f"{v.depth} layers"), lambda vs: f"{vs[0].kind_label()} nets")]
+        if len(kinds) > 1:
+            panels.append(("curves_by_depth", [d for d in depths if sum(v.depth == d for v in variants) > 1],
+                           lambda d: sorted((v for v in variants if v.depth == d), key=lambda v: v.kind),
+                           lambda v: (kind_colors[v.kind], v.kind_label()), lambda vs: f"{vs[0].depth} layers"))
+        for stem, keys, members, style, title in panels:
+            if not keys:
+                continue
+            fig = Figure(figsize=(2.9 * len(keys) + 0.5, 2.9), layout="constrained")
+            axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
+            lows, highs, bands = [], [], set()
+            for ax, key in zip(axes, keys):
+                vs = members(key)
+                for v in vs:
+                    color, name = style(v)
+                    _draw_variant_curves(ax, study, v, x, band, color, f"{name} ({_seeds_text(study.by_variant[v])})",
+                                         lows, highs, bands)
+                ax.set_title(title(vs))
+                ax.set_xlabel("iteration" if x == "iteration" else "epoch")
+                _integer_ticks(ax.xaxis)
+                ax.legend(loc="upper right")
+            axes[0].set_ylabel("error (%)")
+            _fit_ylim(axes[0], lows, highs)
+            fig.legend(handles=_style_handles(bands, diverged), loc="outside lower center", ncol=4)
+            fig.suptitle(f"{study.name}: mean over converged seeds (n in each legend)", fontsize=7.5)
+            paths += _save(fig, out, stem + _line_suffix(line, lines))
     return paths, notes
 
 
@@ -148,8 +223,24 @@ def _line_suffix(line: tuple, lines: dict) -> str:
     return "" if len(lines) == 1 else "_" + "-".join(str(p) for p in (line[0], line[1], f"w{line[2]}"))
 
 
-def plot_final_vs_depth(study: Study, out: Path) -> list[Path]:
-    """Final training and test error against depth, one line per kind, mean and 95% t-interval."""
+def _interval(s: stats.Summary, values: list[float], band: str) -> tuple[float, float]:
+    """The bar of one point (fractions): the clipped t-interval, or min..max below 3 seeds."""
+    if s.n < 2:
+        return s.mean, s.mean
+    if band_of(s.n, band) == "minmax":
+        finite = [v for v in values if math.isfinite(v)]
+        return min(finite), max(finite)
+    return s.lo, s.hi
+
+
+def _n_text(ns: list[int]) -> str:
+    """Converged seeds per point: 'n=5', or 'n=5/5/3 by depth' where they differ."""
+    return f"n={ns[0]}" if len(set(ns)) == 1 else "n=" + "/".join(map(str, ns)) + " by depth"
+
+
+def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]:
+    """Final training and test error against depth, one line per kind: mean and 95% t-interval
+    (min..max below 3 seeds), n per depth in the legend, the papers' numbers as stars."""
     import seaborn as sns
     from matplotlib.figure import Figure
     from matplotlib.transforms import ScaledTranslation, blended_transform_factory
@@ -157,11 +248,13 @@ def plot_final_vs_depth(study: Study, out: Path) -> list[Path]:
     groups = [(line, kind, sorted((v for v in vs if v.kind == kind), key=lambda v: v.depth))
               for line, vs in lines.items() for kind in sorted({v.kind for v in vs})]
     palette = sns.color_palette("colorblind", len(groups))
-    fig = Figure(figsize=(6.6, 2.8), layout="constrained")
+    fig = Figure(figsize=(6.6, 3.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     depths = sorted({v.depth for v in study.by_variant})
-    ref = tables.paper_reference_points(study)
-    ys: list[float] = [e for _, e in ref]  # shifted artists escape autoscaling: limits are set below
+    refs = tables.paper_numbers(study)
+    lows: list[float] = []
+    highs: list[float] = []  # shifted artists escape autoscaling: limits are set below
+    bands: set[str] = set()
     for ax, attr, title in ((axes[0], "final_train", "final training error"),
                             (axes[1], "final_test", "final test error")):
         for k, ((line, kind, vs), color) in enumerate(zip(groups, palette)):
@@ -169,27 +262,39 @@ def plot_final_vs_depth(study: Study, out: Path) -> list[Path]:
             dx = (k - (len(groups) - 1) / 2) * 5
             shift = ScaledTranslation(dx / 72, 0, fig.dpi_scale_trans)
             data, top = ax.transData + shift, blended_transform_factory(ax.transData, ax.transAxes) + shift
-            sums = [stats.summarize(getattr(r, attr) for r in study.by_variant[v] if r.converged) for v in vs]
+            values = [[getattr(r, attr) if r.converged else math.nan for r in study.by_variant[v]] for v in vs]
+            sums = [stats.summarize(vals, (0.0, 1.0)) for vals in values]
+            bars = [_interval(s_, vals, band) for s_, vals in zip(sums, values)]
+            bands |= {band_of(s_.n, band) for s_ in sums if s_.n > 1}
             xs = np.array([v.depth for v in vs], float)
-            mean = np.array([s.mean for s in sums]) * 100
-            err = np.array([[s.mean - s.lo, s.hi - s.mean] if s.n > 1 else [0, 0] for s in sums]).T * 100
-            ys += list(mean + err[1])
-            label = vs[0].kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if len(lines) > 1 else "")
+            mean = np.array([s_.mean for s_ in sums]) * 100
+            err = np.array([[m - 100 * lo, 100 * hi - m] for m, (lo, hi) in zip(mean, bars)]).T
+            lows += [100 * lo for lo, _ in bars]
+            highs += [100 * hi for _, hi in bars]
+            fails = sum(s_.failed for s_ in sums)
+            label = (vs[0].kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if len(lines) > 1 else "")
+                     + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} failed" if fails else "")
+                     + (", min..max bars" if band == "ci" and any(1 < s_.n < stats.MIN_SEEDS_FOR_CI for s_ in sums)
+                        else "") + ")")
             ax.errorbar(xs, mean, yerr=err, fmt="-o", color=color, ms=3.5, lw=1.2, capsize=2.5, label=label,
                         transform=data)
-            for xv, yv, v in zip(xs, mean, vs):
-                if np.isfinite(yv):
-                    ax.annotate(f"n={sum(r.converged for r in study.by_variant[v])}", (xv, yv),
-                                xytext=(dx + 3, 2), textcoords="offset points", fontsize=5.5, color=color)
+            for xv, v in zip(xs, vs):
                 for r in (r for r in study.by_variant[v] if r.diverged):
                     y = getattr(r, attr)
                     if math.isfinite(y):
-                        ys.append(100 * y)
+                        highs.append(100 * y)
                         ax.plot(xv, 100 * y, "x", color=color, ms=6, mew=1.5, transform=data)
                     else:  # no finite error: mark it on the top edge instead of dropping it
                         ax.plot(xv, 0.97, "x", color=color, ms=6, mew=1.5, transform=top, clip_on=False)
-        if attr == "final_test" and ref:
-            ax.plot([d for d, _ in ref], [e for _, e in ref], "k*", ms=6, label="He 2016a Table 6 (ResNet, A)")
+            if attr == "final_test":
+                for p_, marker in zip(paper.PAPERS, ("*", "D")):
+                    pts = [(v.depth, refs[v][p_].error) for v in vs
+                           if p_ in refs.get(v, {}) and refs[v][p_].error is not None]
+                    if pts:
+                        lows += [e for _, e in pts]
+                        ax.plot([d for d, _ in pts], [e for _, e in pts], marker, color=color, mec="k", mew=0.5,
+                                ms=7 if marker == "*" else 4,
+                                label=f"{p_} ({paper.STAT[p_]}), {vs[0].kind_label()}", transform=data)
         ax.set_title(title)
         ax.set_xlabel("depth (layers)")
         lo, hi = depths[0], depths[-1]
@@ -204,11 +309,12 @@ def plot_final_vs_depth(study: Study, out: Path) -> list[Path]:
     if any(r.diverged for r in study.runs):
         axes[1].plot([], [], "x", color="0.3", label="diverged run (not in mean)")
     axes[0].set_ylabel("error (%)")
-    finite = [y for y in ys if np.isfinite(y)]
-    axes[0].set_ylim(0, 1.1 * max(finite) if finite else 100)
-    handles, labels = axes[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
-    fig.suptitle(f"{study.name}: mean over seeds, bars = 95% t-interval, n = converged seeds", fontsize=7.5)
+    _fit_ylim(axes[0], lows, highs)
+    entries = sorted(zip(*axes[1].get_legend_handles_labels()),
+                     key=lambda hl: (hl[1].startswith("He "), hl[1].startswith("diverged")))
+    fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 2))
+    what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
+    fig.suptitle(f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else ""), fontsize=7.5)
     return _save(fig, out, "final_error_vs_depth")
 
 
@@ -234,51 +340,85 @@ def plot_layer_responses(study: Study, out: Path) -> list[Path]:
     axes[1].set_xlabel("layer index (sorted by magnitude)")
     for ax in axes:
         ax.set_ylabel("std")
+        _integer_ticks(ax.xaxis)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3)
     fig.suptitle(f"{study.name}: std of each 3x3 layer's response (He 2016a Fig. 7), "
                  "mean over converged seeds", fontsize=7.5)
     return _save(fig, out, "layer_responses")
 
 
-def ablation_groups(study: Study) -> dict[tuple, list[Variant]]:
-    """(family, width, depth) -> variants differing in shortcut/block/preact: Table 3's setting."""
-    groups: dict[tuple, list[Variant]] = defaultdict(list)
+def ablation_groups(study: Study) -> dict[tuple, list[VariantAxes]]:
+    """(family, width, depth) -> its variants, where two or more of them are residual nets that
+    differ (in shortcut, block, pre-activation, a further axis or a recipe override): the setting
+    of He 2016a Table 3 and 2016b Tables 1-2."""
+    groups: dict[tuple, list[VariantAxes]] = defaultdict(list)
     for v in study.by_variant:
         groups[(v.family, v.width, v.depth)].append(v)
     # Plain vs a single residual net is the plain-vs-residual comparison already; an ablation
     # needs two residual variants (the plain net then stays in the panel as the reference).
-    return {k: vs for k, vs in sorted(groups.items(), key=lambda kv: (kv[0][0], num(kv[0][1]), kv[0][2]))
-            if len({(v.shortcut, v.block, v.preact) for v in vs if v.residual}) > 1}
+    return {k: vs for k, vs in sorted(groups.items(), key=lambda kv: (kv[0][0], parse_float(kv[0][1]), kv[0][2]))
+            if sum(v.residual for v in vs) > 1}
 
 
-def plot_ablation(study: Study, groups: dict[tuple, list[Variant]], out: Path) -> list[Path]:
-    """Error by variant at a fixed depth: points with 95% t-intervals (He 2016a Table 3)."""
+def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Path, band: str = "ci") -> list[Path]:
+    """Error by variant at a fixed depth: points with 95% t-intervals (min..max below 3 seeds),
+    the papers' test error as stars."""
     from matplotlib.figure import Figure
     rows = max(len(vs) for vs in groups.values())
-    fig = Figure(figsize=(3.4 * len(groups) + 0.6, 0.35 * rows + 1.3), layout="constrained")
+    refs = tables.paper_numbers(study)
+    fig = Figure(figsize=(max(3.6 * len(groups) + 0.8, 5.0), 0.4 * rows + 1.9), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    bands: set[str] = set()
     for ax, ((family, width, depth), vs) in zip(axes, groups.items()):
-        labels = []
+        labels, lows, highs, drawn = [], [], [], set()
         for i, v in enumerate(vs):
             runs = study.by_variant[v]
             for attr, marker, color, name, dy in (("final_test", "o", "C0", "test", -0.12),
                                                   ("final_train", "s", "C1", "train", 0.12)):
-                s = stats.summarize(getattr(r, attr) for r in runs if r.converged)
+                values = [getattr(r, attr) if r.converged else math.nan for r in runs]
+                s = stats.summarize(values, (0.0, 1.0))
                 if s.n:
-                    err = [[100 * (s.mean - s.lo)], [100 * (s.hi - s.mean)]] if s.n > 1 else None
-                    ax.errorbar(100 * s.mean, i + dy, xerr=err, fmt=marker, color=color, ms=4, capsize=2.5,
+                    lo, hi = _interval(s, values, band)
+                    bands |= {band_of(s.n, band)} if s.n > 1 else set()
+                    lows.append(100 * lo)
+                    highs.append(100 * hi)
+                    ax.errorbar(100 * s.mean, i + dy, xerr=[[100 * (s.mean - lo)], [100 * (hi - s.mean)]],
+                                fmt=marker, color=color, ms=4, capsize=2.5,
                                 mfc=color if name == "test" else "white", label=name if i == 0 else None)
                 for r in (r for r in runs if r.diverged and math.isfinite(getattr(r, attr))):
                     ax.plot(100 * getattr(r, attr), i + dy, "x", color=color, ms=6, mew=1.5)
+                    highs.append(100 * getattr(r, attr))
+            for p_, marker in zip(paper.PAPERS, ("*", "D")):
+                num = refs.get(v, {}).get(p_)
+                if num is not None and num.error is not None:
+                    lows.append(num.error)
+                    ax.plot(num.error, i - 0.12, marker, color="k", ms=6 if marker == "*" else 3.5,
+                            label=None if p_ in drawn else f"{p_} test ({paper.STAT[p_]})")
+                    drawn.add(p_)
             block = f" [{v.block}]" if len({u.block for u in vs}) > 1 else ""
             labels.append(f"{v.label()}{block} ({_seeds_text(runs)})")
         ax.set_yticks(range(len(vs)), labels)
         ax.set_ylim(len(vs) - 0.5, -0.5)
+        if lows and highs:
+            a, b = min(lows), max(highs)
+            pad = max(0.08 * (b - a), 0.5)
+            ax.set_xlim(max(0.0, a - pad), min(100.0, b + pad))
         ax.set_xlabel("final error (%)")
         ax.set_title(f"{family}, depth {depth}, width {width}")
-        ax.legend(loc="best")
-    fig.suptitle(f"{study.name}: mean, bars = 95% t-interval over seeds; x = diverged run", fontsize=7.5)
+    entries = dict(kv for ax in axes for kv in zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=min(len(entries), 3))
+    what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
+    fig.suptitle(f"{study.name}: mean over converged seeds; x = diverged run"
+                 + (f"\nbars = {what}" if what else ""), fontsize=7.5)
     return _save(fig, out, "ablation")
+
+
+def _no_ablation_reason(study: Study) -> str:
+    residual = sorted({v.kind_label() for v in study.by_variant if v.residual})
+    if not residual:
+        return "ablation: no residual runs"
+    return ("ablation: no depth has two or more residual variants to compare (at most one per depth, "
+            f"of: {', '.join(residual)}); plain vs residual is in plain_vs_residual.*")
 
 
 def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
@@ -299,7 +439,7 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
             else:
                 skipped.append("training curves: no converged run logged test_error")
             if len({v.depth for v in study.by_variant}) > 1:
-                written += plot_final_vs_depth(study, out)
+                written += plot_final_vs_depth(study, out, band)
             else:
                 skipped.append("final error vs depth: only one depth")
             if any(r.converged and "layer_response_std" in r.curves for r in runs):
@@ -308,9 +448,9 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
                 skipped.append("layer responses: no run logged layer_response_std")
             groups = ablation_groups(study)
             if groups:
-                written += plot_ablation(study, groups, out)
+                written += plot_ablation(study, groups, out, band)
             else:
-                skipped.append("ablation (Table 3): no depth with variants differing in shortcut/block/preact")
+                skipped.append(_no_ablation_reason(study))
         for stem, table, why in (("variants", tables.variant_table(study), ""),
                                  ("plain_vs_residual", tables.plain_vs_residual_table(study),
                                   "no depth with both plain and residual runs"),

@@ -1,6 +1,10 @@
 """The tables of `ablate figures`: per variant, plain vs residual, degradation; CSV, Markdown, LaTeX.
 
 They read a `runners.tracking.results.Study` (duck-typed: by_variant, runs, lines(), ignored).
+Every table puts the papers' number beside a variant where a paper has one
+(`runners.report.paper`), counts failed (diverged) runs as "fail k/N", corrects the p-values of
+each column with Holm's method, and lists under it every way the runs' recipe differs from the
+papers', read from their params.
 """
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import io
 import math
 from dataclasses import dataclass
 
-from .stats import WILCOXON_MIN_PAIRS, paired, summarize, welch
+from . import paper
+from .stats import WILCOXON_MIN_PAIRS, holm, paired, summarize, welch
 
 # -- tables -------------------------------------------------------------------------------------
 # A table is (columns, rows, notes): rows are lists of already-formatted strings, so the three
@@ -25,7 +30,7 @@ class Table:
     notes: list[str]
 
 
-def num(x: float, digits: int = 4) -> str:
+def fmt_float(x: float, digits: int = 4) -> str:
     return "" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
@@ -45,6 +50,11 @@ def pm(mean: float, std: float, digits: int = 2) -> str:
 
 def interval(lo: float, hi: float, digits: int = 2) -> str:
     return "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def p_holm(p: float, adjusted: float) -> str:
+    """'raw / Holm-adjusted' p-value, short."""
+    return "n/a" if p is None or not math.isfinite(p) else f"{pshort(p)} / {pshort(adjusted)}"
 
 
 def to_csv(t: Table) -> str:
@@ -75,7 +85,7 @@ def to_latex(t: Table) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-        "±": r"$\pm$", "−": "$-$", "≥": r"$\geq$"}
+        "±": r"$\pm$", "−": "$-$", "≥": r"$\geq$", "Δ": r"$\Delta$", "→": r"$\to$"}
 
 
 def _tex(s: str) -> str:
@@ -83,87 +93,104 @@ def _tex(s: str) -> str:
 
 
 # -- the tables of `ablate figures` ---------------------------------------------------------------
-
-# He 2016a Table 6, CIFAR-10 test error (%) of the option-A ResNets; plain nets appear only as
-# curves (Fig. 6), so there is nothing to put beside ours for them.
-PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
-PAPER_NOTES = {110: "best of 5 runs; 6.61 ± 0.16 mean ± std over 5 runs"}
-
-
-def paper_recipe(params: dict) -> bool:
-    """The run used CIFAR-10 in full with the paper's recipe (64k iterations, lr 0.1, batch 128)."""
-    def val(key):
-        v = params.get(key, "none")
-        return None if v in ("none", "", None) else _float(v)
-    its, epochs = val("train.iterations"), val("train.epochs")
-    long_enough = (its == 64000 or (epochs is not None and epochs >= 160)
-                   or (its is None and epochs is None))  # neither given: TrainConfig's 64k default
-    return (params.get("data.name") == "cifar10" and params.get("data.subset", "none") == "none"
-            and long_enough and val("train.lr") == 0.1 and val("train.batch_size") == 128)
-
-
-def paper_reference(v, runs) -> float | None:
-    if (v.family, v.block, v.shortcut, v.preact, _float(v.width)) != ("cifar", "basic", "A", False, 1.0):
-        return None
-    if v.depth not in PAPER_TABLE6 or not runs or not all(paper_recipe(r.params) for r in runs):
-        return None
-    return PAPER_TABLE6[v.depth]
-
-
-def paper_reference_points(study) -> list[tuple[int, float]]:
-    return [(v.depth, ref) for v, runs in study.by_variant.items()
-            if (ref := paper_reference(v, runs)) is not None]
-
-
-def _float(s) -> float:
-    try:
-        return float(s)
-    except (TypeError, ValueError):
-        return math.nan
+PCT = (0.0, 100.0)  # an error's range, in the tables' unit
 
 
 def _pct(runs, attr: str) -> list[float]:
-    """Final errors of the converged runs, in percent (the tables' unit, as in the paper)."""
-    return [100 * getattr(r, attr) for r in runs if r.converged]
+    """Final errors in percent (the papers' unit); a failed (diverged) run is NaN: counted, not averaged."""
+    return [100 * getattr(r, attr) if r.converged else math.nan for r in runs]
 
 
 def _count(s: str | None) -> str:
-    v = _float(s)
-    if not math.isfinite(v):
+    try:
+        v = float(s)
+    except (TypeError, ValueError):
         return "n/a"
     return f"{v / 1e9:.2f}G" if v >= 1e9 else f"{v / 1e6:.2f}M"
 
 
+def _fail(summary) -> str:
+    return summary.fail_text() or f"0/{summary.runs}"
+
+
+def _iterations(r) -> float | None:
+    its = r.curves.get("iteration")
+    return its[max(its)] if its else None
+
+
+def recipe_notes(runs) -> list[str]:
+    """Every way these runs' recipe differs from the papers', with how many runs it applies to."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        for d in paper.recipe_differences(r.params, iterations=_iterations(r), amp=r.amp, device=r.device):
+            counts[d] = counts.get(d, 0) + 1
+    if not counts:
+        return ["recipe vs the papers: no difference from their CIFAR recipe in the runs' params"]
+    n = len(runs)
+    return [f"recipe vs the papers: {d}" + ("" if k == n else f" ({k} of {n} runs)")
+            for d, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _runs_of(study, variants) -> list:
+    return [r for v in dict.fromkeys(variants) for r in study.by_variant[v]]
+
+
+def paper_numbers(study) -> dict:
+    """variant -> {paper: PaperNumber}; a variant's runs share an architecture, so its first
+    run's params decide (its data name too: a study has one dataset)."""
+    return {v: paper.lookup(runs[0].params) for v, runs in study.by_variant.items() if runs}
+
+
+def _paper_header(p: str) -> str:
+    return f"{p} test (%, {paper.STAT[p]})"
+
+
 def variant_table(study) -> Table:
     multi = len(study.lines()) > 1
-    refs = {v: paper_reference(v, runs) for v, runs in study.by_variant.items()}
-    show_ref = any(r is not None for r in refs.values())
-    columns = ["family", "depth", "block", "shortcut", "preact", "width", "seeds", "diverged", "n",
-               "train_error_mean_pct", "train_error_std_pct", "test_error_mean_pct", "test_error_std_pct",
-               "test_error_ci_lo_pct", "test_error_ci_hi_pct", "num_params", "macs", "paper_test_pct"]
-    headers = ["net", "seeds", "diverged", "n", "train err. (%)", "test err. (%)", "test 95% CI",
-               "params", "MACs"] + (["He 2016a test (%)"] if show_ref else [])
+    refs = paper_numbers(study)
+    shown = [p for p in paper.PAPERS if any(p in r for r in refs.values())]
+    columns = ["family", "depth", "block", "shortcut", "preact", "width", "axes", "detail", "seeds", "diverged",
+               "n", "fail", "train_error_mean_pct", "train_error_std_pct", "test_error_mean_pct",
+               "test_error_std_pct", "test_error_ci_lo_pct", "test_error_ci_hi_pct", "test_error_median_pct",
+               "test_error_best_pct", "num_params", "macs"]
+    for p in paper.PAPERS:
+        tag = p.split()[-1]
+        columns += [f"paper_{tag}_pct", f"paper_{tag}_source"]
+    headers = ["net", "fail", "train err. (%)", "test err. (%)", "test 95% CI", "median", "best"] + \
+        [_paper_header(p) for p in shown] + ["params", "MACs"]
     csv_rows, rows = [], []
     for v, runs in study.by_variant.items():
-        tr, te = summarize(_pct(runs, "final_train")), summarize(_pct(runs, "final_test"))
+        tr, te = summarize(_pct(runs, "final_train"), PCT), summarize(_pct(runs, "final_test"), PCT)
         first = runs[0].params
-        ref = refs[v]
-        csv_rows.append([v.family, str(v.depth), v.block, v.shortcut, "true" if v.preact else "false", v.width,
-                         str(len(runs)), str(len(runs) - tr.n), str(tr.n),
-                         num(tr.mean, 6), num(tr.std, 6), num(te.mean, 6), num(te.std, 6), num(te.lo, 6),
-                         num(te.hi, 6), first.get("num_params", ""), first.get("macs", ""),
-                         num(ref, 2) if ref is not None else ""])
-        row = [v.label(with_line=multi) + ("" if v.block == "basic" else f" [{v.block}]"),
-               str(len(runs)), str(len(runs) - tr.n), str(tr.n), pm(tr.mean, tr.std), pm(te.mean, te.std),
-               interval(te.lo, te.hi), _count(first.get("num_params")), _count(first.get("macs"))]
-        if show_ref:
-            row.append("" if ref is None else f"{ref:.2f}" + (f" ({PAPER_NOTES[v.depth]})" if v.depth in PAPER_NOTES else ""))
-        rows.append(row)
-    notes = ["final error = the last logged epoch; mean ± sample std over the n converged seeds; "
-             "95% CI = Student-t interval of the mean",
-             "seeds = FINISHED runs; diverged runs are counted but not averaged"]
-    if show_ref:
-        notes.append("He 2016a Table 6 (CIFAR-10, option A, 64k iterations) beside runs with the same data and recipe")
+        ref = refs.get(v, {})
+        csv_row = [v.family, str(v.depth), v.block, v.shortcut, "true" if v.preact else "false", v.width,
+                   ";".join(f"{k}={x}" for k, x in v.extra), v.detail,
+                   str(len(runs)), str(te.failed), str(te.n), _fail(te),
+                   fmt_float(tr.mean, 6), fmt_float(tr.std, 6), fmt_float(te.mean, 6), fmt_float(te.std, 6),
+                   fmt_float(te.lo, 6), fmt_float(te.hi, 6), fmt_float(te.median, 6), fmt_float(te.best, 6),
+                   first.get("num_params", ""), first.get("macs", "")]
+        for p in paper.PAPERS:
+            num = ref.get(p)
+            csv_row += ["" if num is None else num.text(),
+                        "" if num is None else f"{p} {num.tables}, {num.stat}"]
+        csv_rows.append(csv_row)
+        name = v.label(with_line=multi) + ("" if v.block == "basic" or multi else f" [{v.block}]")
+        row = [name, _fail(te), pm(tr.mean, tr.std), pm(te.mean, te.std), interval(te.lo, te.hi),
+               fmt_float(te.median, 2) or "n/a", fmt_float(te.best, 2) or "n/a"]
+        for p in shown:
+            num = ref.get(p)
+            row.append("" if num is None else num.text() + (f" ({num.stat})" if "best" in num.stat else ""))
+        rows.append(row + [_count(first.get("num_params")), _count(first.get("macs"))])
+    notes = ["final error = the last logged epoch; mean ± sample std over the converged seeds; "
+             "95% CI = Student-t interval of the mean, clipped to [0, 100]; median and best (lowest) "
+             "test error over the converged seeds",
+             "fail k/N = k of the N FINISHED runs diverged (tagged diverged or a non-finite final error): "
+             "counted here, kept out of means and tests; 'fail' alone: every run did, as the papers write it"]
+    for p in shown:
+        tables = sorted({num.tables for r in refs.values() if (num := r.get(p))})
+        notes.append(f"{p} ({', '.join(tables)}): CIFAR test error, {paper.STAT[p]}; set beside every variant "
+                     "with the same depth, block and shortcut/activation form, whatever our recipe (below)")
+    notes += recipe_notes(study.runs)
     return Table("Final error per variant", columns, headers, csv_rows, rows, notes)
 
 
@@ -174,13 +201,22 @@ def _twin(study, v):
     return (same or plains or [None])[0]
 
 
+def _holm_columns(cmps: list[dict], metrics, fields=("p_t", "p_wilcoxon")) -> list[dict]:
+    """Holm-adjusted p-values per column (metric x test) over the rows of one table."""
+    adj = [dict() for _ in cmps]
+    for m in metrics:
+        for f in fields:
+            for i, a in enumerate(holm([getattr(c[m], f) for c in cmps])):
+                adj[i][(m, f)] = a
+    return adj
+
+
 def plain_vs_residual_table(study) -> Table | None:
-    columns = ["family", "block", "width", "depth", "residual", "pairs", "test_used"]
+    columns = ["family", "block", "width", "depth", "residual", "pairs", "fail_plain", "fail_residual", "test_used"]
     for m in ("test", "train"):
-        columns += [f"{m}_diff_pct", f"{m}_ci_lo_pct", f"{m}_ci_hi_pct", f"{m}_p_ttest", f"{m}_p_wilcoxon"]
-    headers = ["depth", "residual net", "pairs (n)", "Δ test (pp)", "95% CI", "p (t)", "p (Wilcoxon)",
-               "Δ train (pp)", "95% CI", "p (t)", "p (Wilcoxon)", "test used"]
-    csv_rows, rows = [], []
+        columns += [f"{m}_diff_pct", f"{m}_ci_lo_pct", f"{m}_ci_hi_pct", f"{m}_p_ttest", f"{m}_p_ttest_holm",
+                    f"{m}_p_wilcoxon", f"{m}_p_wilcoxon_holm"]
+    found = []
     for v in sorted(study.by_variant, key=lambda v: (v.line, v.depth, v.kind)):
         p = _twin(study, v) if v.residual else None
         if p is None:
@@ -190,29 +226,44 @@ def plain_vs_residual_table(study) -> Table | None:
         seeds = [s for s in plain if s in res]
         cmp = {m: paired([100 * getattr(plain[s], f"final_{m}") for s in seeds],
                          [100 * getattr(res[s], f"final_{m}") for s in seeds]) for m in ("test", "train")}
+        fails = [_fail(summarize(_pct(study.by_variant[x], "final_test"))) for x in (p, v)]
+        found.append((v, p, seeds, cmp, fails))
+    adj = _holm_columns([f[3] for f in found], ("test", "train"))
+    any_fail = any(not f.startswith("0/") for x in found for f in x[4])
+    headers = ["depth", "residual net", "pairs (n)"] + (["fail (plain, res.)"] if any_fail else []) + \
+        ["Δ test (pp)", "95% CI", "p t / Holm", "p Wilcoxon / Holm", "Δ train (pp)", "95% CI", "p t / Holm",
+         "p Wilcoxon / Holm", "test used"]
+    csv_rows, rows = [], []
+    for (v, p, seeds, cmp, fails), a in zip(found, adj):
         used = cmp["test"].test
-        row = [v.family, v.block, v.width, str(v.depth), v.kind_label(), str(len(seeds)), used]
+        row = [v.family, v.block, v.width, str(v.depth), v.kind_label(), str(len(seeds)), *fails, used]
         shown = [str(v.depth), v.label() + ("" if p.preact == v.preact else " vs post-act plain"), str(len(seeds))]
+        shown += [", ".join(fails)] if any_fail else []
         for m in ("test", "train"):
             c = cmp[m]
-            row += [num(c.diff, 6), num(c.lo, 6), num(c.hi, 6), pval(c.p_t), pval(c.p_wilcoxon)]
-            shown += [num(c.diff, 2) or "n/a", interval(c.lo, c.hi), pshort(c.p_t), pshort(c.p_wilcoxon)]
+            row += [fmt_float(c.diff, 6), fmt_float(c.lo, 6), fmt_float(c.hi, 6), pval(c.p_t), pval(a[(m, "p_t")]),
+                    pval(c.p_wilcoxon), pval(a[(m, "p_wilcoxon")])]
+            shown += [fmt_float(c.diff, 2) or "n/a", interval(c.lo, c.hi), p_holm(c.p_t, a[(m, "p_t")]),
+                      p_holm(c.p_wilcoxon, a[(m, "p_wilcoxon")])]
         csv_rows.append(row)
         rows.append(shown + [used])
     notes = ["Δ = plain − residual final error in percentage points (> 0: the residual net is better), "
-             "over seeds paired by the `seed` tag (same data order and split); converged runs only",
+             "over seeds paired by the `seed` tag (same data order and split); converged runs only, "
+             "failed (diverged) runs are counted as fail k/N",
              "paired t = scipy.stats.ttest_rel and its 95% t-interval; Wilcoxon signed-rank "
-             f"(scipy.stats.wilcoxon) only with >= {WILCOXON_MIN_PAIRS} pairs; n/a with fewer than 2 pairs"]
+             f"(scipy.stats.wilcoxon) only with >= {WILCOXON_MIN_PAIRS} pairs; n/a with fewer than 2 pairs",
+             f"p raw / Holm-adjusted over the {len(found)} comparison(s) of each p column of this table"]
+    notes += recipe_notes(_runs_of(study, (x for f in found for x in f[:2])))
     return Table("Plain vs residual at each depth", columns, headers, csv_rows, rows, notes)
 
 
 def degradation_table(study) -> Table | None:
     multi = len(study.lines()) > 1
     columns = ["family", "block", "width", "net", "shallow_depth", "deep_depth", "n_shallow", "n_deep",
-               "test_used", "train_change_pct", "train_ci_lo_pct", "train_ci_hi_pct", "train_p",
-               "test_change_pct", "test_ci_lo_pct", "test_ci_hi_pct", "test_p"]
-    headers = ["net", "depths", "n", "Δ train (pp)", "95% CI", "p", "Δ test (pp)", "95% CI", "p", "test used"]
-    csv_rows, rows = [], []
+               "fail_shallow", "fail_deep", "test_used", "train_change_pct", "train_ci_lo_pct", "train_ci_hi_pct",
+               "train_p", "train_p_holm", "test_change_pct", "test_ci_lo_pct", "test_ci_hi_pct", "test_p",
+               "test_p_holm"]
+    found = []
     for line, variants in study.lines().items():
         for kind in sorted({v.kind for v in variants}):
             vs = sorted((v for v in variants if v.kind == kind), key=lambda v: v.depth)
@@ -221,24 +272,31 @@ def degradation_table(study) -> Table | None:
             lo, hi = vs[0], vs[-1]
             cmp = {m: welch(_pct(study.by_variant[hi], f"final_{m}"), _pct(study.by_variant[lo], f"final_{m}"))
                    for m in ("train", "test")}
-            n_lo = sum(r.converged for r in study.by_variant[lo])
-            n_hi = sum(r.converged for r in study.by_variant[hi])
-            name = lo.kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if multi else "")
-            used = cmp["train"].test
-            row = [line[0], line[1], line[2], lo.kind_label(), str(lo.depth), str(hi.depth), str(n_lo), str(n_hi), used]
-            shown = [name, f"{lo.depth} → {hi.depth}", f"{n_lo}, {n_hi}"]
-            for m in ("train", "test"):
-                c = cmp[m]
-                row += [num(c.diff, 6), num(c.lo, 6), num(c.hi, 6), pval(c.p_t)]
-                shown += [num(c.diff, 2) or "n/a", interval(c.lo, c.hi), pshort(c.p_t)]
-            csv_rows.append(row)
-            rows.append(shown + [used])
+            found.append((line, lo, hi, cmp))
+    adj = _holm_columns([f[3] for f in found], ("train", "test"), ("p_t",))
+    headers = ["net", "depths", "n", "fail", "Δ train (pp)", "95% CI", "p / Holm", "Δ test (pp)", "95% CI",
+               "p / Holm", "test used"]
+    csv_rows, rows = [], []
+    for (line, lo, hi, cmp), a in zip(found, adj):
+        s_lo, s_hi = (summarize(_pct(study.by_variant[x], "final_test")) for x in (lo, hi))
+        name = lo.kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if multi else "")
+        used = cmp["train"].test
+        row = [line[0], line[1], line[2], lo.kind_label(), str(lo.depth), str(hi.depth), str(s_lo.n), str(s_hi.n),
+               _fail(s_lo), _fail(s_hi), used]
+        shown = [name, f"{lo.depth} → {hi.depth}", f"{s_lo.n}, {s_hi.n}", f"{_fail(s_lo)}, {_fail(s_hi)}"]
+        for m in ("train", "test"):
+            c = cmp[m]
+            row += [fmt_float(c.diff, 6), fmt_float(c.lo, 6), fmt_float(c.hi, 6), pval(c.p_t), pval(a[(m, "p_t")])]
+            shown += [fmt_float(c.diff, 2) or "n/a", interval(c.lo, c.hi), p_holm(c.p_t, a[(m, "p_t")])]
+        csv_rows.append(row)
+        rows.append(shown + [used])
     notes = ["Δ = final error of the deepest − the shallowest net of each kind, in percentage points; "
              "Δ train > 0 is the degradation problem (He 2016a Sec. 4.1: deeper plain nets train worse)",
              "Welch's t-test (scipy.stats.ttest_ind, equal_var=False) and its 95% interval: different depths "
-             "are independent runs, so seeds are not paired; converged runs only"]
+             "are independent runs, so seeds are not paired; converged runs only, failed runs counted as fail k/N",
+             f"p raw / Holm-adjusted over the {len(found)} comparison(s) of each p column of this table"]
+    notes += recipe_notes(_runs_of(study, (x for f in found for x in f[1:3])))
     return Table("Degradation: shallowest to deepest net", columns, headers, csv_rows, rows, notes)
-
 
 def summary_markdown(study, written: list[str], skipped: list[str], notes: list[str]) -> str:
     runs = study.runs

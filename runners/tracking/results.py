@@ -11,18 +11,23 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import ConfigError
 from . import runs as tracking
 
 STAGES = ("confirm", "train")
+# Unprefixed params that are tags but not variant axes (seed: runs of a variant repeat over it).
+NOT_AXES = ("model", "seed")
 CURVE_METRICS = ("train_error", "test_error", "iteration", "layer_response_std")
 
 
 # -- what the store holds ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Variant:
-    """The tag axes except seed: the unit that seeds are repeats of."""
+class VariantAxes:
+    """One variant of a study as its runs are tagged: the axis tags except seed, any further axis
+    tags (`extra`), and `detail`, which tells apart variants whose axes agree (a recipe override
+    such as '+warmup=true', or the study's variant key where nothing shorter does)."""
 
     family: str
     depth: int
@@ -30,6 +35,8 @@ class Variant:
     shortcut: str
     preact: bool
     width: str
+    extra: tuple[tuple[str, str], ...] = ()  # (tag, value) of axes beyond runs.AXES, sorted
+    detail: str = ""
 
     @property
     def residual(self) -> bool:
@@ -42,12 +49,17 @@ class Variant:
 
     @property
     def kind(self) -> tuple:
-        return (self.residual, self.preact, self.shortcut)
+        """Everything but depth and the line: one curve per depth of a kind."""
+        return (self.residual, self.preact, self.shortcut, self.extra, self.detail)
+
+    def _suffix(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.extra)
+        return (f" [{extra[2:]}]" if extra else "") + (f" {self.detail}" if self.detail else "")
 
     def kind_label(self) -> str:
         if not self.residual:
-            return "plain" + ("(pre-act)" if self.preact else "")
-        return ("pre-act " if self.preact else "") + f"ResNet ({self.shortcut})"
+            return "plain" + (" (pre-act)" if self.preact else "") + self._suffix()
+        return ("pre-act " if self.preact else "") + f"ResNet ({self.shortcut})" + self._suffix()
 
     def label(self, with_line: bool = False) -> str:
         name = ("plain" if not self.residual else "ResNet") + f"-{self.depth}"
@@ -55,26 +67,28 @@ class Variant:
             name = ("pre-act " if self.preact else "") + name + f" ({self.shortcut})"
         elif self.preact:
             name += " (pre-act)"
+        name += self._suffix()
         if with_line:
             name += f" [{self.family}, {self.block}, w{self.width}]"
         return name
 
     def sort_key(self) -> tuple:
-        return (self.family, self.block, num(self.width), self.residual, self.preact,
-                self.shortcut, self.depth)
+        return (self.family, self.block, parse_float(self.width), self.residual, self.preact,
+                self.shortcut, self.extra, self.detail, self.depth)
 
 
 @dataclass
 class RunRecord:
     run_id: str
-    variant: Variant
+    variant: VariantAxes
     seed: str
-    stage: str
     diverged: bool
     params: dict[str, str]
     curves: dict[str, dict[int, float]]  # metric -> step -> value
     final_train: float = math.nan  # last logged step, as a fraction
     final_test: float = math.nan
+    device: str | None = None  # where it trained, from config.json when the params do not say
+    amp: bool | None = None  # bf16 autocast on; None: unknown
 
     @property
     def converged(self) -> bool:
@@ -85,21 +99,22 @@ class RunRecord:
 class Study:
     name: str
     experiment_id: str
-    by_variant: dict[Variant, list[RunRecord]]  # sorted by Variant.sort_key, runs by seed
+    by_variant: dict[VariantAxes, list[RunRecord]]  # sorted by VariantAxes.sort_key, runs by seed
     ignored: Counter = field(default_factory=Counter)  # reason -> runs not used
 
     @property
     def runs(self) -> list[RunRecord]:
         return [r for rs in self.by_variant.values() for r in rs]
 
-    def lines(self) -> dict[tuple, list[Variant]]:
-        out: dict[tuple, list[Variant]] = defaultdict(list)
+    def lines(self) -> dict[tuple, list[VariantAxes]]:
+        out: dict[tuple, list[VariantAxes]] = defaultdict(list)
         for v in self.by_variant:
             out[v.line].append(v)
         return dict(out)
 
 
-def num(s) -> float:
+def parse_float(s) -> float:
+    """A tag or param string as a float; NaN when it is not a number."""
     try:
         return float(s)
     except (TypeError, ValueError):
@@ -120,8 +135,20 @@ def find_experiment(c, name: str):
     return exp
 
 
+def axis_names(tags: dict, params: dict) -> tuple[str, ...]:
+    """The axes a run is tagged with: every tag also logged as an unprefixed param (`run_params`
+    logs the axis tags so), plus the required `runs.AXES`, so a new axis needs no change here."""
+    found = {k for k in tags if k in params and "." not in k and k not in NOT_AXES}
+    return tuple(tracking.AXES) + tuple(sorted(found - set(tracking.AXES)))
+
+
 def load_study(c, name: str) -> Study:
-    """The usable runs of experiment `name`, with the reason every other run was left out."""
+    """The usable runs of experiment `name`, with the reason every other run was left out.
+
+    A variant is every axis tag but seed, and the study's `variant` tag where a run has one:
+    variants that differ only in a recipe override (e.g. warm-up on/off) or in a new axis stay
+    apart. A run without a `variant` tag (a plain `ablate train` run) joins the study variant
+    with the same axes when exactly one has them."""
     exp = find_experiment(c, name)
     runs, token = [], None
     while True:
@@ -132,7 +159,7 @@ def load_study(c, name: str) -> Study:
         if not token:
             break
     ignored: Counter = Counter()
-    latest: dict[tuple[Variant, str], tuple] = {}
+    usable = []  # (axes key, variant tag or None, seed, run), oldest first
     for run in runs:
         tags, status = run.data.tags, run.info.status
         stage = tags.get("stage", "train")
@@ -145,33 +172,87 @@ def load_study(c, name: str) -> Study:
         if status != "FINISHED":
             ignored[f"status {status}"] += 1
             continue
-        v = Variant(tags["family"], int(num(tags["depth"])), tags["block"], tags["shortcut"],
-                    tags["preact"] == "true", tags["width"])
-        key = (v, tags["seed"])
+        axes = tuple((a, tags[a]) for a in axis_names(tags, run.data.params) if a != "seed")
+        usable.append((axes, tags.get("variant"), tags["seed"], run))
+    keys_of: dict[tuple, set] = defaultdict(set)  # axes -> the variant tags seen with them
+    for axes, key, _, _ in usable:
+        if key is not None:
+            keys_of[axes].add(key)
+    latest: dict[tuple, tuple] = {}
+    for axes, key, seed, run in usable:
+        if key is None and len(keys_of[axes]) == 1:
+            key = next(iter(keys_of[axes]))
         # A seed re-run (e.g. confirm after train) replaces the earlier one: pairs stay one-to-one.
-        if key in latest:
+        if (axes, key, seed) in latest:
             ignored["superseded by a later run of the same variant and seed"] += 1
-        latest[key] = (run, v, stage)
-    by_variant: dict[Variant, list[RunRecord]] = defaultdict(list)
-    for (v, seed), (run, _, stage) in latest.items():
-        by_variant[v].append(_record(c, run, v, seed, stage))
+        latest[(axes, key, seed)] = run
+    groups: dict[tuple, set] = defaultdict(set)  # axes -> the variant keys left after joining
+    for axes, key, _ in latest:
+        groups[axes].add(key)
+    variants = {(axes, key): _variant(axes, key, groups[axes]) for axes, key, _ in latest}
+    by_variant: dict[VariantAxes, list[RunRecord]] = defaultdict(list)
+    for (axes, key, seed), run in latest.items():
+        v = variants[(axes, key)]
+        by_variant[v].append(_record(c, run, v, seed))
     ordered = {v: sorted(by_variant[v], key=lambda r: _seed_key(r.seed))
-               for v in sorted(by_variant, key=Variant.sort_key)}
+               for v in sorted(by_variant, key=VariantAxes.sort_key)}
     return Study(name, exp.experiment_id, ordered, ignored)
 
 
-def _record(c, run, v: Variant, seed: str, stage: str) -> RunRecord:
+def _variant(axes: tuple, key: str | None, keys: set) -> VariantAxes:
+    """The variant of runs with these axis tags and this `variant` tag; `keys` are all the
+    variant tags (None: untagged) found with the same axes."""
+    tags = dict(axes)
+    extra = tuple((k, v) for k, v in axes if k not in tracking.AXES)
+    detail = ""
+    if len(keys) > 1 and key is None:
+        detail = "(no variant tag)"
+    elif len(keys) > 1:
+        # Twins on every axis tag. A study's key is `variant_name(arch)` + '+field=value' per
+        # recipe override (runners.study.spec): the override part names the difference when it
+        # is unique among the twins, the whole key otherwise.
+        suffix = {k: k[k.index("+"):] if k and "+" in k else "" for k in keys}
+        detail = suffix[key] if list(suffix.values()).count(suffix[key]) == 1 else key
+    return VariantAxes(tags["family"], int(parse_float(tags["depth"])), tags["block"], tags["shortcut"],
+                       tags["preact"] == "true", tags["width"], extra, detail)
+
+
+def _record(c, run, v: VariantAxes, seed: str) -> RunRecord:
     curves = {}
     for key in CURVE_METRICS:
         if key in run.data.metrics:
             hist = sorted(c.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
             curves[key] = {int(m.step): float(m.value) for m in hist}
-    rec = RunRecord(run.info.run_id, v, seed, stage, run.data.tags.get("diverged") == "true",
-                    dict(run.data.params), curves)
+    params = dict(run.data.params)
+    rec = RunRecord(run.info.run_id, v, seed, run.data.tags.get("diverged") == "true", params, curves)
     for attr, key in (("final_train", "train_error"), ("final_test", "test_error")):
         series = curves.get(key)
         setattr(rec, attr, series[max(series)] if series else math.nan)
     # An untagged run whose last error is NaN/inf diverged too; it must not vanish from a mean.
     if not (math.isfinite(rec.final_train) and math.isfinite(rec.final_test)):
         rec.diverged = True
+    rec.device, rec.amp = _runtime(c, run.info.run_id, params)
     return rec
+
+
+def _runtime(c, run_id: str, params: dict) -> tuple[str | None, bool | None]:
+    """(device, bf16 on) of a run: from the params where they decide it, else its config.json
+    (device=auto resolves at run time; the trainer records what it resolved to)."""
+    device, amp = params.get("train.device"), params.get("train.amp")
+    if amp in ("bf16", "off"):
+        return (device if device not in (None, "auto") else None), amp == "bf16"
+    if device not in (None, "auto"):
+        return device, amp == "auto" and device.startswith("cuda")
+    if amp is None:
+        return None, None
+    import json
+    import os
+    import tempfile
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run otherwise
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = c.download_artifacts(run_id, "config.json", tmp)
+            cfg = json.loads(Path(path).read_text())
+        return str(cfg.get("device")), bool(cfg.get("amp"))
+    except Exception:  # noqa: BLE001 - no artifact (e.g. a store copied without them): unknown
+        return None, None

@@ -1,0 +1,256 @@
+"""The papers' CIFAR numbers, to stand beside ours: test error (%) by what identifies a variant.
+
+He et al. 2016a ("Deep Residual Learning", Table 6) and He et al. 2016b ("Identity Mappings in
+Deep Residual Networks", Tables 1-3). A number is found by `paper_key(params)`, a function of a
+run's params (`runners.tracking.runs.run_params`: the axes unprefixed, the rest of the
+architecture as `arch.*`, the data as `data.*`): the one place that maps the lab's names for a
+shortcut kind, an activation order or a block onto the papers' rows. None = the paper has no
+such row.
+
+What each number is (the papers differ):
+* 2016a Table 6 gives one number per depth without saying over how many runs, except ResNet-110:
+  "best (mean ± std)" over 5 runs, 6.43 (6.61 ± 0.16).
+* 2016b reports the median of 5 runs (Tables 1-3); "fail" is the paper's word for a training
+  that did not converge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Table rows are keyed by (dataset, depth, block, form); form names the shortcut / activation
+# variant (see `paper_key`).
+Key = tuple[str, int, str, str]
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    paper: str  # "He 2016a" | "He 2016b"
+    tables: str  # where it is printed, e.g. "Table 6", "Tables 1-3"
+    error: float | None  # test error (%); None: the paper reports "fail"
+    stat: str  # what the number is over the paper's runs
+
+    def text(self) -> str:
+        return "fail" if self.error is None else f"{self.error:.2f}"
+
+
+HE2016A = "He 2016a"
+HE2016B = "He 2016b"
+STAT = {HE2016A: "as printed; ResNet-110: best of 5", HE2016B: "median of 5"}
+PAPERS = (HE2016A, HE2016B)
+
+
+def _table6() -> dict[Key, PaperNumber]:
+    rows = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+    out = {}
+    for depth, err in rows.items():
+        stat = "best of 5; mean ± std 6.61 ± 0.16" if depth == 110 else "one number (runs not stated)"
+        out[("cifar10", depth, "basic", "A")] = PaperNumber(HE2016A, "Table 6", err, stat)
+    return out
+
+
+def _he2016b() -> dict[Key, PaperNumber]:
+    out: dict[Key, PaperNumber] = {}
+
+    def put(dataset, depth, block, form, err, tables):
+        out[(dataset, depth, block, form)] = PaperNumber(HE2016B, tables, err, STAT[HE2016B])
+
+    # Table 1: shortcut kinds on ResNet-110 (post-activation, CIFAR-10).
+    put("cifar10", 110, "basic", "original", 6.61, "Tables 1-3")
+    put("cifar10", 110, "basic", "scale(0.5,0.5)", 12.35, "Table 1")  # 0.5 on shortcut and branch
+    put("cifar10", 110, "basic", "scale(0.5,1)", None, "Table 1")  # 0.5 on the shortcut alone
+    for b in range(-5, 1):
+        put("cifar10", 110, "basic", f"gate-exclusive({b})", None, "Table 1")
+    put("cifar10", 110, "basic", "gate-exclusive(-6)", 8.70, "Table 1")
+    put("cifar10", 110, "basic", "gate-shortcut(0)", 12.86, "Table 1")
+    put("cifar10", 110, "basic", "gate-shortcut(-6)", 6.91, "Table 1")
+    put("cifar10", 110, "basic", "conv1x1", 12.22, "Table 1")
+    put("cifar10", 110, "basic", "dropout(0.5)", None, "Table 1")
+    # Table 2: activation orders (2016b Fig. 4 (a)-(e)), ResNet-110 / ResNet-164.
+    for form, e110, e164 in (("bn-after-add", 8.17, 6.50), ("relu-before-add", 7.84, 6.14),
+                             ("relu-only-preact", 6.71, 5.91), ("full-preact", 6.37, 5.46)):
+        put("cifar10", 110, "basic", form, e110, "Table 2" if form != "full-preact" else "Tables 2-3")
+        put("cifar10", 164, "bottleneck", form, e164, "Table 2" if form != "full-preact" else "Tables 2-3")
+    put("cifar10", 164, "bottleneck", "original", 5.93, "Tables 2-3")
+    # Table 3: original vs full pre-activation.
+    for dataset, depth, block, orig, pre in (("cifar10", 110, "1-layer", 9.90, 8.91),
+                                             ("cifar10", 1001, "bottleneck", 7.61, 4.92),
+                                             ("cifar100", 164, "bottleneck", 25.16, 24.33),
+                                             ("cifar100", 1001, "bottleneck", 27.82, 22.71)):
+        put(dataset, depth, block, "original", orig, "Table 3")
+        put(dataset, depth, block, "full-preact", pre, "Table 3")
+    return out
+
+
+NUMBERS: dict[str, dict[Key, PaperNumber]] = {HE2016A: _table6(), HE2016B: _he2016b()}
+
+# -- from a run's params to a paper's row ---------------------------------------------------------
+# The lab's names for what the papers vary. Adapt here when the architecture's fields change:
+# each maps a param value (unprefixed axis or `arch.*`) to the paper's form.
+ORDERS = {"a": "original", "b": "bn-after-add", "c": "relu-before-add", "d": "relu-only-preact",
+          "e": "full-preact"}
+ONE_LAYER_BLOCKS = ("single", "1-layer", "one-layer", "1layer", "simple")
+SCALE_SHORTCUTS = ("scale", "constant", "constant_scaling", "scaling")
+EXCLUSIVE_GATES = ("gate", "gating", "exclusive_gate", "exclusive_gating")
+SHORTCUT_GATES = ("shortcut_gate", "shortcut_gating", "shortcut-gate")
+DROPOUT_SHORTCUTS = ("dropout", "dropout_shortcut")
+
+
+def _get(params: dict, *names: str, default: str | None = None) -> str | None:
+    """The first of `names` present, unprefixed (an axis) or as `arch.<name>`."""
+    for n in names:
+        for key in (n, f"arch.{n}"):
+            if params.get(key) not in (None, "", "none"):
+                return params[key]
+    return default
+
+
+def _shortcut(params: dict) -> str:
+    """The shortcut kind; "none" (a plain net) is a value here, not a missing param."""
+    return params.get("shortcut") or params.get("arch.shortcut") or "A"
+
+
+def _num(s: str | None, default: float) -> float:
+    try:
+        return float(s) if s is not None else default
+    except ValueError:
+        return default
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def dataset_of(params: dict) -> str | None:
+    """cifar10 / cifar100, also for an ImageFolder copy whose folder name says which."""
+    name = (params.get("data.name") or "").rstrip("/").lower()
+    last = name.rsplit("/", 1)[-1]
+    for d in ("cifar100", "cifar10"):  # cifar100 first: "cifar10" is its prefix
+        if last == d or last.startswith(d + "-") or last.startswith(d + "_"):
+            return d
+    return None
+
+
+def form_of(params: dict) -> str | None:
+    """The papers' name of a run's shortcut/activation variant, or None when no paper has one."""
+    shortcut = _shortcut(params)
+    preact = _get(params, "preact", default="false") == "true"
+    order = _get(params, "order", "act_order", "activation_order", "preact_order")
+    if order is not None:
+        form = ORDERS.get(order.lower().strip("()"))
+    else:
+        form = "full-preact" if preact else "original"
+    if shortcut in ("A", "B"):  # identity shortcuts (2016b does not print its option)
+        return form
+    if form != "original":
+        return None  # 2016b varies shortcuts on the original order only
+    if shortcut == "C":
+        return "conv1x1"
+    if shortcut in SCALE_SHORTCUTS:
+        s = _num(_get(params, "shortcut_scale", "scale"), 0.5)
+        f = _num(_get(params, "branch_scale", "residual_scale"), s)
+        return f"scale({_g(s)},{_g(f)})"
+    if shortcut in EXCLUSIVE_GATES + SHORTCUT_GATES:
+        b = _num(_get(params, "gate_bias", "gate_init"), 0)
+        kind = "shortcut" if shortcut in SHORTCUT_GATES else "exclusive"
+        return f"gate-{kind}({_g(b)})"
+    if shortcut in DROPOUT_SHORTCUTS:
+        return f"dropout({_g(_num(_get(params, 'shortcut_dropout', 'dropout'), 0.5))})"
+    return None
+
+
+def paper_key(params: dict) -> Key | None:
+    """(dataset, depth, block, form) of a run, or None for a net no paper's table has (plain,
+    not CIFAR, not a CIFAR-family ResNet)."""
+    if _get(params, "family", default="cifar") != "cifar" or _shortcut(params) == "none":
+        return None
+    dataset, form = dataset_of(params), form_of(params)
+    depth = _num(_get(params, "depth"), float("nan"))
+    if dataset is None or form is None or depth != depth:
+        return None
+    block = _get(params, "block", default="basic")
+    if block in ONE_LAYER_BLOCKS:
+        block = "1-layer"
+    if form == "original" and _shortcut(params) == "A":
+        form = "A"  # 2016a Table 6's option A, which is also 2016b's original
+    return (dataset, int(depth), block, form)
+
+
+def lookup(params: dict) -> dict[str, PaperNumber]:
+    """paper -> its number for the run with these params (empty when no paper has one)."""
+    key = paper_key(params)
+    if key is None:
+        return {}
+    out = {}
+    for paper, table in NUMBERS.items():
+        k = key
+        if paper == HE2016B and key[3] == "A":
+            k = key[:3] + ("original",)
+        if k in table:
+            out[paper] = table[k]
+    return out
+
+
+# -- the papers' recipe ---------------------------------------------------------------------------
+# He 2016a Sec. 4.2 (also 2016b's CIFAR recipe): SGD, batch 128 on 2 GPUs (so BatchNorm sees 64
+# images per GPU), lr 0.1 /10 at 32k and 48k, stop at 64k iterations, momentum 0.9, weight decay
+# 1e-4, per-pixel mean subtraction, pad-4 crops and flips, fp32; the 45k/5k split only chose the
+# schedule, the final nets train on all 50k images; ResNet-110 warms up at lr 0.01.
+PAPER_RECIPE = {"train.batch_size": 128, "train.lr": 0.1, "train.momentum": 0.9, "train.weight_decay": 1e-4,
+                "train.gamma": 0.1}
+PAPER_BN_BATCH = 64
+PAPER_ITERATIONS = 64_000
+
+
+def recipe_differences(params: dict, *, iterations: float | None = None, amp: bool | None = None,
+                       device: str | None = None) -> list[str]:
+    """What a run did differently from the papers' CIFAR recipe, one phrase each; only what its
+    params (and `iterations` done, `amp`/`device` as trained) say, nothing guessed."""
+    out = []
+    name = params.get("data.name")
+    if name == "synthetic":
+        out.append("synthetic data, not CIFAR")
+    elif name not in (None, "cifar10", "cifar100"):
+        out.append(f"images from the ImageFolder {name} (a re-encoded copy, e.g. JPEG), not the CIFAR binaries")
+    subset = _num(params.get("data.subset"), float("nan"))
+    if subset == subset:
+        out.append(f"a subset of {int(subset)} training images, not 50k")
+    val = _num(params.get("data.val_size"), float("nan"))
+    if val == val and val > 0:
+        out.append(f"{int(val)} training images held out for validation (the papers' final nets train on "
+                   "all; their 45k/5k split only chose the schedule)")
+    epochs = _num(params.get("train.epochs"), float("nan"))
+    its = _num(params.get("train.iterations"), float("nan"))
+    done = f" ({int(iterations)} iterations)" if iterations else ""
+    if epochs == epochs:
+        out.append(f"{int(epochs)} epochs{done} vs the papers' 64k iterations")
+    elif its == its and its != PAPER_ITERATIONS:
+        out.append(f"{int(its)} iterations vs the papers' 64k")
+    for key, want in PAPER_RECIPE.items():
+        got = _num(params.get(key), float("nan"))
+        if got == got and abs(got - want) > 1e-12 * max(1.0, abs(want)):
+            out.append(f"{key.split('.', 1)[1]} {params[key]} (papers: {_g(want)})")
+    if params.get("train.schedule", "step") != "step":
+        out.append(f"{params['train.schedule']} lr schedule (papers: step)")
+    if params.get("train.milestones", "none") != "none":
+        out.append(f"lr milestones {params['train.milestones']} (papers: 1/2 and 3/4 of the run)")
+    if params.get("train.nesterov") == "true":
+        out.append("Nesterov momentum")
+    depth = _num(_get(params, "depth"), 0)
+    warm = params.get("train.warmup")
+    if warm == "true" and depth < 110:
+        out.append("lr 0.01 warm-up (2016a: only for ResNet-110)")
+    elif warm == "false" and depth >= 110:
+        out.append("no lr 0.01 warm-up (2016a warms ResNet-110 up)")
+    if params.get("data.normalize", "pixel_mean") != "pixel_mean":
+        out.append(f"{params['data.normalize']} normalization (papers: per-pixel mean)")
+    if params.get("data.augment") == "false":
+        out.append("no augmentation (papers: pad-4 crops and flips)")
+    if amp:
+        out.append("bf16 autocast" + (f" on {device}" if device else "") + " (papers: fp32)")
+    bn = _num(_get(params, "bn_batch"), float("nan"))
+    batch = _num(params.get("train.batch_size"), float("nan"))
+    seen = bn if bn == bn else batch
+    if seen == seen and seen != PAPER_BN_BATCH:
+        out.append(f"BatchNorm statistics over {int(seen)} images (papers: {PAPER_BN_BATCH} per GPU, "
+                   "batch 128 on 2 GPUs)")
+    return out
