@@ -79,3 +79,23 @@ def close_dead_attempt(mlflow, run_id: str | None) -> None:
     if run_status(mlflow, run_id) == "RUNNING":
         mlflow.set_tag(run_id, "killed", "worker died")
         mlflow.set_terminated(run_id, status="KILLED")
+
+
+def close_orphans(mlflow, layout: Layout) -> None:
+    """End the RUNNING trial runs no attempt will ever close: their Optuna trial is no longer
+    RUNNING (it failed while the store was unwritable, or a crash lost the record naming the
+    run), or the worker that started them, on this host, is dead."""
+    from .storage import worker_is_dead
+    exp = mlflow.get_experiment_by_name(layout.spec.name)
+    if exp is None:
+        return
+    states = {(s.study_name, t.number): t for s in layout.all_studies() for t in s.get_trials(deepcopy=False)}
+    for run in mlflow.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("stage") == "study":
+            continue
+        trial = states.get((tags.get("optuna_study"), int(tags.get("trial", -1))))
+        alive = trial is not None and trial.state.name == "RUNNING" and not worker_is_dead(tags.get("worker"))
+        if not alive:
+            mlflow.set_tag(run.info.run_id, "killed", "its attempt ended without closing it")
+            mlflow.set_terminated(run.info.run_id, status="KILLED")

@@ -95,6 +95,9 @@ class StudyRunner:
     def setup(self, retry_failed: bool = False) -> None:
         self.layout.setup(retry_failed=retry_failed)
         parent.ensure_parent(self.mlflow, self.layout)
+        for s in self.layout.all_studies():  # dead workers' trials first, so their runs are closed once
+            fail_stale_trials(s, self._on_stale)
+        parent.close_orphans(self.mlflow, self.layout)
 
     def reopen_parent(self) -> None:
         parent.reopen_parent(self.mlflow, self.layout)

@@ -6,8 +6,8 @@ and enqueues its retry at once, so the rerun resumes it from its checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -109,7 +109,10 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
                            if final.get(k) is not None)
         print(f"trial {trial.number} {run_name}: {'diverged' if diverged else 'done'} in {took}  {errors}",
               flush=True)
-    shutil.rmtree(checkpoint, ignore_errors=True)  # the weights live in MLflow now
+    # The weights live in MLflow now. A checkpoint set aside as unreadable stays, for inspection.
+    Path(checkpoint, "checkpoint.pt").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(checkpoint).rmdir()
     return True
 
 

@@ -282,6 +282,10 @@ def load_checkpoint(path: Path) -> dict | None:
     aside, kept for inspection and named in a warning, and None is returned: its run starts over
     rather than stopping.
     """
+    # A temporary file here is a write that died with its process (a kill -9 mid-write): this
+    # cell's directory belongs to one attempt at a time, so nothing is writing it now.
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
     if not path.exists():
         return None
     try:
