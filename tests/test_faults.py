@@ -6,7 +6,6 @@ A kill lands at an exact moment by running the CLI under a small wrapper (INJECT
 the write in question to write part of its bytes and then SIGKILL its own process.
 """
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter

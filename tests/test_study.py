@@ -104,6 +104,10 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_checkpoint(results):
     resumed_run = c.get_run(retry.user_attrs["mlflow_run_id"])
     # The resumed run carries the whole curve, the epochs before the kill included.
     assert len(c.get_metric_history(resumed_run.info.run_id, "train_error")) == 6
+    # The interrupted attempt counts as retried, not failed, and used no attempt.
+    rows = json.loads(ablate("status", SMOKE, *overrides, "--json").stdout)
+    assert sum(r["failed"] for r in rows) == 0 and sum(r["retried"] for r in rows) == 1
+    assert {r["attempts"] for r in rows} == {"1/3"}
 
 
 def test_two_workers_on_one_host_run_every_cell_once(results):

@@ -17,7 +17,6 @@ attempt: it is retried at once with the same attempt number and resumes from its
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import optuna

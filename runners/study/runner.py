@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..database import check_database
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, cut
 from ..paths import default_storage, default_tracking_uri, results_dir
 from . import parent
 from .layout import ACTIVE, Layout
@@ -135,4 +135,4 @@ class StudyRunner:
     def exhausted(self) -> list[str]:
         """One line per cell that used up its attempts, with its last error."""
         return [f"{t.user_attrs['cell']}: failed {t.user_attrs.get('attempt', 1)} time(s), last: "
-                f"{first_line(Exception(t.user_attrs.get('error', '?')), 200)}" for t in self.layout.exhausted()]
+                f"{cut(t.user_attrs.get('error', '?').splitlines()[0], 200)}" for t in self.layout.exhausted()]
