@@ -4,8 +4,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from typing import Iterator
+from urllib.parse import quote, unquote
 
 from .errors import ConfigError, first_line, redact
+
+
+def canonical_url(url: str) -> str:
+    """`url` with its user and password percent-encoded, as SQLAlchemy and libpq expect.
+
+    People write passwords raw (`postgresql://u:p@ss/w@host/db`); SQLAlchemy would then split at
+    the first '@' and take part of the password for the host, which reaches error messages. The
+    userinfo ends at the last '@' before the query string, as libpq reads it.
+    """
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    head, q, query = rest.partition("?")
+    userinfo, at, hostpath = head.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{quote(unquote(user), safe='')}:{quote(unquote(password), safe='')}@{hostpath}{q}{query}"
 
 
 def check_database(url: str, what: str, fix: str) -> None:

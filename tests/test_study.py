@@ -104,6 +104,10 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_checkpoint(results):
     resumed_run = c.get_run(retry.user_attrs["mlflow_run_id"])
     # The resumed run carries the whole curve, the epochs before the kill included.
     assert len(c.get_metric_history(resumed_run.info.run_id, "train_error")) == 6
+    # The interrupted attempt counts as retried, not failed, and used no attempt.
+    rows = json.loads(ablate("status", SMOKE, *overrides, "--json").stdout)
+    assert sum(r["failed"] for r in rows) == 0 and sum(r["retried"] for r in rows) == 1
+    assert {r["attempts"] for r in rows} == {"1/3"}
 
 
 def test_two_workers_on_one_host_run_every_cell_once(results):
@@ -148,12 +152,22 @@ def test_search_tunes_each_variant_then_confirms_at_its_best(results):
     ("name: x\nmodel: {depth: !!python/object/apply:os.system [echo hi]}\n", ["not valid YAML"]),
     ("name: x\nmodel: {depth: 20}\nsearch: {trials_per_variant: 2, space: {lr: {low: 1, high: 0.1}}}\n",
      ["search.space.lr"]),
+    # A "billion laughs" alias bomb, merge keys and duplicate keys are refused by the loader.
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nname: x\nmodel: {depth: 20}\n", ["aliases", "line 2"]),
+    ("base: &b {depth: 20}\nname: x\nmodel: {<<: *b}\n", ["not valid YAML"]),
+    ("name: x\nmodel: {depth: 20}\ntrain: {epochs: 2}\ntrain: {epochs: 3}\n", ["duplicate key 'train'", "line 4"]),
+    ("name: " + "n" * 500 + "\nmodel: {depth: 20}\n", ["name must be a word of at most 64", "..."]),
+    ("name: x\nmodel: {depth: 20}\n" + "#" * 300_000 + "\n", ["too large for a spec"]),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", ["not a UTF-8 text file"]),
+    ("name: x\nmodel: {depth: 20}\ntrain: {lr: " + "9" * 400 + "x}\n", ["train.lr must be a float", "..."]),
 ])
 def test_bad_specs_fail_in_one_line_and_create_nothing(results, tmp_path, content, fragments):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(content)
+    spec.write_bytes(content if isinstance(content, bytes) else content.encode())
     out = ablate("run", spec)
     assert_one_line_error(out, "bad.yaml", *fragments)
+    assert len(out.stderr) < 400  # quoted values are cut short
     assert not results.exists() or not any(results.rglob("*")), list(results.rglob("*"))
 
 
@@ -169,3 +183,184 @@ def test_a_changed_spec_does_not_silently_join_an_existing_study(results):
     assert ablate("run", SMOKE, "--set", "seeds=[0]").returncode == 0
     assert_one_line_error(ablate("run", SMOKE, "--set", "seeds=[0]", "--set", "train.epochs=3"),
                           "different spec")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--set", "model.width=0.01"], ["width 0.01 leaves the cifar stem with no channel"]),
+    (["--set", "train.momentum=-0.9"], ["train.momentum must be >= 0"]),
+    (["--set", "train.weight_decay=-1e-4"], ["train.weight_decay must be >= 0"]),
+    (["--set", "train.lr=.nan"], ["train.lr must be a finite number"]),
+    (["--checkpoint-dir", "/proc/x"], ["checkpoint directory /proc/x/smoke is not writable"]),
+    (["--tracking-uri", "file:/nowhere/mlruns"], ["MLflow file store /nowhere/mlruns"]),
+    (["--attempts", "0"], ["--attempts must be at least 1"]),
+])
+def test_values_that_would_fail_inside_a_trial_are_refused_before_anything_is_written(results, args, fragments):
+    assert_one_line_error(ablate("run", SMOKE, *args), *fragments)
+    assert not results.exists() or not any(results.rglob("*")), list(results.rglob("*"))
+
+
+def test_a_subset_larger_than_the_data_leaves_no_file_behind(results, tmp_path):
+    from PIL import Image
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (32, 32), (i * 90, 20, 40)).save(tmp_path / "folder" / split / cls / f"{i}.png")
+    out = ablate("run", SMOKE, "--set", f"dataset.name={tmp_path / 'folder'}", "--set", "dataset.subset=100",
+                 "--set", "dataset.val_size=1")
+    assert_one_line_error(out, "subset")
+    assert not results.exists() or not [p for p in results.rglob("*") if p.is_file() and "cache" not in p.parts]
+
+
+def test_a_failed_cell_is_retried_on_the_next_run_until_its_attempts_run_out(results):
+    one = ["--set", "model.shortcut=A", "--set", "seeds=[0]", "--set", "train.epochs=1", "--attempts", "2"]
+    cell = "cifar-d8-basic-A-post-w1/seed=0"
+    # A file where the cell's checkpoint directory goes: its first checkpoint write fails.
+    blocker = results / "checkpoints" / "smoke" / "confirm" / "cifar-d8-basic-A-post-w1" / "seed0"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
+    first = ablate("run", SMOKE, *one)
+    assert first.returncode == 1 and "failed (attempt 1 of 2)" in first.stderr, first.stderr
+    second = ablate("run", SMOKE, *one)  # the cell is retried, fails again, and runs out of attempts
+    assert second.returncode == 1 and f"gave up on {cell}: failed 2 time(s)" in second.stderr, second.stderr
+    rows = json.loads(ablate("status", SMOKE, *one, "--json").stdout)
+    assert rows[0]["failed"] == 1 and rows[0]["retried"] == 1 and rows[0]["attempts"] == "2/2"
+    blocker.unlink()
+    third = ablate("run", SMOKE, *one)  # nothing left to try: still a failure, named
+    assert third.returncode == 1 and f"gave up on {cell}" in third.stderr
+    assert len(_trials(results)) == 2
+    fourth = ablate("run", SMOKE, *one, "--retry-failed")
+    assert fourth.returncode == 0, fourth.stderr
+    trials = _trials(results)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.user_attrs["attempt"] for t in trials] == [1, 2, 1] and trials[2].user_attrs["retry_of"] == 1
+    rows = json.loads(ablate("status", SMOKE, *one, "--json").stdout)
+    assert rows[0]["complete"] == 1 and rows[0]["failed"] == 0 and rows[0]["retried"] == 2
+    c, parents, children = _children(results)
+    assert "RUNNING" not in {r.info.status for r in parents + children}
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_an_unexpected_error_after_the_parent_is_reopened_closes_it(results, monkeypatch):
+    from runners import cli
+    from runners.study.runner import StudyRunner
+
+    def broken(self):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(StudyRunner, "work", broken)
+    with pytest.raises(RuntimeError):
+        cli.main(["run", str(SMOKE), "--set", "seeds=[0]"])
+    c, parents, _ = _children(results)
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+
+def test_passwords_never_survive_redaction_in_any_position():
+    import random
+    import string
+
+    from runners.database import canonical_url
+    from runners.errors import first_line, redact
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + "@:/?#%!$&*()-_=+;,.~"
+    for _ in range(2000):
+        pw = "".join(rng.choice(alphabet) for _ in range(rng.randint(6, 20)))
+        user = rng.choice(["", "postgres", "u.ser"])
+        host = rng.choice(["127.0.0.1:5432", "db.example", "[::1]:5432"])
+        query_pw = "".join(c for c in pw if c not in "&#")
+        urls = [f"postgresql://{user}:{pw}@{host}/db",
+                f"postgresql+psycopg://{user}:{pw}@{host}/db?sslmode=require",
+                f"postgresql://{user}@{host}/db?password={query_pw}",
+                f"postgresql://{host}/db?sslmode=disable&password={query_pw}&x=1"]
+        for url in urls:
+            secret = query_pw if "password=" in url else pw
+            for text in (url, canonical_url(url), f"cannot connect to {url}: refused",
+                         f"cannot connect to {canonical_url(url)}: refused"):
+                assert secret not in redact(text), (url, redact(text))
+            assert secret not in first_line(RuntimeError(f"error at {url}\nmore"))
+    assert redact("postgresql://:pw@h/db") == "postgresql://:***@h/db"
+    assert redact("postgresql://h/db?password=pw") == "postgresql://h/db?password=***"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("storage", ["postgresql://:s3cr3tpw@127.0.0.1:1/db",
+                                     "postgresql://127.0.0.1:1/db?password=s3cr3tpw",
+                                     "postgresql://postgres:s3cr@tpw@127.0.0.1:1/db"])
+def test_a_password_in_any_position_is_never_printed(results, storage):
+    out = ablate("status", SMOKE, "--storage", storage, timeout=60)
+    assert_one_line_error(out, "cannot reach the Optuna storage", "***")
+    assert "s3cr" not in out.stderr + out.stdout and "tpw" not in out.stderr + out.stdout
+
+
+def test_journal_verification_repairs_a_torn_tail_and_refuses_damage(tmp_path):
+    from runners.errors import ConfigError
+    from runners.study.storage import JournalFlock, verify_journal
+    journal = tmp_path / "s.journal"
+    good = b'{"op_code": 0, "a": 1}\n{"op_code": 1, "b": 2}\n'
+    journal.write_bytes(good + b'{"op_code": 5, "tri')
+    verify_journal(journal, JournalFlock(str(journal)))
+    assert journal.read_bytes() == good
+    assert [p.read_bytes() for p in tmp_path.glob("s.journal.torn-*")] == [good + b'{"op_code": 5, "tri']
+    for damaged in (b'{"op_code": 0}\nnot json\n{"op_code": 1}\n', good + b"garbage\n", good + b"\x00\x00"):
+        journal.write_bytes(damaged)
+        with pytest.raises(ConfigError, match="s.journal"):
+            verify_journal(journal, JournalFlock(str(journal)))
+        assert journal.read_bytes() == damaged  # refused, not touched
+
+
+def test_the_spec_loader_reads_floats_as_people_write_them(tmp_path):
+    from runners.study.spec import load_spec
+    spec = tmp_path / "f.yaml"
+    spec.write_text("name: f\nmodel: {depth: 8}\ntrain: {lr: 1e-1, weight_decay: 1.0e-4, gamma: 1.0E-1, epochs: 1}\n")
+    s = load_spec(spec, ["train.momentum=9e-1", "dataset.name=synthetic"])
+    assert (s.train.lr, s.train.weight_decay, s.train.gamma, s.train.momentum) == (0.1, 1e-4, 0.1, 0.9)
+
+
+def test_one_set_grammar_for_train_and_run(tmp_path):
+    from runners.cli import build_parser
+    from runners.commands.train import resolve_configs
+    from runners.errors import ConfigError
+    from runners.study.spec import load_spec
+    args = build_parser("train").parse_args(
+        ["train", "resnet20", "--dataset", "synthetic", "--set", "width=2", "--set", "arch.preact=true",
+         "--set", "train.milestones=[1, 2]", "--set", "train.milestones.1=3", "--set", "data.val_size=1e2"])
+    with pytest.raises(ConfigError, match="must be an int"):  # 1e2 is a float, now read as one
+        resolve_configs(args)
+    args.set[-1] = "data.val_size=100"
+    _, arch, train, data = resolve_configs(args)
+    assert arch.width == 2 and arch.preact and train.milestones == (1.0, 3.0) and data.val_size == 100
+    for bad, match in (("bogus.lr=1", "the key must be"), ("train.lr", "expected key.path=value"),
+                       ("train..lr=1", "empty component")):
+        args.set = [bad]
+        with pytest.raises(ConfigError, match=match):
+            resolve_configs(args)
+    spec = tmp_path / "l.yaml"
+    spec.write_text("name: l\ndataset: synthetic\nmodel:\n  - {depth: 8}\n  - {depth: 14, shortcut: none}\n")
+    assert [v.arch.total_depth for v in load_spec(spec, ["model.1.depth=20"]).variants] == [8, 20]
+    with pytest.raises(ConfigError, match="not an index"):
+        load_spec(spec, ["model.2.depth=20"])
+
+
+def test_checkpoint_writes_that_fail_leave_nothing_and_unreadable_ones_are_set_aside(tmp_path, monkeypatch, caplog):
+    import errno
+
+    import torch
+
+    from runners.train import trainer
+    path = tmp_path / "c" / "checkpoint.pt"
+    trainer.save_checkpoint(path, {"version": trainer.CHECKPOINT_VERSION, "x": torch.zeros(3)})
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(trainer.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(path, {"version": trainer.CHECKPOINT_VERSION})
+    monkeypatch.undo()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]  # old one kept, no temp file
+    assert trainer.load_checkpoint(path)["x"].shape == (3,)
+    path.write_bytes(path.read_bytes()[:10])
+    with caplog.at_level("WARNING"):
+        assert trainer.load_checkpoint(path) is None
+    aside = list(path.parent.glob("checkpoint.pt.unreadable-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 10 and not path.exists()
+    assert str(aside[0]) in caplog.text

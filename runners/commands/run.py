@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from ..errors import ConfigError, redact
-from .study_options import add_execution_arguments, add_spec_arguments, make_runner, print_status
+from .study_options import add_execution_arguments, add_spec_arguments, print_status
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
+    from ..study.status import status
     from ..tracking.runs import Terminated, sigterm_raises, ui_link
+    from .study_options import make_runner
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     workers = args.workers or max(1, gpus * args.workers_per_gpu)
     if workers < 1:
@@ -29,15 +31,18 @@ def run(args) -> int:
     threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)
     runner = make_runner(args, threads=threads)
     spec = runner.spec
-    # A missing dataset fails here, before anything is written. Spawned workers load their own
-    # copy, so this one stays on the CPU.
+    # A missing dataset (or a subset larger than it) fails here, before anything is written.
+    # Spawned workers load their own copy, so this one stays on the CPU.
     runner.dataset(device=None if workers == 1 else "cpu")
-    runner.setup()
-    runner.reopen_parent()
+    runner.open()
+    runner.setup(retry_failed=args.retry_failed)
     storage, uri = runner.storage_url, runner.tracking_uri
     print(f"study {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds"
           + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
           + f"; {workers} worker(s); storage {redact(storage)}")
+    # From here the parent run is RUNNING: every way out closes it, an unexpected error included.
+    runner.reopen_parent()
+    ended = "FAILED"
     try:
         with sigterm_raises():
             if workers == 1:
@@ -46,16 +51,23 @@ def run(args) -> int:
                 code = runner.work()
             else:
                 code = _spawn_workers(args, workers, gpus, threads, storage, uri)
+        ended = "FINISHED"
     except (KeyboardInterrupt, Terminated):
-        runner.end_parent("KILLED")
+        ended = "KILLED"
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    runner.end_parent("FINISHED")
-    print_status(runner.status())
+    finally:
+        try:
+            runner.end_parent(ended)
+        except Exception as e:  # noqa: BLE001 - never mask the error that got us here
+            print(f"ablate run: could not close the MLflow parent run: {redact(e)}", file=sys.stderr)
+    print_status(status(runner.layout))
+    for line in runner.exhausted():
+        print(f"ablate run: gave up on {line}; rerun with --retry-failed to try again", file=sys.stderr)
     exp = runner.mlflow.get_experiment_by_name(spec.name)
     print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open "
           f"http://127.0.0.1:5000/{ui_link(exp.experiment_id)}")
-    return code
+    return code or (1 if runner.exhausted() else 0)
 
 
 def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
@@ -67,6 +79,8 @@ def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
         cmd += [f"--set={o}" for o in args.overrides]
         if args.checkpoint_dir:
             cmd += ["--checkpoint-dir", args.checkpoint_dir]
+        if args.attempts:
+            cmd += ["--attempts", str(args.attempts)]
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)

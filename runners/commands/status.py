@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from ..errors import ConfigError, redact
 from ..paths import default_storage
-from .study_options import add_spec_arguments, make_runner, print_status
+from .study_options import add_spec_arguments, print_status
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,17 +14,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..database import canonical_url
     from ..study.spec import load_spec
-    from ..study.storage import is_database
+    from ..study.status import open_layout, status
     spec = load_spec(args.spec, args.overrides)
-    url = args.storage or default_storage(spec.name)
-    if not is_database(url) and not Path(url).exists():
-        raise ConfigError(f"no study storage at {url}; start the study with `ablate run {args.spec}`")
-    runner = make_runner(args, track=False)
-    if not runner.exists():
-        raise ConfigError(f"no study named {spec.name!r} in {redact(runner.storage_url)}; "
-                          f"start it with `ablate run {args.spec}`")
-    rows = runner.status()
+    layout = open_layout(spec, canonical_url(args.storage) if args.storage else default_storage(spec.name),
+                         attempts=args.attempts)
+    rows = status(layout)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

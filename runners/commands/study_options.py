@@ -1,7 +1,9 @@
-"""The options `ablate run`, `worker` and `status` share, and the runner they build from them."""
+"""The options `ablate run`, `worker` and `status` share, the runner they build, the status table."""
 from __future__ import annotations
 
 import argparse
+
+from .table import text_table
 
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
@@ -10,6 +12,8 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
                                      "or a database URL such as postgresql://user:pass@host/db")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--attempts", type=int, help="tries per cell before the study gives up on it "
+                                                "(default: the spec's `attempts`, else 3)")
 
 
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,16 +23,21 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                                             "several machines); default results/checkpoints")
     p.add_argument("--heartbeat", type=int, default=30, help="seconds between heartbeats on a database "
                                                              "storage; a trial is retried after 3 missed")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retry the cells that used up their attempts (their count starts again)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
 
 
 def make_runner(args, **kw):
+    from ..database import canonical_url
     from ..study.runner import StudyRunner
     from ..study.spec import load_spec
     spec = load_spec(args.spec, args.overrides)
-    return StudyRunner(spec, storage=args.storage, tracking_uri=getattr(args, "tracking_uri", None),
-                       device=getattr(args, "device", "auto"), checkpoint_root=getattr(args, "checkpoint_dir", None),
-                       heartbeat=getattr(args, "heartbeat", 30), poll=getattr(args, "poll", 2.0), **kw)
+    tracking = getattr(args, "tracking_uri", None)
+    return StudyRunner(spec, storage=args.storage and canonical_url(args.storage),
+                       tracking_uri=tracking and canonical_url(tracking),
+                       device=args.device, checkpoint_root=args.checkpoint_dir, heartbeat=args.heartbeat,
+                       poll=args.poll, attempts=args.attempts, **kw)
 
 
 def print_status(rows: list[dict]) -> None:
@@ -37,10 +46,6 @@ def print_status(rows: list[dict]) -> None:
             return "-"
         std = f" ± {r['std_test_error']:.4f}" if r["std_test_error"] is not None else ""
         return f"{r['mean_test_error']:.4f}{std} (n={r['n']}, best {r['best_test_error']:.4f})"
-    cols = ["variant", "search", "complete", "running", "waiting", "pruned", "failed", "diverged"]
-    table = [[str(r[c]) for c in cols] + [err(r)] for r in rows]
-    header = cols + ["test error"]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for t in table:
-        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    cols = ["variant", "search", "complete", "running", "waiting", "pruned", "failed", "retried", "attempts",
+            "diverged"]
+    print(text_table(cols + ["test error"], [[str(r[c]) for c in cols] + [err(r)] for r in rows]))

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from models.spec import ArchSpec
 
-from ..errors import ConfigError, redact
+from ..errors import ConfigError, redact, shown
 from ..paths import default_tracking_uri, results_dir
 from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, from_mapping
+from ..yaml_input import parse_override, set_path
 
 DEFAULT_EXPERIMENT = "ablate-train"
 
@@ -101,8 +102,6 @@ def _floats(text: str) -> list[float]:
 
 def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
     """(model name, arch, recipe, data) from the command line; ConfigError on any bad value."""
-    import yaml
-
     import models
     arch_over = {k: getattr(args, k) for k in ("shortcut", "preact", "width", "depth", "block", "zero_init_last")}
     train_map = {k: getattr(args, k) for k in (
@@ -114,19 +113,14 @@ def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
         dataset = str(Path(dataset).expanduser().resolve())
     data_map = {"name": dataset, "root": args.data_root, "subset": args.subset, "val_size": args.val_size,
                 "split_seed": args.split_seed, "normalize": args.normalize, "augment": args.augment}
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse {text!r}") from None
-        part, _, field = key.rpartition(".")
-        target = {"": arch_over, "arch": arch_over, "train": train_map, "data": data_map}.get(part)
-        if target is None:
-            raise ConfigError(f"--set {key}: the key must be arch.FIELD (or FIELD), train.FIELD or data.FIELD")
-        target[field] = value
+    sections = {"arch": arch_over, "train": train_map, "data": data_map}
+    for item in args.set:  # the grammar of `ablate run --set`; a bare FIELD is arch.FIELD
+        parts, value = parse_override(item)
+        if len(parts) == 1:
+            parts = ["arch", *parts]
+        if parts[0] not in sections:
+            raise ConfigError(f"--set {shown(item)}: the key must be arch.FIELD (or FIELD), train.FIELD or data.FIELD")
+        set_path(sections, parts, value, item)
     if train_map["epochs"] is not None and train_map["iterations"] is not None:
         raise ConfigError("give --epochs or --iterations, not both")
     arch = models.resolve(args.model, **arch_over)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .study_options import add_execution_arguments, add_spec_arguments, make_runner
 
@@ -19,9 +20,13 @@ def run(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     runner.dataset()  # a missing dataset fails here, before anything is written
-    runner.setup()
+    runner.open()
+    runner.setup(retry_failed=args.retry_failed)
     with sigterm_raises():
         try:
-            return runner.work()
+            code = runner.work()
         except Terminated:
             return 143
+    for line in runner.exhausted():
+        print(f"ablate worker: gave up on {line}; rerun with --retry-failed to try again", file=sys.stderr)
+    return code

@@ -1,6 +1,7 @@
 """Ablation study specs (ablations/*.yaml): load, override, validate, expand into variants.
 
-A spec is plain YAML read with `yaml.safe_load`; no string in it is ever evaluated. Every error
+A spec is plain YAML read by a strict safe loader (runners/yaml_input.py: no tags, aliases,
+merge keys or duplicate keys; size-limited); no string in it is ever evaluated. Every error
 names the file, the field and what is allowed, and is raised before anything is created in a
 store. The format is documented in ablations/README.md.
 """
@@ -15,16 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from models.registry import resolve
 from models.spec import ArchSpec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, cut, reject_unknown, shown
 from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, coerce, from_mapping
 from ..tracking.runs import fmt, variant_name
+from ..yaml_input import parse_override, read_yaml_file, set_path
 
-TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds")
+TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds", "attempts")
+NOT_IDENTITY = ("description", "attempts")  # may change between runs of one study
+DEFAULT_ATTEMPTS = 3
+MAX_NAME = 64
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ArchSpec))
 # Hyperparameters a search may tune: the recipe's numeric fields.
 SEARCHABLE = {"lr": float, "weight_decay": float, "momentum": float, "batch_size": int,
@@ -63,10 +66,12 @@ class StudySpec:
     search: SearchSpec | None
     resolved: dict  # the spec after --set overrides, as logged to MLflow
 
+    attempts: int = 3  # tries per cell before the study gives up on it (interruptions not counted)
+
     @property
     def fingerprint(self) -> str:
         """Changes when anything that defines the trials changes (checked on resume)."""
-        body = {k: v for k, v in self.resolved.items() if k != "description"}
+        body = {k: v for k, v in self.resolved.items() if k not in NOT_IDENTITY}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def variant(self, key: str) -> Variant:
@@ -81,58 +86,23 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, 
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"spec file {path} not found; the shipped specs are in ablations/")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"spec file {cut(str(path), 200)} not found; the shipped specs are in ablations/")
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a spec is a mapping with fields {', '.join(TOP_LEVEL)}")
     for item in overrides:
-        apply_override(raw, item, path)
+        set_path(raw, *parse_override(item), item)
     return parse_spec(raw, str(path), check_data=check_data)
 
 
-def apply_override(raw: dict, item: str, path) -> None:
-    """`train.epochs=3` sets raw['train']['epochs'] = 3; the value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {item!r}: empty component in key {key!r}")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else None
-        if isinstance(node, dict):
-            nxt = node.setdefault(part, {})
-        if not isinstance(nxt, (dict, list)):
-            raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping in {path}")
-        node = nxt
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"--set {item!r}: {last!r} is not an index of the list at {key}")
-        node[int(last)] = parsed
-    elif isinstance(node, dict) and "model" == parts[0] and isinstance(raw.get("model"), list):
-        raise ConfigError(f"--set {item!r}: model is a list in {path}; index it, e.g. model.0.{last}")
-    else:
-        node[last] = parsed
-
-
 def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
-    unknown = sorted(set(raw) - set(TOP_LEVEL))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(TOP_LEVEL)}")
+    reject_unknown(raw, TOP_LEVEL, where)
     name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(f"{where}: name must be a word of letters, digits, '-', '_' or '.', got {name!r}")
+    # The name becomes a file name (journal, checkpoints), an MLflow experiment and a study name.
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) \
+            or len(name) > MAX_NAME or ".." in name:
+        raise ConfigError(f"{where}: name must be a word of at most {MAX_NAME} letters, digits, '-', '_' or '.', "
+                          f"got {shown(name)}")
     dataset = _parse_dataset(raw.get("dataset"), where, check_data)
     train = from_mapping(TrainConfig, _mapping(raw.get("train"), f"{where}: train"), f"{where}: train")
     if "model" not in raw:
@@ -145,16 +115,19 @@ def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
             variants.setdefault(v.key, v)
     seeds = _parse_seeds(raw.get("seeds", [0]), where)
     search = _parse_search(raw.get("search"), where, dataset)
+    attempts = raw.get("attempts", DEFAULT_ATTEMPTS)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise ConfigError(f"{where}: attempts must be a positive integer (tries per cell), got {shown(attempts)}")
     resolved = dict(raw, dataset=dataclasses.asdict(dataset))
     return StudySpec(name=name, path=where, dataset=dataset, train=train, variants=tuple(variants.values()),
-                     seeds=seeds, search=search, resolved=resolved)
+                     seeds=seeds, search=search, resolved=resolved, attempts=attempts)
 
 
 def _mapping(value, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigError(f"{where} must be a mapping, got {shown(value)}")
     return value
 
 
@@ -173,10 +146,7 @@ def _parse_dataset(value, where: str, check_data: bool) -> DataConfig:
 
 def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
     """Every combination of the list-valued fields of one model grid."""
-    allowed = ("name",) + ARCH_FIELDS + ("train",)
-    unknown = sorted(set(grid) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    reject_unknown(grid, ("name",) + ARCH_FIELDS + ("train",), where)
     overrides = _mapping(grid.get("train"), f"{where}.train")
     # Validate the overrides as a whole recipe, so a typo fails here and not mid-study.
     from_mapping(TrainConfig, {**_asdict_set(train), **overrides}, f"{where}.train")
@@ -200,11 +170,20 @@ def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
             shown = ", ".join(f"{k}={fmt(v)}" for k, v in fields.items())
             raise ConfigError(f"{where} ({shown}): {e}") from None
         except TypeError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise ConfigError(f"{where}: {cut(str(e), 200)}") from None
+        _check_width(arch, f"{where} ({', '.join(f'{k}={fmt(v)}' for k, v in fields.items())})")
         key = variant_name(arch) + "".join(f"+{k}={fmt(v)}" for k, v in sorted(overrides.items()))
         variants.append(Variant(key=key, arch=arch, model_name=base,
                                 train_overrides=tuple(sorted(overrides.items()))))
     return variants
+
+
+def _check_width(arch: ArchSpec, where: str) -> None:
+    """At least one channel in the narrowest layer: a width the model code would round to 0."""
+    from models.network import BASE_WIDTH
+    if round(BASE_WIDTH[arch.family] * arch.width) < 1:
+        raise ConfigError(f"{where}: width {fmt(arch.width)} leaves the {arch.family} stem with no channel "
+                          f"(base {BASE_WIDTH[arch.family]}); use width >= {1 / BASE_WIDTH[arch.family]:.3g}")
 
 
 def _typed(fields: dict) -> dict:
@@ -231,27 +210,25 @@ def _parse_seeds(value, where: str) -> tuple[int, ...]:
     if (isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
             and len(set(value)) == len(value)):
         return tuple(value)
-    raise ConfigError(f"{where}: seeds must be a list of distinct integers or a count, got {value!r}")
+    raise ConfigError(f"{where}: seeds must be a list of distinct integers or a count, got {shown(value)}")
 
 
 def _parse_search(value, where: str, dataset: DataConfig) -> SearchSpec | None:
     if value is None:
         return None
     value = _mapping(value, f"{where}: search")
-    allowed = ("trials_per_variant", "space", "pruner", "startup_trials")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: search: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    reject_unknown(value, ("trials_per_variant", "space", "pruner", "startup_trials"), f"{where}: search")
     trials = value.get("trials_per_variant")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        raise ConfigError(f"{where}: search.trials_per_variant must be a positive integer, got {trials!r}")
+        raise ConfigError(f"{where}: search.trials_per_variant must be a positive integer, got {shown(trials)}")
     space = _mapping(value.get("space"), f"{where}: search.space")
     if not space:
         raise ConfigError(f"{where}: search.space is empty; give e.g. lr: {{low: 0.01, high: 0.4, log: true}}")
     for name, dist in space.items():
         at = f"{where}: search.space.{name}"
         if name not in SEARCHABLE:
-            raise ConfigError(f"{at}: not a searchable hyperparameter; allowed: {', '.join(SEARCHABLE)}")
+            raise ConfigError(f"{where}: search.space.{cut(str(name), 40)}: not a searchable hyperparameter; "
+                              f"allowed: {', '.join(SEARCHABLE)}")
         dist = _mapping(dist, at)
         if "choices" in dist:
             if set(dist) != {"choices"} or not isinstance(dist["choices"], list) or not dist["choices"]:
@@ -265,7 +242,7 @@ def _parse_search(value, where: str, dataset: DataConfig) -> SearchSpec | None:
             raise ConfigError(f"{at}: need 0 < low < high for a log scale and low < high always, got {low}, {high}")
     pruner = value.get("pruner", "median")
     if pruner not in ("median", "none"):
-        raise ConfigError(f"{where}: search.pruner must be median or none, got {pruner!r}")
+        raise ConfigError(f"{where}: search.pruner must be median or none, got {shown(pruner)}")
     if dataset.val_size <= 0:
         raise ConfigError(f"{where}: a search selects on the validation split: set dataset.val_size > 0")
     startup = value.get("startup_trials", 3)

@@ -128,6 +128,13 @@ def client(uri: str | None = None):
             c = MlflowClient(tracking_uri=uri)
             c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        if uri.startswith("file:"):
+            # MLflow 3 refuses file stores with a paragraph that never names the path.
+            path = uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")
+            cause = ("MLflow refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true"
+                     if "MLFLOW_ALLOW_FILE_STORE" in str(e) else first_line(e, 200))
+            raise ConfigError(f"cannot use the MLflow file store {path}: {cause}; "
+                              f"use --tracking-uri sqlite:///{path.rstrip('/')}.db (or fix the path)") from None
         raise ConfigError(f"cannot reach the MLflow tracking store {redact(uri)}: {first_line(e, 200)}; "
                           "check --tracking-uri / MLFLOW_TRACKING_URI") from None
     finally:

@@ -9,12 +9,13 @@ and wrong types with a message naming the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown, shown
 
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an ImageFolder path
@@ -35,6 +36,8 @@ class DataConfig:
     def validate(self) -> "DataConfig":
         if self.val_size < 0:
             raise ConfigError(f"dataset.val_size must be >= 0, got {self.val_size}")
+        if self.subset is not None and self.subset < 1:
+            raise ConfigError(f"dataset.subset must be positive, got {self.subset}")
         if self.subset is not None and self.subset <= self.val_size:
             raise ConfigError(f"dataset.subset ({self.subset}) must exceed dataset.val_size ({self.val_size}): "
                               "the validation split is carved from the subset")
@@ -94,8 +97,24 @@ class TrainConfig:
         for f in ("batch_size", "eval_batch_size"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f"train.{f} must be positive, got {getattr(self, f)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        # Ranges a trial would otherwise only fail on mid-study (or silently misbehave with).
+        for f in ("lr", "momentum", "weight_decay", "gamma", "warmup_lr", "warmup_until_error"):
+            if not math.isfinite(getattr(self, f)):
+                raise ConfigError(f"train.{f} must be a finite number, got {getattr(self, f)}")
+        for f in ("lr", "gamma", "warmup_lr"):
+            if getattr(self, f) <= 0:
+                raise ConfigError(f"train.{f} must be positive, got {getattr(self, f)}")
+        for f in ("momentum", "weight_decay"):
+            if getattr(self, f) < 0:
+                raise ConfigError(f"train.{f} must be >= 0, got {getattr(self, f)}")
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("train.nesterov needs train.momentum > 0")
+        if not 0 < self.warmup_until_error <= 1:
+            raise ConfigError(f"train.warmup_until_error is an error rate in (0, 1], got {self.warmup_until_error}")
+        if self.milestones is not None and not all(math.isfinite(m) and m >= 0 for m in self.milestones):
+            raise ConfigError(f"train.milestones must be finite and >= 0, got {shown(list(self.milestones))}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"train.threads must be at least 1, got {self.threads}")
         _check_literal(self, "schedule")
         _check_literal(self, "amp")
         return self
@@ -107,10 +126,7 @@ def from_mapping(cls, mapping: dict | None, where: str):
     `where` names the place for error messages, e.g. "ablations/x.yaml: train".
     """
     mapping = dict(mapping or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    reject_unknown(mapping, [f.name for f in dataclasses.fields(cls)], where)
     hints = typing.get_type_hints(cls)
     values = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in mapping.items()}
     try:
@@ -136,11 +152,11 @@ def coerce(value: Any, hint, where: str):
         raise errors[0]
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {shown(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {shown(value)}")
         return tuple(coerce(v, args[0], where) for v in value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -151,7 +167,7 @@ def coerce(value: Any, hint, where: str):
     if hint is str and isinstance(value, str):
         return value
     if hint in (int, float, bool, str):
-        raise ConfigError(f"{where} must be {'a' if hint is not int else 'an'} {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where} must be {'a' if hint is not int else 'an'} {hint.__name__}, got {shown(value)}")
     return value
 
 
@@ -159,4 +175,4 @@ def _check_literal(obj, name: str) -> None:
     hint = typing.get_type_hints(type(obj))[name]
     allowed = typing.get_args(hint)
     if getattr(obj, name) not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {getattr(obj, name)!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {shown(getattr(obj, name))}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -36,6 +37,7 @@ from ..tracking import runs as tracking
 from .config import DataConfig, TrainConfig
 from .data import Dataset, Split, load_dataset
 
+_log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 # Fields that change how a run executes, not what it computes: they may differ on resume and do
@@ -258,28 +260,46 @@ def config_signature(arch: ArchSpec, cfg: TrainConfig, data_cfg: DataConfig) -> 
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash leaves the previous checkpoint or the new one, never half of one."""
+    """Write atomically: a crash leaves the previous checkpoint or the new one, never half of one.
+    A write that fails (a full disk) removes its temporary file and raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path` (tensors on the CPU), or None; weights_only, so no pickle code runs."""
+    """The checkpoint at `path` (tensors on the CPU), or None; weights_only, so no pickle code runs.
+
+    A checkpoint that cannot be used (truncated, garbled, of another format version) is moved
+    aside, kept for inspection and named in a warning, and None is returned: its run starts over
+    rather than stopping.
+    """
+    # A temporary file here is a write that died with its process (a kill -9 mid-write): this
+    # cell's directory belongs to one attempt at a time, so nothing is writing it now.
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
-        raise ConfigError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it or pass --fresh") from None
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(f"checkpoint {path} has version {state.get('version')}, expected "
-                          f"{CHECKPOINT_VERSION}; delete it or pass --fresh")
-    return state
+        why = None if isinstance(state, dict) and state.get("version") == CHECKPOINT_VERSION else \
+            f"format version {state.get('version') if isinstance(state, dict) else '?'}, expected {CHECKPOINT_VERSION}"
+    except Exception as e:  # noqa: BLE001 - any unreadable file is handled the same way
+        why = type(e).__name__
+    if why is None:
+        return state
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    _log.warning("checkpoint %s cannot be read (%s); kept as %s, starting this run from scratch", path, why, aside)
+    return None
 
 
 def check_signature(path: Path, saved: dict, current: dict) -> None:

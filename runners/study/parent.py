@@ -1,0 +1,101 @@
+"""A study's MLflow side beyond its trials' own runs: the parent run, and the runs of dead attempts.
+
+One parent run per study (`stage=study`, the spec as `spec.json`): RUNNING while `ablate run`
+works, FINISHED when every trial has ended, KILLED or FAILED when the run stops before that. Its
+id is kept in the Optuna study (`mlflow_parent_run_id`); if the MLflow store lost it (a deleted
+`mlflow.db`), a new parent is created and the study goes on.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..errors import redact
+from ..tracking.runs import Tracker, fmt, git_commit
+from .layout import Layout
+
+_log = logging.getLogger(__name__)
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def run_status(mlflow, run_id: str | None) -> str | None:
+    """The run's status, or None when the store has no such run."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+    try:
+        return mlflow.get_run(run_id).info.status
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def ensure_parent(mlflow, layout: Layout) -> str:
+    """The parent run's id, created (once, under the setup lock) if the study or the store lacks it."""
+    spec = layout.spec
+    with layout.lock():
+        main = layout.main()
+        run_id = main.user_attrs.get(PARENT_ATTR)
+        if run_id and run_status(mlflow, run_id) is not None:
+            return run_id
+        if run_id:
+            _log.warning("the MLflow store has no parent run %s of study %s (was the store deleted?); "
+                         "creating a new one; finished trials logged to the old store are not retrained",
+                         run_id, spec.name)
+        parent = Tracker.start(mlflow, spec.name, run_name=spec.name,
+                               tags={"ablation": spec.name, "study": spec.name, "stage": "study",
+                                     "storage": redact(layout.storage_url),
+                                     "mlflow.source.git.commit": git_commit() or "unknown"})
+        parent.log_params({"spec": spec.path, "variants": len(spec.variants),
+                           "seeds": fmt(list(spec.seeds)), "search": spec.search is not None,
+                           "fingerprint": spec.fingerprint})
+        parent.log_dict(spec.resolved, "spec.json")
+        main.set_user_attr(PARENT_ATTR, parent.run_id)
+        return parent.run_id
+
+
+def reopen_parent(mlflow, layout: Layout) -> str:
+    run_id = ensure_parent(mlflow, layout)
+    if run_status(mlflow, run_id) != "RUNNING":
+        mlflow.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def end_parent(mlflow, layout: Layout, status: str) -> None:
+    """FINISHED only when every trial has ended; KILLED or FAILED when `ablate run` stops first."""
+    run_id = layout.main().user_attrs.get(PARENT_ATTR)
+    current = run_status(mlflow, run_id)
+    if current is None or current == status:
+        return
+    if status == "FINISHED" and not layout.is_done():
+        if current == "RUNNING":  # stopped with work left for others: not running here any more
+            mlflow.set_terminated(run_id, status="KILLED")
+        return
+    mlflow.set_terminated(run_id, status=status)
+
+
+def close_dead_attempt(mlflow, run_id: str | None) -> None:
+    """End the MLflow run of an attempt whose worker died (KILLED), if the store still has it."""
+    if run_status(mlflow, run_id) == "RUNNING":
+        mlflow.set_tag(run_id, "killed", "worker died")
+        mlflow.set_terminated(run_id, status="KILLED")
+
+
+def close_orphans(mlflow, layout: Layout) -> None:
+    """End the RUNNING trial runs no attempt will ever close: their Optuna trial is no longer
+    RUNNING (it failed while the store was unwritable, or a crash lost the record naming the
+    run), or the worker that started them, on this host, is dead."""
+    from .storage import worker_is_dead
+    exp = mlflow.get_experiment_by_name(layout.spec.name)
+    if exp is None:
+        return
+    states = {(s.study_name, t.number): t for s in layout.all_studies() for t in s.get_trials(deepcopy=False)}
+    for run in mlflow.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("stage") == "study":
+            continue
+        trial = states.get((tags.get("optuna_study"), int(tags.get("trial", -1))))
+        alive = trial is not None and trial.state.name == "RUNNING" and not worker_is_dead(tags.get("worker"))
+        if not alive:
+            mlflow.set_tag(run.info.run_id, "killed", "its attempt ended without closing it")
+            mlflow.set_terminated(run.info.run_id, status="KILLED")

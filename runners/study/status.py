@@ -1,0 +1,58 @@
+"""Per-variant progress and results of a study, read from its Optuna storage alone (no MLflow)."""
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import mean, stdev
+
+from optuna.trial import TrialState
+
+from ..errors import ConfigError, redact
+from .layout import FINISHED, Layout
+from .spec import StudySpec
+from .storage import is_database, open_storage
+
+
+def open_layout(spec: StudySpec, storage_url: str, attempts: int | None = None) -> Layout:
+    """The layout of an existing study; ConfigError (and nothing created) when there is none."""
+    if not is_database(storage_url) and not Path(storage_url.removeprefix("file://")).exists():
+        raise ConfigError(f"no study storage at {storage_url}; start the study with `ablate run {spec.path}`")
+    layout = Layout(spec, open_storage(storage_url), storage_url, checkpoint_root=Path("."), attempts=attempts)
+    if not layout.exists():
+        raise ConfigError(f"no study named {spec.name!r} in {redact(storage_url)}; "
+                          f"start it with `ablate run {spec.path}`")
+    return layout
+
+
+def status(layout: Layout) -> list[dict]:
+    """One row per variant: trial counts by state, attempts, and the confirmation test errors.
+
+    failed: attempts that raised and have not been retried (yet). retried: attempts that were
+    interrupted, or failed and retried; neither counts against the study's results.
+    """
+    spec, main = layout.spec, layout.main()
+    rows = []
+    for v in spec.variants:
+        confirm = [t for t in main.get_trials(deepcopy=False) if t.user_attrs.get("variant") == v.key]
+        search = layout.search_study(v).get_trials(deepcopy=False) if spec.search else []
+        trials = confirm + search
+        retried = {t.user_attrs["retry_of"] for t in confirm if "retry_of" in t.user_attrs}
+        retried_search = {t.user_attrs["retry_of"] for t in search if "retry_of" in t.user_attrs}
+        superseded = [t for t in confirm if t.number in retried] + [t for t in search if t.number in retried_search]
+        errors = [t.user_attrs["final_test_error"] for t in confirm
+                  if t.state == TrialState.COMPLETE and "final_test_error" in t.user_attrs
+                  and not t.user_attrs.get("diverged")]
+        count = {s: sum(t.state == s for t in trials) for s in TrialState}
+        used = max((t.user_attrs.get("attempt", 1) for t in confirm), default=0)
+        rows.append({
+            "variant": v.key, "cells": len(spec.seeds),
+            "complete": count[TrialState.COMPLETE], "running": count[TrialState.RUNNING],
+            "waiting": count[TrialState.WAITING], "pruned": count[TrialState.PRUNED],
+            "failed": count[TrialState.FAIL] - len(superseded), "retried": len(superseded),
+            "attempts": f"{used}/{layout.attempts}",
+            "diverged": sum(bool(t.user_attrs.get("diverged")) for t in trials),
+            "search": f"{sum(t.state in FINISHED for t in search)}/{len(search)}" if spec.search else "-",
+            "best_test_error": min(errors) if errors else None,
+            "mean_test_error": mean(errors) if errors else None,
+            "std_test_error": stdev(errors) if len(errors) > 1 else None,
+            "n": len(errors)})
+    return rows

@@ -1,0 +1,124 @@
+"""Run one claimed trial: train its cell, log it to MLflow, tell Optuna how it ended.
+
+An exception inside a trial fails that attempt (recorded as `error`; the cell is retried on the
+next run, see runners/study/layout.py) and the study goes on. Ctrl-C or SIGTERM fails the trial
+and enqueues its retry at once, so the rerun resumes it from its checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import cut, redact
+from ..tracking.runs import Terminated, Tracker, tracked_run
+from . import optuna_private as private
+from .layout import CONFIRM, SEARCH, Layout
+from .spec import SEARCHABLE
+from .storage import Heartbeat, worker_id
+
+
+@dataclass
+class Worker:
+    """What a trial needs from the process that runs it."""
+
+    mlflow: object  # MlflowClient
+    parent_run_id: str
+    dataset: object  # the loaded Dataset, shared by the process's trials
+    device: str
+    threads: int | None
+
+
+def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Train the trial's cell; False if it failed with an error."""
+    from ..train.trainer import train
+    spec = layout.spec
+    attrs = private.get_trial(study, private.trial_id(trial)).user_attrs
+    stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
+    if stage == SEARCH:
+        hparams = {name: _suggest(trial, name, dist) for name, dist in spec.search.space.items()}
+        checkpoint = attrs.get("checkpoint") or str(layout.checkpoint_root / SEARCH / v.key / f"trial{trial.number}")
+        trial.set_user_attr("checkpoint", checkpoint)
+    else:
+        hparams, checkpoint = attrs["hparams"], attrs["checkpoint"]
+    cfg = v.recipe(spec.train, seed=seed, device=worker.device, threads=worker.threads, **hparams)
+    tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,
+            "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
+            "attempt": attrs.get("attempt", 1), **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {})}
+    run_name = f"{v.key}/seed={seed}" if stage == CONFIRM else f"search/{v.key}/trial{trial.number}"
+    resumed = Path(checkpoint).is_dir() and any(Path(checkpoint).glob("checkpoint.pt"))
+    trial.set_user_attr("resumed", resumed)
+
+    def report(epoch: int, metrics: dict) -> None:  # search trials only: confirmations never prune
+        if metrics.get("val_error") is not None:
+            trial.report(metrics["val_error"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+    pruned, started = False, time.time()
+    print(f"trial {trial.number} {run_name}: started" + (" (resuming)" if resumed else "")
+          + (f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""), flush=True)
+    try:
+        tracker = Tracker.start(worker.mlflow, spec.name, run_name, tags=tags, parent_run_id=worker.parent_run_id)
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
+            try:
+                result = train(v.arch, cfg, worker.dataset, tracker=tracker, checkpoint_dir=checkpoint,
+                               on_epoch=report if stage == SEARCH else None, model_name=v.model_name)
+            except optuna.TrialPruned:
+                pruned = True
+                tracker.set_tags({"pruned": "true"})
+    except (KeyboardInterrupt, Terminated):
+        # Interrupted: fail the trial and enqueue its retry now, so the rerun resumes it.
+        failed = private.fail(study, private.trial_id(trial))
+        if failed is not None:
+            layout.requeue(study, failed)
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
+        error = redact(cut(f"{type(e).__name__}: {e}", 500))
+        trial.set_user_attr("error", error)
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"ablate: trial {trial.number} ({run_name}) failed (attempt {attrs.get('attempt', 1)} of "
+              f"{layout.attempts}): {error.splitlines()[0] if error else ''}", file=sys.stderr, flush=True)
+        return False
+    took = f"{time.time() - started:.0f} s"
+    if pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        print(f"trial {trial.number} {run_name}: pruned after {took}", flush=True)
+    else:
+        final = result.final
+        diverged = result.status == "diverged"
+        # The objective is the final validation error (never test); a diverged trial counts as
+        # chance-or-worse so the search learns to avoid its region.
+        value = final.get("val_error", final.get("train_error"))
+        if diverged or value is None or not math.isfinite(value):
+            value = 1.0
+        trial.set_user_attr("diverged", diverged)
+        trial.set_user_attr("epochs", result.epochs)
+        for k in ("train_error", "val_error", "test_error"):
+            if final.get(k) is not None and math.isfinite(final[k]):
+                trial.set_user_attr(f"final_{k}", final[k])
+        study.tell(trial, value)
+        errors = "  ".join(f"{k} {final[k]:.4f}" for k in ("train_error", "val_error", "test_error")
+                           if final.get(k) is not None)
+        print(f"trial {trial.number} {run_name}: {'diverged' if diverged else 'done'} in {took}  {errors}",
+              flush=True)
+    # The weights live in MLflow now. A checkpoint set aside as unreadable stays, for inspection.
+    Path(checkpoint, "checkpoint.pt").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        Path(checkpoint).rmdir()
+    return True
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: dict):
+    if "choices" in dist:
+        return trial.suggest_categorical(name, dist["choices"])
+    if SEARCHABLE[name] is int:
+        return trial.suggest_int(name, int(dist["low"]), int(dist["high"]), log=bool(dist.get("log")))
+    return trial.suggest_float(name, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))

@@ -1,0 +1,199 @@
+"""Fault injection: kill -9 mid-write, a full disk, a torn journal, a deleted store, a corrupt
+checkpoint. After each, one rerun of `ablate run` completes the study with every cell exactly
+once and no MLflow run left RUNNING. Run alone with `pytest -m faults`.
+
+A kill lands at an exact moment by running the CLI under a small wrapper (INJECT) that patches
+the write in question to write part of its bytes and then SIGKILL its own process.
+"""
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from conftest import REPO, ablate
+
+pytestmark = pytest.mark.faults
+
+SMOKE = REPO / "ablations" / "smoke.yaml"
+# One variant, two seeds, two epochs on 128 images: two cells, a second each.
+SMALL = ["--set", "model.shortcut=A", "--set", "seeds=[0,1]", "--set", "dataset.subset=192",
+         "--set", "dataset.val_size=64"]
+CELLS = {"cifar-d8-basic-A-post-w1/seed=0", "cifar-d8-basic-A-post-w1/seed=1"}
+
+INJECT = r"""
+import os, signal, sys
+fault, args = sys.argv[1], sys.argv[2:]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if fault == "checkpoint":  # the second checkpoint write dies half-written
+    import torch
+    real, calls = torch.save, []
+    def save(obj, f, *a, **k):
+        if hasattr(f, "write") and ".tmp" in getattr(f, "name", ""):
+            calls.append(1)
+            if len(calls) == 2:
+                f.write(b"\x80\x02half a checkpoint"); f.flush(); die()
+        return real(obj, f, *a, **k)
+    torch.save = save
+elif fault == "journal":  # the record naming the second trial's MLflow run is cut mid-write
+    from optuna.storages.journal import JournalFileBackend
+    real, calls = JournalFileBackend.append_logs, []
+    def append_logs(self, logs):
+        import json
+        text = "\n".join(json.dumps(l, separators=(",", ":")) for l in logs) + "\n"
+        if "mlflow_run_id" in text:
+            calls.append(1)
+            if len(calls) == 2:
+                self._lock.acquire()
+                with open(self._file_path, "ab") as f:
+                    f.write(text[: len(text) // 2].encode()); f.flush(); os.fsync(f.fileno())
+                die()
+        return real(self, logs)
+    JournalFileBackend.append_logs = append_logs
+elif fault == "mlflow":  # dies while logging the second epoch's metrics of the first trial
+    from mlflow.tracking import MlflowClient
+    real = MlflowClient.log_batch
+    def log_batch(self, run_id, metrics=(), *a, **k):
+        if any(m.step == 2 and m.key == "train_error" for m in metrics or ()):
+            die()
+        return real(self, run_id, metrics, *a, **k)
+    MlflowClient.log_batch = log_batch
+elif fault == "fill":  # the disk fills up when the first checkpoint is written
+    import torch
+    real, filler = torch.save, os.environ["FILLER"]
+    def save(obj, f, *a, **k):
+        if hasattr(f, "write") and ".tmp" in getattr(f, "name", "") and not os.path.exists(filler):
+            with open(filler, "wb") as g:
+                try:
+                    while True:
+                        g.write(b"\0" * 65536); g.flush()
+                except OSError:
+                    pass
+        return real(obj, f, *a, **k)
+    torch.save = save
+from runners.cli import main
+sys.exit(main(args))
+"""
+
+
+def _inject(fault: str, *args, env=None):
+    return subprocess.run([sys.executable, "-c", INJECT, fault, *map(str, args)], cwd=REPO,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def _assert_complete_once(results: Path):
+    """Every cell COMPLETE exactly once in Optuna and FINISHED exactly once in MLflow; no run
+    RUNNING; no temporary checkpoint file left."""
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna" / "smoke.journal")))
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    complete = Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == Counter({c: 1 for c in CELLS}), [(t.number, t.state, t.user_attrs) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
+    finished = Counter(r.info.run_name for r in runs if r.info.status == "FINISHED" and r.data.tags["stage"] != "study")
+    by_id = {t.user_attrs["mlflow_run_id"] for t in trials if t.state == TrialState.COMPLETE}
+    assert by_id <= {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert finished == Counter({c: 1 for c in CELLS}), finished
+    assert [r.info.status for r in runs if r.data.tags["stage"] == "study"] == ["FINISHED"]
+    assert not list(results.rglob("*.tmp"))
+    return trials, runs
+
+
+@pytest.mark.parametrize("fault", ["journal", "mlflow"])
+def test_kill_9_mid_write_then_one_rerun_completes_the_study(results, fault):
+    killed = _inject(fault, "run", SMOKE, *SMALL)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    out = ablate("run", SMOKE, *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_complete_once(results)
+    if fault == "journal":
+        assert list((results / "optuna").glob("smoke.journal.torn-*")), "no backup of the torn journal"
+        assert "cut short" in out.stderr
+
+
+def test_a_full_disk_then_one_rerun_completes_the_study(results, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        env = {"ABLATE_RESULTS": str(disk / "results"), "FILLER": str(disk / "filler")}
+        full = _inject("fill", "run", SMOKE, *SMALL, env=env)
+        assert full.returncode != 0
+        assert "Traceback" not in full.stderr or "No space left" in full.stderr
+        assert not list((disk / "results").rglob("*.tmp")), "a failed checkpoint write left its temp file"
+        (disk / "filler").unlink()
+        out = ablate("run", SMOKE, *SMALL, env={"ABLATE_RESULTS": str(disk / "results")})
+        assert out.returncode == 0, out.stderr[-3000:]
+        _assert_complete_once(disk / "results")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_torn_journal_is_repaired_and_garbage_is_refused(results):
+    assert ablate("run", SMOKE, *SMALL).returncode == 0
+    journal = results / "optuna" / "smoke.journal"
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    journal.write_bytes(whole + last[: len(last) // 2])  # an append cut short
+    status = ablate("status", SMOKE, *SMALL, "--json")
+    assert status.returncode == 0 and "cut short" in status.stderr, status.stderr
+    assert [r["complete"] for r in __import__("json").loads(status.stdout)] == [2]
+    assert journal.read_bytes() == whole
+    out = ablate("run", SMOKE, *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_complete_once(results)
+
+    journal.write_bytes(whole + b"garbage\n")
+    bad = ablate("run", SMOKE, *SMALL)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "smoke.journal" in bad.stderr and "record" in bad.stderr and "Traceback" not in bad.stderr
+    journal.write_bytes(whole)
+    _assert_complete_once(results)
+
+
+def test_a_deleted_mlflow_store_between_a_kill_and_the_rerun(results):
+    killed = _inject("mlflow", "run", SMOKE, *SMALL)
+    assert killed.returncode == -9
+    (results / "mlflow.db").unlink()
+    out = ablate("run", SMOKE, *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "creating a new one" in out.stderr
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna" / "smoke.journal")))
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE) == Counter(
+        {c: 1 for c in CELLS})
+    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert len([r for r in runs if r.data.tags["stage"] == "study"]) == 1
+
+
+def test_kill_9_mid_checkpoint_write_then_a_corrupt_checkpoint(results):
+    """The kill leaves a half-written temp file beside the last good checkpoint; that checkpoint
+    is then cut to 10 bytes: the rerun sets it aside (kept, named) and restarts the cell."""
+    killed = _inject("checkpoint", "run", SMOKE, *SMALL)
+    assert killed.returncode == -9
+    assert list(results.rglob(".checkpoint.pt.*.tmp"))
+    ckpt = next(results.rglob("checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:10])
+    out = ablate("run", SMOKE, *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "cannot be read" in out.stderr and "kept as" in out.stderr and "--fresh" not in out.stderr
+    kept = list(results.rglob("checkpoint.pt.unreadable-*"))
+    assert len(kept) == 1 and kept[0].stat().st_size == 10 and kept[0].name in out.stderr
+    _assert_complete_once(results)
