@@ -498,9 +498,11 @@ class Run:
         if self.status in ("finished", "diverged"):
             self.log_end()
             return self.result()
-        from tqdm.auto import tqdm
-        bar = tqdm(total=self.plan.iterations, initial=self.iteration, unit="it", file=sys.stderr,
-                   disable=None if progress else True, leave=False, dynamic_ncols=True)
+        bar = None
+        if progress:  # tqdm only when asked: `ablate doctor` runs with torch alone
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.plan.iterations, initial=self.iteration, unit="it", file=sys.stderr,
+                       disable=None, leave=False, dynamic_ncols=True)
         forward = self.forward()
         try:
             while self.epoch < self.plan.epochs and self.status == "running":
@@ -513,12 +515,14 @@ class Run:
                 if self.tracker is not None:
                     self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=self.epoch)
                 self.checkpoint()
-                bar.set_postfix(epoch=self.epoch, train_err=f"{metrics['train_error']:.3f}",
-                                test_err=f"{metrics['test_error']:.3f}")
+                if bar is not None:
+                    bar.set_postfix(epoch=self.epoch, train_err=f"{metrics['train_error']:.3f}",
+                                    test_err=f"{metrics['test_error']:.3f}")
                 if on_epoch is not None:
                     on_epoch(self.epoch, metrics)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         if self.status == "running":
             self.status = "finished"
             if self.cfg.probe:
