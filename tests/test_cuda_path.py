@@ -148,6 +148,7 @@ def test_the_cli_sets_the_cublas_workspace_before_any_command_runs():
 # -- workers on the parent's GPUs ------------------------------------------------------------------
 @pytest.mark.parametrize("visible,gpus,expected", [
     (None, 2, ["0", "1", "0", "1"]),
+    ("4,5", 0, []),  # CPU workers: no devices to hand out
     ("4,5", 2, ["4", "5", "4", "5"]),  # not physical 0 and 1
     ("GPU-aaaa, GPU-bbbb", 2, ["GPU-aaaa", "GPU-bbbb", "GPU-aaaa", "GPU-bbbb"]),
     ("MIG-1234,MIG-5678", 1, ["MIG-1234"] * 4),  # torch counts the first MIG instance only

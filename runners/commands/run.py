@@ -53,6 +53,8 @@ def _largest_macs(spec) -> int:
 def worker_devices(workers: int, gpus: int, visible: str | None) -> list[str]:
     """CUDA_VISIBLE_DEVICES for each of `workers` workers over the parent's `gpus` GPUs: entries
     of the parent's own list (indices, UUIDs or MIG names) when it has one, else indices."""
+    if gpus < 1:
+        return []
     entries = [e.strip() for e in visible.split(",") if e.strip()] if visible else []
     entries = entries[:gpus] if entries else [str(g) for g in range(gpus)]
     return [entries[i % len(entries)] for i in range(workers)]
