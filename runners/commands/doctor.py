@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -28,13 +29,27 @@ def run(args) -> int:
         raise ConfigError(f"--data {args.data} is not a folder; give an ImageFolder root with train/ and test/")
     if args.budget <= 0:
         raise ConfigError(f"--budget must be positive, got {args.budget}")
-    report = run_doctor(Options(device=args.device, quick=args.quick, data=args.data, budget_s=args.budget))
+    def progress(report: dict) -> None:  # a line per check on stderr; the JSON so far
+        c = report["checks"][-1]
+        print(f"[{report['seconds']:5.0f} s] {c['section']}: {c['name']}: {c['status']} {c['value']}",
+              file=sys.stderr, flush=True)
+        if args.json:
+            write_json(Path(args.json), report)
+
+    report = run_doctor(Options(device=args.device, quick=args.quick, data=args.data, budget_s=args.budget),
+                        on_check=progress)
     print_report(report)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str))
+        write_json(Path(args.json), report)
     return 0 if report["ok"] else 1
+
+
+def write_json(path: Path, report: dict) -> None:
+    """Rewritten after every check (atomically), so a run stopped by a time limit leaves its rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(path)
 
 
 def print_report(report: dict) -> None:

@@ -70,9 +70,10 @@ class Options:
 class Doctor:
     """Runs the sections in order; `checks` accumulates the rows."""
 
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, on_check=None) -> None:
         self.opts, self.checks, self.start = opts, [], time.perf_counter()
         self.recommendation: dict = {}
+        self.on_check = on_check  # called with the report so far after each check (partial results)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -95,6 +96,8 @@ class Doctor:
                              traceback=traceback.format_exc(limit=6))
         if check is not None:
             check.details["seconds"] = round(time.perf_counter() - t, 2)
+        if self.on_check is not None:
+            self.on_check(self.report())
         return check
 
     # -- the run --
@@ -456,5 +459,6 @@ def _net_worker(data: str | None, device: str, steps: int, batch: int, threads: 
             pass
 
 
-def run_doctor(opts: Options) -> dict:
-    return Doctor(opts).run()
+def run_doctor(opts: Options, on_check=None) -> dict:
+    """All checks; `on_check(report so far)` after each, so a killed run still leaves its rows."""
+    return Doctor(opts, on_check).run()
