@@ -165,3 +165,12 @@ def test_offline_cifar_download_says_where_to_put_the_files(tmp_path, monkeypatc
         load_dataset(DataConfig("cifar10", root=str(tmp_path / "d")))
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "d") in msg and "cifar-10-python.tar.gz" in msg
+
+
+def test_normalize_is_the_papers_formula_in_one_multiply_add():
+    for kind in ("pixel_mean", "channel"):
+        d = load_dataset(DataConfig("synthetic", subset=300, val_size=50, normalize=kind))
+        images = d.train.images[:32]
+        expected = (images.float() / 255 - d.mean) / d.std
+        torch.testing.assert_close(d.normalize(images), expected, atol=1e-5, rtol=1e-5)
+        assert d.to("cpu").normalize(images).dtype == torch.float32

@@ -1,4 +1,13 @@
-"""`ablate run SPEC`: run (or resume) an ablation study on this host, with N local workers."""
+"""`ablate run SPEC`: run (or resume) an ablation study on this host, with N local workers.
+
+Workers per GPU, by default (--workers-per-gpu overrides): one process launches one kernel at a
+time, and a CIFAR net's kernels are small (the same per-layer work at every depth), so a single
+process leaves a large GPU idle between launches; several processes fill it. The rule, by the
+study's largest model in MACs per image: under 0.5 GMACs (every CIFAR net up to ResNet-164) 4,
+under 2 GMACs 2, else 1; never more than the cores per GPU, since each worker keeps one core
+busy launching. It is a starting point, not a measurement: `ablate doctor --device cuda`
+measures 1, 2, 4 and 8 nets at once on the GPU and prints the best.
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +24,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_execution_arguments(p)
     p.add_argument("--workers", type=int, help="worker processes on this host (default: one per GPU, else 1)")
-    p.add_argument("--workers-per-gpu", type=int, default=1, help="small CIFAR nets leave a GPU mostly idle")
+    p.add_argument("--workers-per-gpu", type=int,
+                   help="worker processes per GPU (default: by the largest model's MACs, see `ablate doctor`)")
+
+
+# (MACs per image below which, workers per GPU), first match; else 1.
+WORKERS_BY_MACS = ((500e6, 4), (2e9, 2))
+
+
+def default_workers_per_gpu(macs: int, cores: int, gpus: int) -> int:
+    """The documented rule above, for a study whose largest model has `macs` MACs per image."""
+    rule = next((k for limit, k in WORKERS_BY_MACS if macs < limit), 1)
+    return max(1, min(rule, cores // max(gpus, 1)))
+
+
+def _largest_macs(spec) -> int:
+    import torch
+
+    from models import ResNet
+    macs = 0
+    for v in spec.variants:
+        with torch.device("meta"):  # shapes only
+            net = ResNet(v.arch)
+        macs = max(macs, net.complexity().macs)
+    return macs
+
+
+def worker_devices(workers: int, gpus: int, visible: str | None) -> list[str]:
+    """CUDA_VISIBLE_DEVICES for each of `workers` workers over the parent's `gpus` GPUs: entries
+    of the parent's own list (indices, UUIDs or MIG names) when it has one, else indices."""
+    if gpus < 1:
+        return []
+    entries = [e.strip() for e in visible.split(",") if e.strip()] if visible else []
+    entries = entries[:gpus] if entries else [str(g) for g in range(gpus)]
+    return [entries[i % len(entries)] for i in range(workers)]
 
 
 def run(args) -> int:
@@ -25,11 +67,19 @@ def run(args) -> int:
     from ..tracking.runs import Terminated, sigterm_raises, ui_link
     from .study_options import make_runner
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
-    workers = args.workers or max(1, gpus * args.workers_per_gpu)
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // workers)
-    runner = make_runner(args, threads=threads)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers_per_gpu is not None and args.workers_per_gpu < 1:
+        raise ConfigError(f"--workers-per-gpu must be at least 1, got {args.workers_per_gpu}")
+    cores = os.cpu_count() or 1
+    runner = make_runner(args)
+    per_gpu = args.workers_per_gpu
+    if gpus and not args.workers and per_gpu is None:
+        per_gpu = default_workers_per_gpu(_largest_macs(runner.spec), cores, gpus)
+    workers = args.workers or max(1, gpus * (per_gpu or 1))
+    # Each worker gets its share of the cores, GPU workers too (torch would give each all of them).
+    threads = max(1, cores // workers) if (gpus or workers > 1) else None
+    runner.threads = threads
     spec = runner.spec
     # A missing dataset (or a subset larger than it) fails here, before anything is written.
     # Spawned workers load their own copy, so this one stays on the CPU.
@@ -72,6 +122,7 @@ def run(args) -> int:
 
 def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
     procs = []
+    devices = worker_devices(workers, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     for i in range(workers):
         cmd = [sys.executable, "-m", "runners.cli", "worker", args.spec, "--storage", storage,
                "--tracking-uri", uri, "--device", "cuda" if gpus else args.device,
@@ -83,9 +134,8 @@ def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
             cmd += ["--attempts", str(args.attempts)]
         env = dict(os.environ)
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        else:
-            cmd += ["--threads", str(threads)]
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
+        cmd += ["--threads", str(threads)]
         procs.append(subprocess.Popen(cmd, env=env))
     try:
         return max(p.wait() for p in procs)

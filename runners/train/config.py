@@ -70,10 +70,12 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU (slower there)
-    channels_last: bool = True  # ~1.4x faster on these CPUs, and the fast path on tensor cores
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 where CUDA supports it; off on CPU
+    channels_last: bool = True  # the layout of tensor-core convolutions; faster on CPU too (README)
     compile: bool = False
-    eval_batch_size: int = 250  # ~1.6x faster than 1000 on these CPUs (cache-sized activations)
+    # torch.compile's mode; reduce-overhead replays CUDA graphs (`ablate doctor` measures both).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    eval_batch_size: int | None = None  # None: 1000 on CUDA, 250 on CPU (README: Performance)
     probe: bool = True  # layer-response std (Fig. 7) after training
     threads: int | None = None  # CPU threads for this process; None: all cores
 
@@ -95,7 +97,7 @@ class TrainConfig:
         if n <= 0:
             raise ConfigError(f"train.{unit} must be positive, got {n}")
         for f in ("batch_size", "eval_batch_size"):
-            if getattr(self, f) <= 0:
+            if getattr(self, f) is not None and getattr(self, f) <= 0:
                 raise ConfigError(f"train.{f} must be positive, got {getattr(self, f)}")
         # Ranges a trial would otherwise only fail on mid-study (or silently misbehave with).
         for f in ("lr", "momentum", "weight_decay", "gamma", "warmup_lr", "warmup_until_error"):
@@ -117,6 +119,7 @@ class TrainConfig:
             raise ConfigError(f"train.threads must be at least 1, got {self.threads}")
         _check_literal(self, "schedule")
         _check_literal(self, "amp")
+        _check_literal(self, "compile_mode")
         return self
 
 

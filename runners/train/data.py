@@ -23,8 +23,9 @@ only (the validation and test images are never looked at).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -69,6 +70,13 @@ class Dataset:
     mean: torch.Tensor  # float32, [0, 1] units: (3, H, W) per-pixel or (3, 1, 1) per-channel
     std: torch.Tensor  # float32 (3, 1, 1); ones for per-pixel mean subtraction
     config: DataConfig
+    # normalize() as one multiply-add: x * scale + shift == (x / 255 - mean) / std
+    scale: torch.Tensor = field(init=False, repr=False)
+    shift: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scale = (1 / (255 * self.std)).to(self.mean.device)
+        self.shift = (-self.mean / self.std).to(self.mean.device)
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +99,8 @@ class Dataset:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32 (N, 3, H, W), mean-subtracted (and scaled, per channel)."""
-        return (images.float().div_(255) - self.mean) / self.std
+        x = images.float()
+        return torch.addcmul(self.shift, x, self.scale, out=x)
 
     def batch(self, split: Split, idx: torch.Tensor,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,17 +126,24 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = PAD) -> torc
     """
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))  # (N, C, H+2p, W+2p)
-    dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
-    flip = torch.randint(0, 2, (n,), generator=generator, device=dev).bool()
-    rows = dy[:, None] + torch.arange(h, device=dev)  # (N, H)
-    cols = dx[:, None] + torch.arange(w, device=dev)  # (N, W)
+    span = 2 * pad + 1
+    # One draw per image: offset dy, offset dx and the flip, as digits of one integer.
+    r = torch.randint(0, span * span * 2, (n,), generator=generator, device=x.device)
+    dy, dx, flip = r % span, (r // span) % span, (r // (span * span)).bool()
+    images, channels, row_range, col_range = _ranges(x.device, n, c, h, w)
+    rows = dy[:, None] + row_range  # (N, H)
+    cols = dx[:, None] + col_range  # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = padded[torch.arange(n, device=dev)[:, None, None, None],  # (N, H, W, C) after broadcasting
-                 torch.arange(c, device=dev)[None, None, None, :],
-                 rows[:, :, None, None], cols[:, None, :, None]]
+    out = padded[images, channels, rows[:, :, None, None], cols[:, None, :, None]]  # (N, H, W, C)
     return out.permute(0, 3, 1, 2)  # (N, C, H, W) view, channels_last in memory
+
+
+@functools.lru_cache(maxsize=8)
+def _ranges(device: torch.device, n: int, c: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """The gather's fixed index tensors for a batch shape (a run has one or two): made once, not
+    per step. Shapes (N, 1, 1, 1), (1, 1, 1, C), (H,), (W,), broadcast to (N, H, W, C)."""
+    return (torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, None, None, :],
+            torch.arange(h, device=device), torch.arange(w, device=device))
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ records the training loss and error as measured on the fly (the augmented batche
 mode, as the paper plots them), the validation and test loss and error, the lr, the time and
 the throughput; is logged to the tracker (the contract in runners/tracking/runs.py); and is
 checkpointed atomically with the model, optimizer, schedule and RNG states, so an interrupted run
-resumes exactly (bit-identical on CPU in deterministic mode). A non-finite loss ends the run as
+resumes exactly (bit-identical on CPU in deterministic mode). The CUDA generators are not saved:
+nothing in training draws from them (the data order and augmentation have their own generator,
+the initialisation draws on the CPU). A non-finite loss ends the run as
 "diverged": a result, not an exception. Selection (`best_val_error`) reads validation only.
 """
 from __future__ import annotations
@@ -42,9 +44,10 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 # Fields that change how a run executes, not what it computes: they may differ on resume and do
 # not enter the default checkpoint directory's hash.
-RUNTIME_FIELDS = ("device", "threads", "compile", "eval_batch_size", "probe", "deterministic",
-                  "amp", "channels_last")
+RUNTIME_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "probe",
+                  "deterministic", "amp", "channels_last")
 WARMUP_EMA = 0.9  # the warm-up watches a running (bias-corrected EMA) training error, ~10 batches
+EVAL_BATCH = {"cpu": 250, "cuda": 1000}  # the default eval_batch_size per device type (README)
 
 
 @dataclass
@@ -116,7 +119,7 @@ class LRSchedule:
         milestones = cfg.milestones if cfg.milestones is not None else (n / 2, 3 * n / 4)
         self.boundaries = sorted(round(m * per_unit) for m in milestones)
         self.warming = cfg.warmup
-        self.ema, self.count, self.warmup_end = 0.0, 0, -1
+        self.ema, self.count = 0.0, 0
 
     def base(self, k: int) -> float:
         cfg = self.cfg
@@ -136,31 +139,39 @@ class LRSchedule:
         self.count += 1
         self.ema = WARMUP_EMA * self.ema + (1 - WARMUP_EMA) * batch_error
         if self.ema / (1 - WARMUP_EMA ** self.count) < self.cfg.warmup_until_error:
-            self.warming, self.warmup_end = False, k + 1
+            self.warming = False
 
     def state_dict(self) -> dict:
-        return {"warming": self.warming, "ema": self.ema, "count": self.count, "warmup_end": self.warmup_end}
+        return {"warming": self.warming, "ema": self.ema, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.warming, self.ema = bool(state["warming"]), float(state["ema"])
-        self.count, self.warmup_end = int(state["count"]), int(state["warmup_end"])
+        self.warming, self.ema, self.count = bool(state["warming"]), float(state["ema"]), int(state["count"])
 
 
 # -- execution settings ---------------------------------------------------------------------------
+# cuBLAS reads this at its first call: a process that may train deterministically on CUDA sets it
+# before then (runners/cli.py main does, for every command); setting it later has no effect.
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 @contextlib.contextmanager
 def runtime(cfg: TrainConfig, device: torch.device):
     """Threads and determinism for the duration of a run; the process's settings are restored."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     det_warn, bench = torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
+    fill = _fill_uninitialized()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+        os.environ.setdefault(*CUBLAS_WORKSPACE)  # in time only if CUDA has not run cuBLAS yet
         # The head pools with a mean (AdaptiveAvgPool2d has no deterministic CUDA backward). Should
         # some op of a future torch lack a deterministic CUDA kernel, warn rather than stop a long
         # GPU run; on CPU every op is deterministic and resumes are bit-exact (tested).
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
+        # Deterministic mode also NaN-fills every torch.empty by default: a kernel per allocation
+        # that buys nothing here (every buffer the trainer reads is written first).
+        _fill_uninitialized(False)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
@@ -169,23 +180,68 @@ def runtime(cfg: TrainConfig, device: torch.device):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
         torch.backends.cudnn.benchmark = bench
+        _fill_uninitialized(fill)
+
+
+def _fill_uninitialized(value: bool | None = None) -> bool | None:
+    """torch.utils.deterministic.fill_uninitialized_memory (torch >= 2.1): read, or set if given."""
+    det = getattr(torch.utils, "deterministic", None)
+    if det is None or not hasattr(det, "fill_uninitialized_memory"):
+        return None
+    if value is not None:
+        det.fill_uninitialized_memory = value
+    return det.fill_uninitialized_memory
 
 
 def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast: on CUDA by default; off on CPU (2x slower there) unless asked for."""
-    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    """bf16 autocast: by default on a CUDA device that supports bf16; off on CPU unless asked for
+    (slower there: README, Performance)."""
+    if cfg.amp == "bf16":
+        return True
+    return cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def memory_format(cfg: TrainConfig) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step; returns the batch's (mean loss, wrong predictions) as device tensors, unsynced."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(x)
-        loss = F.cross_entropy(out, y)
+def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
+    return cfg.eval_batch_size or EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
+
+
+class MixedPrecision(nn.Module):
+    """The network's body under bf16 autocast (when `amp`), its head (pooling and the linear
+    classifier) in fp32: logits and losses then carry no bf16 rounding, so CUDA (bf16) and CPU
+    (fp32) runs are compared on the same footing. Returns fp32 logits (N, classes)."""
+
+    def __init__(self, model: ResNet, amp: bool) -> None:
+        super().__init__()
+        self.model, self.amp = model, amp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            features = m.stages(m.stem(x))  # (N, C, H', W')
+        return m.head(features.float())
+
+
+def compile_forward(net: nn.Module, mode: str = "default", backend: str | Callable = "inductor") -> nn.Module:
+    """torch.compile `net` for one run. Dynamo's code cache is per process and keyed on the code
+    object (ResNet.forward and the blocks' forwards are one code object for every architecture),
+    so a study worker's 9th architecture would hit the recompile limit and silently run eager:
+    reset it first. dynamic=False: the batch shape is fixed (the last partial batch is dropped)."""
+    torch._dynamo.reset()
+    if backend != "inductor":  # modes are inductor's
+        return torch.compile(net, dynamic=False, backend=backend)
+    return torch.compile(net, dynamic=False, mode=None if mode == "default" else mode)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of `model` (a MixedPrecision net, maybe compiled); returns the batch's (mean
+    loss, wrong predictions) as device tensors, unsynced."""
+    out = model(x)
+    loss = F.cross_entropy(out, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -194,25 +250,24 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     # Weight decay on every parameter, BN included, as in the paper's (Caffe/Torch) recipe.
-    # foreach: one multi-tensor kernel per update; torch's CPU default loops over the tensors,
-    # ~8% slower for ResNet-20 on 2 cores (CUDA already defaults to it).
+    # foreach: one multi-tensor kernel per update, where torch's CPU default loops over the
+    # tensors (CUDA already defaults to it); measured in the README's Performance section.
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, foreach=True)
 
 
 # -- evaluation -----------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, split: Split, cfg: TrainConfig,
-             amp: bool) -> tuple[float, float]:
+def evaluate(model: MixedPrecision, data: Dataset, split: Split, cfg: TrainConfig) -> tuple[float, float]:
     """(mean loss, error) of `split`, in eval mode, without augmentation."""
     model.eval()
     loss = torch.zeros((), device=data.device, dtype=torch.float64)
     wrong = torch.zeros((), device=data.device, dtype=torch.long)
-    for i in range(0, len(split), cfg.eval_batch_size):
-        x, y = data.batch(split, slice(i, i + cfg.eval_batch_size))
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x.contiguous(memory_format=memory_format(cfg)))
-        loss += F.cross_entropy(out.float(), y, reduction="sum")
+    size = eval_batch_size(cfg, data.device)
+    for i in range(0, len(split), size):
+        x, y = data.batch(split, slice(i, i + size))
+        out = model(x.contiguous(memory_format=memory_format(cfg)))
+        loss += F.cross_entropy(out, y, reduction="sum")
         wrong += (out.argmax(1) != y).sum()
     return loss.item() / len(split), wrong.item() / len(split)
 
@@ -327,11 +382,52 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
     device = resolve_device(cfg.device)
     with runtime(cfg, device):
         dataset = (data if isinstance(data, Dataset) else load_dataset(data, device)).to(device)
-        return _Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
+        return Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
 
 
-class _Run:
-    """The state of one training run; `run()` is the loop, the rest is bookkeeping."""
+def reseed(gen: torch.Generator, seed: int, epoch: int) -> torch.Generator:
+    """The augmentation generator of a run resumed after `epoch` on another device type: a CPU
+    generator's state (5,056 bytes) does not fit a CUDA one (16 bytes) nor the reverse, and the
+    two draw different streams anyway. Reseeding from (seed, epoch) keeps the resume
+    deterministic (the same checkpoint resumes the same way), though no longer identical to an
+    uninterrupted run on either device."""
+    return gen.manual_seed(seed * 2**20 + epoch)
+
+
+def generator_state(gen: torch.Generator) -> dict:
+    return {"device": gen.device.type, "state": gen.get_state()}
+
+
+def restore_generator(gen: torch.Generator, saved: dict | torch.Tensor, seed: int, epoch: int) -> bool:
+    """Restore `gen` from generator_state(); True if restored exactly, False if reseeded."""
+    if isinstance(saved, dict):
+        kind, state = saved["device"], saved["state"]
+    else:  # a bare state, from before the device type was saved: the state's size tells
+        kind, state = (gen.device.type if saved.numel() == gen.get_state().numel() else "other"), saved
+    if kind != gen.device.type:
+        reseed(gen, seed, epoch)
+        return False
+    gen.set_state(state)
+    return True
+
+
+@dataclass
+class Tally:
+    """An epoch's running totals, on the device (read once, at the end of the epoch)."""
+
+    loss: torch.Tensor  # sum of per-image losses
+    wrong: torch.Tensor
+    seen: int = 0
+    lr: float = 0.0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "Tally":
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+
+
+class Run:
+    """The state of one training run; `run()` is the loop, the rest is bookkeeping. `ablate bench`
+    drives `forward()`, `order()` and `steps()` directly, so it times this code, not a copy."""
 
     def __init__(self, arch, cfg, data, device, tracker, checkpoint_dir, model_name) -> None:
         self.arch, self.cfg, self.data, self.device, self.tracker = arch, cfg, data, device, tracker
@@ -340,24 +436,26 @@ class _Run:
         self.signature = config_signature(arch, cfg, data.config)
         self.plan = Plan.of(cfg, len(data.train))
         self.amp, self.fmt = use_amp(cfg, device), memory_format(cfg)
+        self.check_every = 1 if device.type == "cpu" else 25  # a host sync per step is free only on CPU
 
         torch.manual_seed(cfg.seed)  # the initialisation; the data order has its own generator
         self.model = ResNet(arch, num_classes=data.num_classes)
         self.complexity = self.model.complexity(data.input_size)
         self.model.to(device=device, memory_format=self.fmt)
+        self.net = MixedPrecision(self.model, self.amp)
         self.opt = make_optimizer(self.model, cfg)
         self.schedule = LRSchedule(cfg, self.plan)
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.history: list[dict] = []
         self.epoch, self.iteration, self.status, self.responses = 0, 0, "running", None
+        self.reseeded_at: int | None = None  # the epoch after which the augmentation was reseeded
 
     # -- checkpoint state --
     def state(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
         return {"version": CHECKPOINT_VERSION, "status": self.status, "epoch": self.epoch,
                 "iteration": self.iteration, "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.schedule.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "augment": self.gen.get_state()},
+                "rng": {"torch": torch.get_rng_state(), "augment": generator_state(self.gen)},
                 "history": self.history, "responses": self.responses, "signature": self.signature}
 
     def restore(self, s: dict) -> None:
@@ -365,12 +463,11 @@ class _Run:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         self.schedule.load_state_dict(s["scheduler"])
-        torch.set_rng_state(s["rng"]["torch"])
-        if self.device.type == "cuda" and s["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-        self.gen.set_state(s["rng"]["augment"])
+        torch.set_rng_state(s["rng"]["torch"])  # the CPU's: the same on every device
         self.history, self.responses = list(s["history"]), s["responses"]
         self.epoch, self.iteration, self.status = int(s["epoch"]), int(s["iteration"]), s["status"]
+        if not restore_generator(self.gen, s["rng"]["augment"], self.cfg.seed, self.epoch):
+            self.reseeded_at = self.epoch
 
     def checkpoint(self) -> None:
         if self.path is not None:
@@ -384,6 +481,8 @@ class _Run:
         t.log_params(tracking.run_params(self.arch, self.cfg, self.data.config, model_name=self.model_name,
                                          params=cx.params, macs=cx.macs))
         tags = {**tracking.axis_tags(self.arch, self.cfg.seed), "model": self.model_name}
+        if self.reseeded_at is not None:
+            tags["augment_reseeded_at_epoch"] = str(self.reseeded_at)
         sha = tracking.git_commit()
         if sha:
             tags["mlflow.source.git.commit"] = sha
@@ -419,10 +518,12 @@ class _Run:
         if self.status in ("finished", "diverged"):
             self.log_end()
             return self.result()
-        from tqdm.auto import tqdm
-        bar = tqdm(total=self.plan.iterations, initial=self.iteration, unit="it", file=sys.stderr,
-                   disable=None if progress else True, leave=False, dynamic_ncols=True)
-        forward = torch.compile(self.model) if self.cfg.compile else self.model
+        bar = None
+        if progress:  # tqdm only when asked: `ablate doctor` runs with torch alone
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.plan.iterations, initial=self.iteration, unit="it", file=sys.stderr,
+                       disable=None, leave=False, dynamic_ncols=True)
+        forward = self.forward()
         try:
             while self.epoch < self.plan.epochs and self.status == "running":
                 metrics = self.train_epoch(forward, bar)
@@ -434,12 +535,14 @@ class _Run:
                 if self.tracker is not None:
                     self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=self.epoch)
                 self.checkpoint()
-                bar.set_postfix(epoch=self.epoch, train_err=f"{metrics['train_error']:.3f}",
-                                test_err=f"{metrics['test_error']:.3f}")
+                if bar is not None:
+                    bar.set_postfix(epoch=self.epoch, train_err=f"{metrics['train_error']:.3f}",
+                                    test_err=f"{metrics['test_error']:.3f}")
                 if on_epoch is not None:
                     on_epoch(self.epoch, metrics)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         if self.status == "running":
             self.status = "finished"
             if self.cfg.probe:
@@ -448,44 +551,59 @@ class _Run:
         self.checkpoint()
         return self.result()
 
+    def forward(self) -> nn.Module:
+        """The training forward: the mixed-precision net, compiled if the recipe says so."""
+        return compile_forward(self.net, self.cfg.compile_mode) if self.cfg.compile else self.net
+
+    def order(self) -> torch.Tensor:
+        """A new epoch's order of the training images, from the run's generator."""
+        return torch.randperm(len(self.data.train), generator=self.gen, device=self.device)
+
+    def steps(self, forward: nn.Module, order: torch.Tensor, first: int, last: int, tally: Tally,
+              bar=None) -> bool:
+        """Steps first..last-1 of an epoch in `order`, added to `tally`; False when the loss
+        turned non-finite (checked every `check_every` steps and at `last`)."""
+        data, bs = self.data, self.cfg.batch_size
+        for s in range(first, last):
+            idx = order[s * bs:(s + 1) * bs]
+            x, y = data.batch(data.train, idx, self.gen)
+            tally.lr = self.schedule.lr(self.iteration)
+            for group in self.opt.param_groups:
+                group["lr"] = tally.lr
+            loss, batch_wrong = train_step(forward, self.opt, x.contiguous(memory_format=self.fmt), y)
+            tally.loss += loss * len(idx)
+            tally.wrong += batch_wrong
+            tally.seen += len(idx)
+            if self.schedule.warming:  # the only per-step sync outside the CPU; warm-up is short
+                self.schedule.observe(self.iteration, batch_wrong.item() / len(idx))
+            self.iteration += 1
+            if bar is not None:
+                bar.update(1)
+            if ((s + 1) % self.check_every == 0 or s == last - 1) and not torch.isfinite(tally.loss).item():
+                return False
+        return True
+
     def train_epoch(self, forward: nn.Module, bar) -> dict | None:
         """One epoch; its metrics, or None when a loss turned non-finite."""
         data, cfg, device = self.data, self.cfg, self.device
         epoch = self.epoch + 1
-        steps, n = self.plan.steps_in(epoch), len(data.train)
-        check_every = 1 if device.type == "cpu" else 25  # a host sync per step is free only on CPU
-        self.model.train()
-        perm = torch.randperm(n, generator=self.gen, device=device)
-        loss_sum = torch.zeros((), device=device)
-        wrong = torch.zeros((), device=device, dtype=torch.long)
-        seen, lr = 0, self.schedule.lr(self.iteration)
+        self.net.train()
+        order, tally = self.order(), Tally.zeros(device)
+        tally.lr = self.schedule.lr(self.iteration)
         sync(device)
         start = time.perf_counter()
-        for s in range(steps):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x, y = data.batch(data.train, idx, self.gen)
-            lr = self.schedule.lr(self.iteration)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            loss, batch_wrong = train_step(forward, self.opt, x.contiguous(memory_format=self.fmt), y, self.amp)
-            loss_sum += loss * len(idx)
-            wrong += batch_wrong
-            seen += len(idx)
-            if self.schedule.warming:  # the only per-step sync outside the CPU; warm-up is short
-                self.schedule.observe(self.iteration, batch_wrong.item() / len(idx))
-            self.iteration += 1
-            bar.update(1)
-            if ((s + 1) % check_every == 0 or s == steps - 1) and not torch.isfinite(loss_sum).item():
-                return None
+        if not self.steps(forward, order, 0, self.plan.steps_in(epoch), tally, bar):
+            return None
         sync(device)
         seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen}
+        seen = tally.seen
+        metrics = {"epoch": epoch, "train_loss": tally.loss.item() / seen, "train_error": tally.wrong.item() / seen}
         if len(data.val):
-            metrics["val_loss"], metrics["val_error"] = evaluate(self.model, data, data.val, cfg, self.amp)
-        metrics["test_loss"], metrics["test_error"] = evaluate(self.model, data, data.test, cfg, self.amp)
+            metrics["val_loss"], metrics["val_error"] = evaluate(self.net, data, data.val, cfg)
+        metrics["test_loss"], metrics["test_error"] = evaluate(self.net, data, data.test, cfg)
         if not all(math.isfinite(v) for v in metrics.values()):
             return None
-        metrics.update(lr=lr, epoch_seconds=seconds, images_per_second=seen / seconds,
+        metrics.update(lr=tally.lr, epoch_seconds=seconds, images_per_second=seen / seconds,
                        iteration=self.iteration)
         return metrics
 

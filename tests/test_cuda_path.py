@@ -1,0 +1,187 @@
+"""The CUDA path's failure modes, reproduced on a CPU: checkpoints resumed on another device type or
+with fewer GPUs, torch.compile in a long-lived worker, bf16 support, the fp32 head, deterministic
+mode's process settings, and workers placed on the GPUs the parent was given."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from models import ArchSpec, ResNet
+from runners.commands import run as run_cmd
+from runners.train.config import DataConfig, TrainConfig
+from runners.train.data import load_dataset
+from runners.train.trainer import (CHECKPOINT, MixedPrecision, compile_forward, eval_batch_size,
+                                   load_checkpoint, restore_generator, runtime, train, use_amp)
+
+TINY = ArchSpec(depth=8)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DataConfig("synthetic", subset=300, val_size=50))
+
+
+def recipe(**kw) -> TrainConfig:
+    return TrainConfig(**{**dict(epochs=2, batch_size=64, schedule="constant", deterministic=True,
+                                 threads=2, probe=False), **kw})
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_first(epoch, metrics):
+    raise Stop
+
+
+def first_epoch_checkpoint(data, path):
+    with pytest.raises(Stop):
+        train(TINY, recipe(), data, checkpoint_dir=path, on_epoch=stop_after_first)
+    return load_checkpoint(path / CHECKPOINT)
+
+
+def history(result):
+    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")} for m in result.history]
+
+
+def test_the_checkpoint_holds_the_generator_with_its_device_type_and_no_cuda_states(data, tmp_path):
+    saved = first_epoch_checkpoint(data, tmp_path)
+    assert set(saved["rng"]) == {"torch", "augment"}  # no per-GPU CUDA states (training draws none)
+    assert saved["rng"]["augment"]["device"] == "cpu" and saved["rng"]["augment"]["state"].numel() == 5056
+
+
+@pytest.mark.parametrize("foreign", [
+    {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)},  # a CUDA generator's state
+    torch.zeros(16, dtype=torch.uint8),  # the same, as saved before the device type was stored
+])
+def test_a_checkpoint_from_another_device_type_resumes_reseeded_and_deterministically(data, tmp_path, foreign):
+    saved = first_epoch_checkpoint(data, tmp_path)
+    saved["rng"]["augment"] = foreign
+    saved["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 4  # 4 GPUs' states, as torch saved them
+    runs = []
+    for attempt in ("a", "b"):
+        path = tmp_path / attempt
+        path.mkdir()
+        torch.save(saved, path / CHECKPOINT)
+        runs.append(train(TINY, recipe(), data, checkpoint_dir=path))
+    assert runs[0].status == "finished" and runs[0].epochs == 2
+    assert history(runs[0]) == history(runs[1])  # the same checkpoint resumes the same way
+    whole = train(TINY, recipe(), data)
+    assert history(runs[0])[0] == history(whole)[0]  # the first epoch is the checkpoint's
+    assert history(runs[0])[1] != history(whole)[1]  # the second ran on the reseeded order
+
+
+def test_restore_generator_sets_its_own_device_type_and_reseeds_another():
+    gen = torch.Generator().manual_seed(7)
+    state = {"device": "cpu", "state": gen.get_state()}
+    expected = torch.rand(3, generator=gen)
+    assert restore_generator(torch.Generator(), state, seed=1, epoch=2)
+    g = torch.Generator()
+    restore_generator(g, state, seed=1, epoch=2)
+    assert torch.equal(torch.rand(3, generator=g), expected)
+    assert not restore_generator(g, {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}, seed=1, epoch=2)
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(2**20 + 2)))
+
+
+def test_every_new_architecture_in_one_process_is_compiled():
+    # A study worker trains variant after variant in one process; torch's recompile limit (8)
+    # once made the 9th architecture run eager with only a warning.
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    x = torch.randn(2, 3, 32, 32)
+    for depth in (8, 14, 20, 26, 32, 38, 44, 50, 56, 62):
+        before = len(graphs)
+        net = MixedPrecision(ResNet(ArchSpec(depth=depth)), amp=False).eval()
+        with torch.no_grad():
+            compile_forward(net, backend=counting)(x)
+        assert len(graphs) > before, f"depth {depth} ran eager"
+
+
+def test_bf16_autocast_only_where_the_gpu_supports_it(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not use_amp(TrainConfig(), cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert use_amp(TrainConfig(), cuda)
+    assert not use_amp(TrainConfig(), torch.device("cpu")) and use_amp(TrainConfig(amp="bf16"), torch.device("cpu"))
+    assert not use_amp(TrainConfig(amp="off"), cuda)
+
+
+def test_the_head_runs_in_fp32_under_autocast():
+    model = ResNet(TINY)
+    seen = {}
+    model.stem.conv.register_forward_hook(lambda m, i, o: seen.update(conv=o.dtype))
+    model.head.fc.register_forward_hook(lambda m, i, o: seen.update(fc=(i[0].dtype, o.dtype)))
+    out = MixedPrecision(model, amp=True)(torch.randn(4, 3, 32, 32))
+    assert seen["conv"] == torch.bfloat16 and seen["fc"] == (torch.float32, torch.float32)
+    assert out.dtype == torch.float32
+
+
+def test_eval_batch_by_device_unless_given():
+    assert eval_batch_size(TrainConfig(), torch.device("cpu")) == 250
+    assert eval_batch_size(TrainConfig(), torch.device("cuda")) == 1000
+    assert eval_batch_size(TrainConfig(eval_batch_size=64), torch.device("cuda")) == 64
+
+
+def test_deterministic_mode_skips_filling_uninitialized_memory_and_restores_it():
+    det = torch.utils.deterministic
+    before = det.fill_uninitialized_memory
+    with runtime(TrainConfig(deterministic=True), torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled() and det.fill_uninitialized_memory is False
+    assert det.fill_uninitialized_memory == before and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_the_cli_sets_the_cublas_workspace_before_any_command_runs():
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    code = ("import os, sys; from runners.cli import main; main(['bench', '--steps', '0']); "
+            "print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == ":4096:8", out.stderr
+
+
+# -- workers on the parent's GPUs ------------------------------------------------------------------
+@pytest.mark.parametrize("visible,gpus,expected", [
+    (None, 2, ["0", "1", "0", "1"]),
+    ("4,5", 0, []),  # CPU workers: no devices to hand out
+    ("4,5", 2, ["4", "5", "4", "5"]),  # not physical 0 and 1
+    ("GPU-aaaa, GPU-bbbb", 2, ["GPU-aaaa", "GPU-bbbb", "GPU-aaaa", "GPU-bbbb"]),
+    ("MIG-1234,MIG-5678", 1, ["MIG-1234"] * 4),  # torch counts the first MIG instance only
+    ("3,7,bogus,9", 2, ["3", "7", "3", "7"]),  # torch stops at an invalid entry
+])
+def test_workers_index_into_the_parents_visible_devices(visible, gpus, expected):
+    assert run_cmd.worker_devices(4, gpus, visible) == expected
+
+
+def test_spawned_workers_get_their_device_and_a_share_of_the_cores(monkeypatch):
+    launched = []
+
+    class FakePopen:
+        def __init__(self, cmd, env):
+            launched.append((cmd, env))
+
+        def wait(self):
+            return 0
+    monkeypatch.setattr(run_cmd.subprocess, "Popen", FakePopen)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+
+    class Args:
+        spec, heartbeat, poll, overrides, checkpoint_dir, device = "s.yaml", 30, 2.0, [], None, "auto"
+    assert run_cmd._spawn_workers(Args, 4, 2, 4, "journal", "sqlite:///x") == 0
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4", "5", "4", "5"]
+    assert all(cmd[cmd.index("--threads") + 1] == "4" and cmd[cmd.index("--device") + 1] == "cuda"
+               for cmd, _ in launched)
+
+
+def test_default_workers_per_gpu_follows_the_model_size_and_the_cores():
+    assert run_cmd.default_workers_per_gpu(41_000_000, cores=16, gpus=1) == 4  # ResNet-20
+    assert run_cmd.default_workers_per_gpu(253_000_000, cores=16, gpus=1) == 4  # ResNet-110
+    assert run_cmd.default_workers_per_gpu(1_490_000_000, cores=16, gpus=1) == 2  # ResNet-1001
+    assert run_cmd.default_workers_per_gpu(4_090_000_000, cores=16, gpus=1) == 1  # ResNet-50
+    assert run_cmd.default_workers_per_gpu(41_000_000, cores=8, gpus=4) == 2  # a core per worker
+    assert run_cmd.default_workers_per_gpu(41_000_000, cores=2, gpus=4) == 1

@@ -1,0 +1,60 @@
+"""`ablate doctor --device cpu --quick`: runs in CI with torch alone (Optuna, MLflow and tqdm
+hidden), exits 0, and writes a JSON report whose checks say what they skipped and why; and the
+bench it builds on, as a command."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO, ablate, assert_one_line_error
+
+SECTIONS = ["environment", "data", "cuda path", "agreement", "throughput", "several nets"]
+# Any import of these fails in the subprocess: the doctor's path must not need them.
+HIDE = "import sys; sys.modules.update(optuna=None, mlflow=None, tqdm=None); "
+
+
+def test_quick_cpu_doctor_runs_with_torch_alone_and_reports_json(results, tmp_path):
+    out_file = tmp_path / "doctor.json"
+    code = HIDE + f"from runners.cli import main; sys.exit(main(['doctor', '--device', 'cpu', '--quick', '--json', {str(out_file)!r}]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out_file.read_text())
+    assert report["ok"] and report["device"] == "cpu" and report["quick"] is True
+    assert set(report) >= {"seconds", "counts", "recommendation", "checks"}
+    checks = {(c["section"], c["name"]): c for c in report["checks"]}
+    assert [s for s in SECTIONS if any(c["section"] == s for c in report["checks"])] == SECTIONS
+    for c in report["checks"]:
+        assert c["status"] in ("ok", "skip", "info"), c
+        assert c["value"], c  # every row says something, skips say why
+    for module in ("optuna", "mlflow"):
+        assert checks[("environment", module)]["status"] == "skip"
+        assert "absent" in checks[("environment", module)]["value"]
+    assert checks[("environment", "CUDA")]["status"] == "skip"
+    assert "--quick" in checks[("cuda path", "compile")]["value"]
+    assert checks[("cuda path", "resume across device types")]["status"] == "skip"
+    assert checks[("several nets", "nets at once")]["status"] == "skip"
+    for name in ("train (autocast, channels_last)", "deterministic resume", "divergence detection"):
+        assert checks[("cuda path", name)]["status"] == "ok", checks[("cuda path", name)]
+    assert checks[("cuda path", "deterministic resume")]["value"] == "bit-exact"
+    agreement = checks[("agreement", "fp32 vs bf16")]["details"]
+    assert set(agreement["tolerance"]) == {"train_loss", "test_error"}
+    bench = checks[("throughput", "bench: ours vs conventional")]["details"]
+    assert bench["ratio"] > 0 and 0 < bench["utilization"]["ours"] and bench["matmul"]["flops_per_s"] > 0
+    assert checks[("throughput", "resnet20 images/s")]["details"]["images_per_second"] > 0
+    shares = checks[("throughput", "profile")]["details"]["shares"]
+    assert abs(sum(shares.values()) - 1) < 1e-6 and "convolution" in shares
+    assert "section" in out.stdout and "recommended" not in out.stderr
+
+
+def test_doctor_bad_data_path_is_one_line(tmp_path):
+    assert_one_line_error(ablate("doctor", "--data", tmp_path / "missing"), "--data", "not a folder")
+
+
+def test_bench_reports_the_ratio_and_the_utilization(tmp_path):
+    out = ablate("bench", "resnet8", "--dataset", "synthetic", "--steps", "1", "--repeats", "1",
+                 "--warmup-steps", "0", "--batch-size", "32", "--utilization", "--json", tmp_path / "b.json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert set(r["median"]) == {"ours", "conventional"} and len(r["rates"]["ours"]) == 1
+    assert r["steps"] == 1 and r["workers"] == 0  # the CPU default: no loader workers
+    assert r["utilization"]["ours"] == r["training_flops_per_s"]["ours"] / r["matmul"]["flops_per_s"]
+    assert "ratio ours / conventional" in out.stdout and "of the matmul rate" in out.stdout
