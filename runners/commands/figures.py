@@ -24,14 +24,16 @@ def run(args) -> int:
     from ..report.figures import write_all
     from ..study.spec import load_spec
     from ..tracking.results import load_study
-    from ..tracking.runs import client, ui_link
+    from ..tracking.runs import client
+    from ..tracking.view import comparison_link
 
     if bool(args.spec) == bool(args.experiment):
         raise ConfigError("give either SPEC or --experiment NAME (exactly one)")
     # The spec is validated, not its data: figures outlive the dataset.
     name = args.experiment or load_spec(args.spec, check_data=False).name
     uri = args.tracking_uri or default_tracking_uri()
-    study = load_study(client(uri), name)
+    c = client(uri)
+    study = load_study(c, name)
     out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     written, skipped, notes = write_all(study, out, x=args.x, band=args.band)
@@ -41,6 +43,6 @@ def run(args) -> int:
         print(f"skipped: {s}")
     for n in notes:
         print(f"note: {n}")
-    print(f"MLflow UI: {ui_link(study.experiment_id)} "
+    print(f"MLflow comparison: {comparison_link(c, name)} "
           f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
     return 0

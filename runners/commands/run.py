@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..tracking.runs import Terminated, sigterm_raises, ui_link
+    from ..study.progress import StudyProgress
+    from ..tracking.runs import Terminated, sigterm_raises
+    from ..tracking.view import comparison_link
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     workers = args.workers or max(1, gpus * args.workers_per_gpu)
     if workers < 1:
@@ -34,6 +36,7 @@ def run(args) -> int:
     runner.dataset(device=None if workers == 1 else "cpu")
     runner.setup()
     runner.reopen_parent()
+    runner.progress = StudyProgress(sys.stdout, 0, workers=workers)
     storage, uri = runner.storage_url, runner.tracking_uri
     print(f"study {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds"
           + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
@@ -46,15 +49,16 @@ def run(args) -> int:
                 code = runner.work()
             else:
                 code = _spawn_workers(args, workers, gpus, threads, storage, uri)
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Terminated) as e:
         runner.end_parent("KILLED")
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130  # 128 + the signal's number, as a shell reports it
     runner.end_parent("FINISHED")
+    if workers == 1:
+        runner.progress.close()
     print_status(runner.status())
-    exp = runner.mlflow.get_experiment_by_name(spec.name)
-    print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open "
-          f"http://127.0.0.1:5000/{ui_link(exp.experiment_id)}")
+    print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open the comparison:\n"
+          f"  {comparison_link(runner.mlflow, spec.name)}")
     return code
 
 

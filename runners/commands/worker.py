@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .study_options import add_execution_arguments, add_spec_arguments, make_runner
 
@@ -13,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..study.progress import StudyProgress
     from ..tracking.runs import Terminated, sigterm_raises
     runner = make_runner(args, threads=args.threads)
     if args.threads:
@@ -20,6 +22,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     runner.dataset()  # a missing dataset fails here, before anything is written
     runner.setup()
+    runner.progress = StudyProgress(sys.stdout, 0)
     with sigterm_raises():
         try:
             return runner.work()

@@ -33,6 +33,10 @@ from ..database import check_database
 from ..errors import ConfigError, redact
 from ..paths import default_storage, default_tracking_uri, results_dir
 from ..tracking.runs import Terminated, Tracker, client, fmt, git_commit, tracked_run
+from ..tracking.runs import label as arch_label, mark_superseded, run_name as arch_run_name  # hook: mlflow
+from ..tracking.view import publish_comparison_view, varying_axes  # hook: mlflow
+from .progress import NoProgress, cell_counts  # hook: progress
+from .publish import refresh_study_results  # hook: mlflow
 from .spec import SEARCHABLE, StudySpec, Variant
 from .storage import Heartbeat, fail_stale_trials, is_database, open_storage, setup_lock, worker_id
 
@@ -60,6 +64,7 @@ class StudyRunner:
         self.storage = open_storage(self.storage_url, heartbeat=heartbeat, on_stale=self._requeue)
         self._dataset = None
         self._studies: dict[str, optuna.Study] = {}
+        self.progress = NoProgress()  # hook: progress (the command sets a StudyProgress)
 
     # -- studies -----------------------------------------------------------------------------
     def _study(self, name: str, search: bool = False, create: bool = False) -> optuna.Study:
@@ -111,6 +116,9 @@ class StudyRunner:
                                    "fingerprint": self.spec.fingerprint})
                 parent.log_dict(self.spec.resolved, "spec.json")
                 main.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            # hook: mlflow -- the comparison view exists (and its link works) from the start
+            publish_comparison_view(self.mlflow, self.mlflow.get_experiment_by_name(self.spec.name).experiment_id,
+                                    varying_axes([v.arch for v in self.spec.variants]))
             if self.spec.search is None:
                 for v in self.spec.variants:
                     self._enqueue_cells(main, v, {})
@@ -209,26 +217,34 @@ class StudyRunner:
         tags = {"ablation": self.spec.name, "study": self.spec.name, "stage": stage, "variant": v.key,
                 "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
                 **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {})}
-        run_name = f"{v.key}/seed={seed}" if stage == CONFIRM else f"search/{v.key}/trial{trial.number}"
+        run_name = (arch_run_name(v.arch, seed) if stage == CONFIRM  # hook: mlflow (run name)
+                    else f"search {arch_label(v.arch)} trial {trial.number}")
         tracker = Tracker.start(self.mlflow, self.spec.name, run_name, tags=tags,
                                 parent_run_id=self.main_study().user_attrs["mlflow_parent_run_id"])
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         resumed = Path(checkpoint).exists() and any(Path(checkpoint).iterdir())
         trial.set_user_attr("resumed", resumed)
 
-        def report(epoch: int, metrics: dict) -> None:  # search trials only: confirmations never prune
+        def report(epoch: int, metrics: dict) -> None:  # only search trials prune; confirmations never do
+            self.progress.epoch(epoch, metrics)  # hook: progress
+            if stage != SEARCH:
+                return
             if metrics.get("val_error") is not None:
                 trial.report(metrics["val_error"], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        pruned, started = False, time.time()
-        print(f"trial {trial.number} {run_name}: started" + (" (resuming)" if resumed else ""), flush=True)
+        pruned = False
+        # hook: progress
+        from ..train.trainer import Plan
+        self.progress.set_done(*cell_counts(self.spec, self.all_studies()))
+        self.progress.start(f"trial {trial.number} {run_name}", Plan.of(cfg, len(self.dataset().train)).epochs,
+                            resumed)
         try:
             with Heartbeat(study, trial._trial_id), tracked_run(tracker):
                 try:
                     result = train(v.arch, cfg, self.dataset(), tracker=tracker, checkpoint_dir=checkpoint,
-                                   on_epoch=report if stage == SEARCH else None, model_name=v.model_name)
+                                   on_epoch=report, model_name=v.model_name)  # hook: progress (on_epoch)
                 except optuna.TrialPruned:
                     pruned = True
                     tracker.set_tags({"pruned": "true"})
@@ -240,12 +256,12 @@ class StudyRunner:
         except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
             study.tell(trial, state=TrialState.FAIL)
+            self.progress.finish(f"failed ({type(e).__name__})")  # hook: progress
             print(f"ablate: trial {trial.number} ({run_name}) failed: {type(e).__name__}: {e}", file=sys.stderr)
             return False
-        took = f"{time.time() - started:.0f} s"
         if pruned:
             study.tell(trial, state=TrialState.PRUNED)
-            print(f"trial {trial.number} {run_name}: pruned after {took}", flush=True)
+            self.progress.finish("pruned")  # hook: progress
         else:
             final = result.final
             diverged = result.status == "diverged"
@@ -260,10 +276,8 @@ class StudyRunner:
                 if final.get(k) is not None and math.isfinite(final[k]):
                     trial.set_user_attr(f"final_{k}", final[k])
             study.tell(trial, value)
-            errors = "  ".join(f"{k} {final[k]:.4f}" for k in ("train_error", "val_error", "test_error")
-                               if final.get(k) is not None)
-            print(f"trial {trial.number} {run_name}: {'diverged' if diverged else 'done'} in {took}  {errors}",
-                  flush=True)
+            self.progress.finish("diverged" if diverged else "done",  # hook: progress
+                                 {k: final.get(k) for k in ("train_error", "val_error", "test_error")})
         shutil.rmtree(checkpoint, ignore_errors=True)  # the weights live in MLflow now
         return True
 
@@ -273,6 +287,8 @@ class StudyRunner:
         if run_id and self.mlflow.get_run(run_id).info.status == "RUNNING":
             self.mlflow.set_tag(run_id, "killed", "worker died")
             self.mlflow.set_terminated(run_id, status="KILLED")
+        if run_id:
+            mark_superseded(self.mlflow, run_id)  # hook: mlflow (superseded tag)
         attrs = {k: trial.user_attrs[k] for k in CELL_ATTRS if k in trial.user_attrs}
         study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
 
@@ -284,6 +300,8 @@ class StudyRunner:
         if status == "FINISHED" and not self.is_done():
             return
         if self.mlflow.get_run(run_id).info.status != status:
+            if status == "FINISHED":
+                refresh_study_results(self.mlflow, self.spec.name, run_id)  # hook: mlflow (parent results)
             self.mlflow.set_terminated(run_id, status=status)
 
     def reopen_parent(self) -> None:

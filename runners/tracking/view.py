@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from .runs import AXES, axis_tags
 
@@ -125,3 +126,16 @@ def comparison_link(c, experiment_name: str, ui: str = DEFAULT_UI) -> str | None
     if key and SHARE_TAG_PREFIX + key in exp.tags:
         return view_link(exp.experiment_id, key, ui)
     return publish_comparison_view(c, exp.experiment_id, ui=ui)
+
+
+def find_comparison_link(uri: str, experiment_name: str, ui: str = DEFAULT_UI) -> str | None:
+    """`comparison_link` for a reader that must not create a store (`ablate status`): None when
+    the store is missing or unreachable, or has no such experiment."""
+    from ..errors import ConfigError
+    from .runs import client
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None
+    try:
+        return comparison_link(client(uri), experiment_name, ui)
+    except ConfigError:
+        return None
