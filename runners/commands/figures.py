@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="x axis of the training curves (iteration: the `iteration` metric, as Fig. 6)")
     p.add_argument("--band", choices=("ci", "minmax"), default="ci",
                    help="band over seeds in the curves: 95%% t-interval of the mean, or min..max")
+    p.add_argument("--mlflow-screenshot", action="store_true",
+                   help="also mlflow-comparison.png: the MLflow comparison view in headless Chromium "
+                        "(serves `mlflow ui` on the store for the shot)")
 
 
 def run(args) -> int:
@@ -43,6 +46,19 @@ def run(args) -> int:
         print(f"skipped: {s}")
     for n in notes:
         print(f"note: {n}")
+    if args.mlflow_screenshot:
+        print(_screenshot(c, uri, name, out / "mlflow-comparison.png"))
     print(f"MLflow comparison: {comparison_link(c, name)} "
           f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
     return 0
+
+
+def _screenshot(c, uri: str, name: str, path: Path) -> Path:
+    from ..tracking.browser import find_chromium, screenshot, serve_ui
+    from ..tracking.view import comparison_link
+    if find_chromium() is None:
+        raise ConfigError("--mlflow-screenshot needs Chromium; install it with `apt-get install -y chromium`")
+    if uri.startswith(("http://", "https://")):
+        return screenshot(comparison_link(c, name, ui=uri), path)
+    with serve_ui(uri) as base:
+        return screenshot(comparison_link(c, name, ui=base), path)
