@@ -54,11 +54,17 @@ def run(args) -> int:
 
 
 def _screenshot(c, uri: str, name: str, path: Path) -> Path:
-    from ..tracking.browser import find_chromium, screenshot, serve_ui
+    from ..tracking.browser import charts_loaded, find_chromium, screenshot, serve_ui, settled_dom
     from ..tracking.view import comparison_link
     if find_chromium() is None:
         raise ConfigError("--mlflow-screenshot needs Chromium; install it with `apt-get install -y chromium`")
+
+    def shoot(ui: str) -> Path:
+        link = comparison_link(c, name, ui=ui)
+        _, wait = settled_dom(link, charts_loaded)  # how long the charts take to load here
+        return screenshot(link, path, wait_ms=wait)
+
     if uri.startswith(("http://", "https://")):
-        return screenshot(comparison_link(c, name, ui=uri), path)
+        return shoot(uri)
     with serve_ui(uri) as base:
-        return screenshot(comparison_link(c, name, ui=base), path)
+        return shoot(base)

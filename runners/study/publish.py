@@ -29,7 +29,7 @@ def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str =
     study = load_study(c, experiment_name)
     link = view.publish_comparison_view(c, study.experiment_id, ui=ui)
     lines = {v.line for v in study.by_variant}
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {}  # keyed <one of view.PARENT_SECTIONS>/<variant>
     for v, runs in study.by_variant.items():
         name = metric_key(v.label(with_line=len(lines) > 1))
         converged = [r for r in runs if r.converged]

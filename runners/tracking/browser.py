@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import ConfigError
 
@@ -89,6 +89,23 @@ def render_dom(url: str, *, size: tuple[int, int] = (2400, 1400), wait_ms: int =
     if out.returncode != 0:
         raise ConfigError(f"chromium failed on {url}: {out.stderr.strip().splitlines()[-1:]}")
     return out.stdout
+
+
+def settled_dom(url: str, ready: Callable[[str], bool], *, waits=(20000, 40000, 80000), **kw) -> tuple[str, int]:
+    """The DOM once `ready(dom)` holds, loading again with a longer wait while it does not (the
+    UI fetches runs, then each chart's history: a busy server takes a while); returns the DOM and
+    the wait that sufficed (the last one's DOM when none did)."""
+    for wait in waits:
+        dom = render_dom(url, wait_ms=wait, **kw)
+        if ready(dom):
+            break
+    return dom, wait
+
+
+def charts_loaded(dom: str) -> bool:
+    """The comparison's first chart is drawn, legend and all (not a loading placeholder)."""
+    from .view import CHART_METRICS, SECTION_TITLE
+    return SECTION_TITLE in dom and f"({CHART_METRICS[0]})" in dom[dom.index(SECTION_TITLE):]
 
 
 def screenshot(url: str, path: Path, *, size: tuple[int, int] = (2200, 1300), wait_ms: int = 20000,

@@ -31,8 +31,13 @@ DEFAULT_UI = "http://127.0.0.1:5000"
 RUN_FILTER = "tags.stage = 'confirm' AND attributes.status = 'FINISHED'"
 # The paper's figure first (He 2016a Fig. 6: training error dashed, test error solid), then the rest.
 CHART_METRICS = ("train_error", "test_error", "val_error", "train_loss", "test_loss", "val_loss", "lr",
-                 "images_per_second", "epoch_seconds", "iteration")
+                 "images_per_second", "epoch_seconds", "iteration", "layer_response_std")
 COLUMN_METRICS = ("train_error", "test_error", "val_error")
+SECTION, SECTION_TITLE = "plain-vs-residual", "Plain vs residual (mean over seeds)"
+# The parent run's per-variant metrics (`test_error/<variant>`, see study.publish) are drawn in
+# sections named by their prefix. The UI loads a shown run's parent too (as "Additional runs"),
+# so those sections are declared here, collapsed, below the comparison.
+PARENT_SECTIONS = ("test_error", "train_error", "seeds")
 
 
 def varying_axes(specs) -> list[str]:
@@ -73,8 +78,7 @@ def _line_chart(uuid: str, section: str, metric: str) -> dict:
 def comparison_view_state(axes: list[str]) -> dict:
     """The UI state of the comparison: filter, columns, grouping, charts (the UI's own schema)."""
     group = list(axes) or ["variant"]
-    section = "plain-vs-residual"
-    charts = [_line_chart(f"ablate-{m}", section, m) for m in CHART_METRICS]
+    charts = [_line_chart(f"ablate-{m}", SECTION, m) for m in CHART_METRICS]
     return {
         # search facets
         "searchFilter": RUN_FILTER, "orderByKey": "attributes.start_time", "orderByAsc": False,
@@ -89,8 +93,10 @@ def comparison_view_state(axes: list[str]) -> dict:
         "groupsExpanded": {}, "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
         # A reordered section keeps our order; metrics we did not list are appended after it.
         "isAccordionReordered": True,
-        "compareRunSections": [{"uuid": section, "name": "Plain vs residual (mean over seeds)",
-                                "display": True, "isReordered": True, "deleted": False}],
+        "compareRunSections": [{"uuid": SECTION, "name": SECTION_TITLE, "display": True, "isReordered": True,
+                                "deleted": False}]
+        + [{"uuid": f"ablate-parent-{name}", "name": name, "display": False, "isReordered": True, "deleted": False}
+           for name in PARENT_SECTIONS],
         "compareRunCharts": charts,
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
     }
