@@ -22,7 +22,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     runner.dataset()  # a missing dataset fails here, before anything is written
     runner.setup()
-    runner.progress = StudyProgress(sys.stdout, 0)
+    runner.progress = StudyProgress(sys.stdout, 0, tty=False)  # plain lines: workers may share a terminal
     with sigterm_raises():
         try:
             return runner.work()
