@@ -30,6 +30,7 @@ import signal
 import tempfile
 from pathlib import Path
 import re
+import time
 from typing import Iterator
 
 from models.spec import ArchSpec
@@ -234,7 +235,6 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, fmt(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        import time
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
@@ -243,7 +243,6 @@ class Tracker:
 
     def log_metric_series(self, key: str, values: list[float]) -> None:
         """One metric over steps 0..n-1 (e.g. the response std of each layer)."""
-        import time
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(key, float(v), now, i) for i, v in enumerate(values)]
@@ -302,8 +301,17 @@ class Tracker:
         dataset = Dataset(name=data.name, digest=h.hexdigest()[:16], source_type=source_type,
                           source=json.dumps({"uri": uri}),
                           profile=json.dumps(sizes))
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])])
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])]
+        # Workers starting together race to insert the experiment's one dataset row (MLflow's
+        # SQL store checks, then inserts): the loser's retry finds the row and links to it.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except Exception:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
