@@ -70,7 +70,9 @@ def test_comparison_view_is_a_shared_view_state_the_ui_reads(store):
                    "metrics.`test_error`"):
         assert column in state["selectedColumns"]
     assert [c["metricKey"] for c in state["compareRunCharts"][:2]] == ["train_error", "test_error"]
-    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {s["uuid"] for s in state["compareRunSections"]}
+    first, *parent = state["compareRunSections"]  # the comparison open, the parent run's metrics folded
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {first["uuid"]} and first["display"]
+    assert [s["name"] for s in parent] == list(view.PARENT_SECTIONS) and not any(s["display"] for s in parent)
     # The view's filter, run by MLflow itself: FINISHED confirmation runs only.
     shown = store.search_runs([exp], filter_string=state["searchFilter"])
     assert {r.info.run_id for r in shown} == keep
