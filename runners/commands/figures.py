@@ -25,13 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="x axis of the training curves (iteration: the `iteration` metric, as Fig. 6)")
     p.add_argument("--band", choices=("ci", "minmax"), default="ci",
                    help="band over seeds: 95%% t-interval of the mean (min..max below 3 seeds), or min..max")
+    p.add_argument("--mlflow-screenshot", action="store_true",
+                   help="also mlflow-comparison.png: the MLflow comparison view in headless Chromium "
+                        "(serves `mlflow ui` on the store for the shot)")
 
 
 def run(args) -> int:
     from ..report.figures import write_all
     from ..study.spec import load_spec
     from ..tracking.results import load_study
-    from ..tracking.runs import client, ui_link
+    from ..tracking.runs import client
+    from ..tracking.view import comparison_link
 
     if bool(args.spec) == bool(args.experiment):
         raise ConfigError("give either SPEC or --experiment NAME (exactly one)")
@@ -40,7 +44,8 @@ def run(args) -> int:
     # The spec is validated, not its data: figures outlive the dataset.
     name = args.experiment or load_spec(args.spec, args.overrides, check_data=False).name
     uri = args.tracking_uri or default_tracking_uri()
-    study = load_study(client(uri), name)
+    c = client(uri)
+    study = load_study(c, name)
     out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
     written, skipped, notes = write_all(study, out, x=args.x, band=args.band)
@@ -50,6 +55,25 @@ def run(args) -> int:
         print(f"skipped: {s}")
     for n in notes:
         print(f"note: {n}")
-    print(f"MLflow UI: {args.ui_url.rstrip('/')}/{ui_link(study.experiment_id)} "
+    if args.mlflow_screenshot:
+        print(_screenshot(c, uri, name, out / "mlflow-comparison.png"))
+    print(f"MLflow comparison: {comparison_link(c, name, ui=args.ui_url)} "
           f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
     return 0
+
+
+def _screenshot(c, uri: str, name: str, path: Path) -> Path:
+    from ..tracking.browser import charts_loaded, find_chromium, screenshot, serve_ui, settled_dom
+    from ..tracking.view import comparison_link
+    if find_chromium() is None:
+        raise ConfigError("--mlflow-screenshot needs Chromium; install it with `apt-get install -y chromium`")
+
+    def shoot(ui: str) -> Path:
+        link = comparison_link(c, name, ui=ui)
+        _, wait = settled_dom(link, charts_loaded)  # how long the charts take to load here
+        return screenshot(link, path, wait_ms=wait)
+
+    if uri.startswith(("http://", "https://")):
+        return shoot(uri)
+    with serve_ui(uri) as base:
+        return shoot(base)

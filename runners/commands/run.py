@@ -63,8 +63,10 @@ def worker_devices(workers: int, gpus: int, visible: str | None) -> list[str]:
 def run(args) -> int:
     import torch
 
+    from ..study.progress import StudyProgress
     from ..study.status import status
-    from ..tracking.runs import Terminated, sigterm_raises, ui_link
+    from ..tracking.runs import Terminated, sigterm_raises
+    from ..tracking.view import comparison_link
     from .study_options import make_runner
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     if args.workers is not None and args.workers < 1:
@@ -86,6 +88,7 @@ def run(args) -> int:
     runner.dataset(device=None if workers == 1 else "cpu")
     runner.open()
     runner.setup(retry_failed=args.retry_failed)
+    runner.progress = StudyProgress(sys.stdout, 0, workers=workers)
     storage, uri = runner.storage_url, runner.tracking_uri
     print(f"study {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds"
           + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
@@ -102,21 +105,22 @@ def run(args) -> int:
             else:
                 code = _spawn_workers(args, workers, gpus, threads, storage, uri)
         ended = "FINISHED"
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Terminated) as e:
         ended = "KILLED"
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130  # 128 + the signal's number, as a shell reports it
     finally:
         try:
             runner.end_parent(ended)
         except Exception as e:  # noqa: BLE001 - never mask the error that got us here
             print(f"ablate run: could not close the MLflow parent run: {redact(e)}", file=sys.stderr)
+    if workers == 1:
+        runner.progress.close()
     print_status(status(runner.layout))
     for line in runner.exhausted():
         print(f"ablate run: gave up on {line}; rerun with --retry-failed to try again", file=sys.stderr)
-    exp = runner.mlflow.get_experiment_by_name(spec.name)
-    print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open "
-          f"http://127.0.0.1:5000/{ui_link(exp.experiment_id)}")
+    print(f"\nMLflow: mlflow ui --backend-store-uri {redact(uri)}   then open the comparison:\n"
+          f"  {comparison_link(runner.mlflow, spec.name)}")
     return code or (1 if runner.exhausted() else 0)
 
 

@@ -10,6 +10,8 @@ from .study_options import add_spec_arguments, print_status
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
+    p.add_argument("--tracking-uri", help="MLflow store, for the comparison link (default: MLFLOW_TRACKING_URI "
+                                          "or results/mlflow.db)")
     p.add_argument("--json", action="store_true")
 
 
@@ -24,5 +26,10 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        from ..paths import default_tracking_uri
+        from ..tracking.view import find_comparison_link
         print_status(rows)
+        link = find_comparison_link(args.tracking_uri or default_tracking_uri(), spec.name)
+        if link:
+            print(f"\nMLflow comparison: {link}")
     return 0

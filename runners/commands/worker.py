@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..study.progress import StudyProgress
     from ..tracking.runs import Terminated, sigterm_raises
     runner = make_runner(args, threads=args.threads)
     if args.threads:
@@ -22,6 +23,7 @@ def run(args) -> int:
     runner.dataset()  # a missing dataset fails here, before anything is written
     runner.open()
     runner.setup(retry_failed=args.retry_failed)
+    runner.progress = StudyProgress(sys.stdout, 0, tty=False)  # plain lines: workers may share a terminal
     with sigterm_raises():
         try:
             code = runner.work()

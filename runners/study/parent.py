@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import redact
-from ..tracking.runs import Tracker, fmt, git_commit
+from ..tracking.runs import Tracker, fmt, git_commit, mark_superseded
+from ..tracking.view import publish_comparison_view, varying_axes
 from .layout import Layout
 
 _log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def ensure_parent(mlflow, layout: Layout) -> str:
                            "fingerprint": spec.fingerprint})
         parent.log_dict(spec.resolved, "spec.json")
         main.set_user_attr(PARENT_ATTR, parent.run_id)
+        # The comparison view exists (and the printed link works) from the study's first run.
+        publish_comparison_view(mlflow, mlflow.get_run(parent.run_id).info.experiment_id,
+                                varying_axes([v.arch for v in spec.variants]))
         return parent.run_id
 
 
@@ -71,7 +75,19 @@ def end_parent(mlflow, layout: Layout, status: str) -> None:
         if current == "RUNNING":  # stopped with work left for others: not running here any more
             mlflow.set_terminated(run_id, status="KILLED")
         return
+    if status == "FINISHED":
+        from .publish import refresh_study_results
+        refresh_study_results(mlflow, layout.spec.name, run_id)
     mlflow.set_terminated(run_id, status=status)
+
+
+def supersede(mlflow, run_id: str | None) -> None:
+    """An interrupted attempt whose retry is enqueued: closed KILLED if still open, and tagged
+    `superseded` so the comparison view and the UI's group averages leave it out."""
+    if run_status(mlflow, run_id) is None:
+        return
+    close_dead_attempt(mlflow, run_id)
+    mark_superseded(mlflow, run_id)
 
 
 def close_dead_attempt(mlflow, run_id: str | None) -> None:

@@ -21,6 +21,7 @@ from ..errors import ConfigError, cut
 from ..paths import default_storage, default_tracking_uri, results_dir
 from . import parent
 from .layout import ACTIVE, Layout
+from .progress import NoProgress
 from .spec import StudySpec
 from .storage import fail_stale_trials, is_database, open_storage
 from .trial import Worker, run_trial
@@ -68,6 +69,7 @@ class StudyRunner:
         self.mlflow = None
         self.layout: Layout | None = None
         self._dataset = None
+        self.progress = NoProgress()  # the command sets a StudyProgress that prints
 
     def dataset(self, device: str | None = None):
         """The study's data, loaded once per worker onto its device."""
@@ -107,14 +109,14 @@ class StudyRunner:
 
     def _on_stale(self, study, trial) -> None:
         """A dead worker's trial: close its MLflow run, enqueue its retry (same cell, checkpoint)."""
-        parent.close_dead_attempt(self.mlflow, trial.user_attrs.get("mlflow_run_id"))
+        parent.supersede(self.mlflow, trial.user_attrs.get("mlflow_run_id"))
         self.layout.requeue(study, trial)
 
     def work(self) -> int:
         """Run trials until none are left; exit status 1 if a trial failed or a cell ran out of attempts."""
         layout, failed = self.layout, 0
         worker = Worker(self.mlflow, parent.ensure_parent(self.mlflow, layout), self.dataset(),
-                        self.device, self.threads)
+                        self.device, self.threads, self.progress)
         while True:
             studies = layout.all_studies()
             for s in studies:

@@ -9,17 +9,18 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from ..errors import cut, redact
-from ..tracking.runs import Terminated, Tracker, tracked_run
+from ..tracking.runs import Terminated, Tracker, label, run_name as arch_run_name, tracked_run
 from . import optuna_private as private
+from . import parent
 from .layout import CONFIRM, SEARCH, Layout
+from .progress import NoProgress, cell_counts
 from .spec import SEARCHABLE
 from .storage import Heartbeat, worker_id
 
@@ -33,6 +34,7 @@ class Worker:
     dataset: object  # the loaded Dataset, shared by the process's trials
     device: str
     threads: int | None
+    progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
 
 
 def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> bool:
@@ -51,26 +53,31 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,
             "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
             "attempt": attrs.get("attempt", 1), **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {})}
-    run_name = f"{v.key}/seed={seed}" if stage == CONFIRM else f"search/{v.key}/trial{trial.number}"
+    # Named as the figures name the line: "ResNet-20 (A) s0", "search plain-20 trial 3".
+    run_name = arch_run_name(v.arch, seed) if stage == CONFIRM else f"search {label(v.arch)} trial {trial.number}"
     resumed = Path(checkpoint).is_dir() and any(Path(checkpoint).glob("checkpoint.pt"))
     trial.set_user_attr("resumed", resumed)
 
-    def report(epoch: int, metrics: dict) -> None:  # search trials only: confirmations never prune
-        if metrics.get("val_error") is not None:
+    def report(epoch: int, metrics: dict) -> None:  # only search trials prune; confirmations never do
+        worker.progress.epoch(epoch, metrics)
+        if stage == SEARCH and metrics.get("val_error") is not None:
             trial.report(metrics["val_error"], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-    pruned, started = False, time.time()
-    print(f"trial {trial.number} {run_name}: started" + (" (resuming)" if resumed else "")
-          + (f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""), flush=True)
+    from ..train.trainer import Plan
+    pruned = False
+    worker.progress.set_done(*cell_counts(spec, layout.all_studies()))
+    attempt = f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""
+    worker.progress.start(f"trial {trial.number} {run_name}{attempt}",
+                          Plan.of(cfg, len(worker.dataset.train)).epochs, resumed)
     try:
         tracker = Tracker.start(worker.mlflow, spec.name, run_name, tags=tags, parent_run_id=worker.parent_run_id)
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
             try:
                 result = train(v.arch, cfg, worker.dataset, tracker=tracker, checkpoint_dir=checkpoint,
-                               on_epoch=report if stage == SEARCH else None, model_name=v.model_name)
+                               on_epoch=report, model_name=v.model_name)
             except optuna.TrialPruned:
                 pruned = True
                 tracker.set_tags({"pruned": "true"})
@@ -78,19 +85,20 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         # Interrupted: fail the trial and enqueue its retry now, so the rerun resumes it.
         failed = private.fail(study, private.trial_id(trial))
         if failed is not None:
+            parent.supersede(worker.mlflow, failed.user_attrs.get("mlflow_run_id"))
             layout.requeue(study, failed)
         raise
     except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
         error = redact(cut(f"{type(e).__name__}: {e}", 500))
         trial.set_user_attr("error", error)
         study.tell(trial, state=TrialState.FAIL)
+        worker.progress.finish(f"failed ({type(e).__name__})")
         print(f"ablate: trial {trial.number} ({run_name}) failed (attempt {attrs.get('attempt', 1)} of "
               f"{layout.attempts}): {error.splitlines()[0] if error else ''}", file=sys.stderr, flush=True)
         return False
-    took = f"{time.time() - started:.0f} s"
     if pruned:
         study.tell(trial, state=TrialState.PRUNED)
-        print(f"trial {trial.number} {run_name}: pruned after {took}", flush=True)
+        worker.progress.finish("pruned")
     else:
         final = result.final
         diverged = result.status == "diverged"
@@ -105,10 +113,8 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
             if final.get(k) is not None and math.isfinite(final[k]):
                 trial.set_user_attr(f"final_{k}", final[k])
         study.tell(trial, value)
-        errors = "  ".join(f"{k} {final[k]:.4f}" for k in ("train_error", "val_error", "test_error")
-                           if final.get(k) is not None)
-        print(f"trial {trial.number} {run_name}: {'diverged' if diverged else 'done'} in {took}  {errors}",
-              flush=True)
+        worker.progress.finish("diverged" if diverged else "done",
+                               {k: final.get(k) for k in ("train_error", "val_error", "test_error")})
     # The weights live in MLflow now. A checkpoint set aside as unreadable stays, for inspection.
     Path(checkpoint, "checkpoint.pt").unlink(missing_ok=True)
     with contextlib.suppress(OSError):

@@ -11,6 +11,10 @@ The contract every producer (trainer, study) and consumer (figures, status) reli
   test_error, lr, epoch_seconds, images_per_second, iteration; errors are fractions in [0, 1].
   layer_response_std with step = the 3x3 layer's index (He 2016a Fig. 7).
 * artifacts: config.json, complexity.json, layer_responses.json, model.pt (final state_dict).
+* run name (`run_name`): the figures' name of the architecture and the seed, "ResNet-20 (A) s0".
+* the dataset as a run input (name, digest, source, split sizes as its profile), and the final
+  weights as an MLflow logged model (`model.pt` in it), listed in the experiment's Models view.
+* `superseded=true` on an interrupted attempt whose retry exists (it ends KILLED).
 
 A run always ends FINISHED, FAILED or KILLED: `tracked_run` maps exceptions, Ctrl-C and SIGTERM
 to a terminal status, and the study runner closes runs of workers that died by SIGKILL.
@@ -18,11 +22,15 @@ to a terminal status, and the study runner closes runs of workers that died by S
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import signal
 import tempfile
 from pathlib import Path
+import re
+import time
 from typing import Iterator
 
 from models.spec import ArchSpec
@@ -73,6 +81,29 @@ def variant_name(spec: ArchSpec) -> str:
     return name
 
 
+def label(spec: ArchSpec) -> str:
+    """The figures' name of an architecture (`results.Variant.label`): 'plain-20', 'ResNet-20 (A)',
+    'pre-act ResNet-110 (B)'; a net off the CIFAR basic w1 line says how it differs."""
+    if spec.shortcut == "none":
+        name = f"plain-{spec.total_depth}" + (" (pre-act)" if spec.preact else "")
+    else:
+        name = ("pre-act " if spec.preact else "") + f"ResNet-{spec.total_depth} ({spec.shortcut})"
+    extra = [spec.family] if spec.family != "cifar" else []
+    extra += [spec.block] if spec.block != "basic" else []
+    extra += [f"w{fmt(spec.width)}"] if spec.width != 1 else []
+    return " ".join([name, *extra])
+
+
+def run_name(spec: ArchSpec, seed: int) -> str:
+    """A run's name as the figures name its line, with the seed: 'ResNet-20 (A) s0'."""
+    return f"{label(spec)} s{seed}"
+
+
+def metric_key(name: str) -> str:
+    """`name` as a legal MLflow metric key (no parentheses): 'ResNet-20 (A)' -> 'ResNet-20 A'."""
+    return " ".join(re.sub(r"[^\w.\- :/]", " ", name).split())
+
+
 def run_params(spec: ArchSpec, train_cfg, data_cfg, *, model_name: str | None = None,
                params: int | None = None, macs: int | None = None) -> dict[str, str]:
     """The params of a training run: the axes and `model` unprefixed (as the tags), the rest of
@@ -107,6 +138,7 @@ def client(uri: str | None = None):
     """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line."""
     from mlflow.tracking import MlflowClient
     uri = uri or default_tracking_uri()
+    quiet_mlflow()
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     is_db = "://" in uri and not uri.startswith(("sqlite", "http://", "https://", "file:", "databricks"))
@@ -142,6 +174,17 @@ def client(uri: str | None = None):
             if v is None:
                 os.environ.pop(k, None)
     return c
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (schema creation and migration on a new store) are not ours to show."""
+    for name in ("mlflow.store", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def mark_superseded(c, run_id: str) -> None:
+    """Tag an interrupted attempt whose retry exists: the comparison view and the figures skip it."""
+    c.set_tag(run_id, "superseded", "true")
 
 
 def get_or_create_experiment(c, name: str) -> str:
@@ -199,7 +242,6 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, fmt(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        import time
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
@@ -208,7 +250,6 @@ class Tracker:
 
     def log_metric_series(self, key: str, values: list[float]) -> None:
         """One metric over steps 0..n-1 (e.g. the response std of each layer)."""
-        import time
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(key, float(v), now, i) for i, v in enumerate(values)]
@@ -218,12 +259,66 @@ class Tracker:
     def log_dict(self, obj, artifact_file: str) -> None:
         self.client.log_text(self.run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
 
-    def log_state_dict(self, state_dict: dict, artifact_file: str = "model.pt") -> None:
+    def log_state_dict(self, state_dict: dict, artifact_file: str = "model.pt", *,
+                       model_name: str | None = None, step: int = 0) -> str | None:
+        """The final weights: a run artifact, and with `model_name` also an MLflow logged model
+        (listed in the Models view, linked to this run at `step`); returns its model id.
+
+        Written through the client (create, upload, finalize, link): `mlflow.pytorch.log_model`
+        would pickle the module and infer pip requirements, seconds per trial on a CPU."""
         import torch
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / artifact_file
             torch.save(state_dict, path)
             self.client.log_artifact(self.run_id, str(path))
+            if model_name is None:
+                return None
+            run = self.client.get_run(self.run_id)
+            model = self.client.create_logged_model(
+                run.info.experiment_id, name=re.sub(r"[/:.%\"']", "_", model_name), source_run_id=self.run_id,
+                model_type="pytorch-state-dict", tags={"run_name": run.info.run_name or ""})
+            try:
+                self.client.log_model_artifacts(model.model_id, tmp)
+            except BaseException:
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+                raise
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+            return model.model_id
+
+    def log_dataset(self, data) -> None:
+        """The training data as MLflow's run input (the UI's Datasets column and filter): name,
+        a digest of the split's labels and sizes, the source, the split sizes as its profile."""
+        import dataclasses
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        cfg = dataclasses.asdict(data.config)
+        sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                 "classes": data.num_classes, "input_size": data.input_size}
+        h = hashlib.sha256(json.dumps({"config": cfg, "sizes": sizes}, sort_keys=True, default=str).encode())
+        for split in (data.train, data.val, data.test):  # labels are small; images would cost a pass
+            h.update(split.labels.detach().cpu().numpy().tobytes())
+        name = str(cfg.get("name"))
+        if Path(name).exists():  # an ImageFolder root
+            source_type, uri = "local", Path(name).resolve().as_uri()
+        elif name.startswith("cifar"):
+            source_type, uri = "code", f"torchvision.datasets.{name.upper()} (root {cfg.get('root')})"
+        else:
+            source_type, uri = "code", f"runners.train.data ({name}, generated)"
+        dataset = Dataset(name=data.name, digest=h.hexdigest()[:16], source_type=source_type,
+                          source=json.dumps({"uri": uri}),
+                          profile=json.dumps(sizes))
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])]
+        # Workers starting together race to insert the experiment's one dataset row (MLflow's
+        # SQL store checks, then inserts): the loser's retry finds the row and links to it.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except Exception:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

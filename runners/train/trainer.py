@@ -495,6 +495,7 @@ class Run:
                     "plan": dataclasses.asdict(self.plan), "device": str(self.device),
                     "amp": self.amp, "torch": torch.__version__, "git_sha": sha}, "config.json")
         t.log_dict({**cx.as_dict(), "rows": cx.rows}, "complexity.json")
+        t.log_dataset(d)
         for m in self.history:  # a resumed attempt's run still gets the complete curves
             t.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=m["epoch"])
 
@@ -503,7 +504,8 @@ class Run:
         if t is None:
             return
         if self.status == "finished":
-            t.log_state_dict({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
+            t.log_state_dict({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                             model_name=tracking.run_name(self.arch, self.cfg.seed), step=self.epoch)
             if self.responses is not None:
                 t.log_dict(self.responses, "layer_responses.json")
                 t.log_metric_series("layer_response_std", [r["std"] for r in self.responses])

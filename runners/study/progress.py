@@ -1,0 +1,128 @@
+"""Where a study stands, as it runs: `[k/N]` cells, elapsed time, an ETA, and the running trial's epochs.
+
+The library never prints: the command hands a `StudyProgress` a stream (or anything with
+`write`), and the runner reports trial starts, epochs and ends to it. On a terminal the
+running trial is a bar redrawn in place; elsewhere (a log file, CI) every epoch is a plain line.
+The ETA is the mean time of the trials this process finished, times the trials left, divided
+by the workers sharing them; it is shown once one trial has finished.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, TextIO
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3m 05s, 2h 07m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+class StudyProgress:
+    """Progress lines for one process's share of a study, written to `stream`."""
+
+    def __init__(self, stream: TextIO, total: int, *, done: int = 0, workers: int = 1,
+                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic, width: int = 24) -> None:
+        self.stream, self.total, self.done, self.workers = stream, total, done, max(1, workers)
+        self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
+        self.clock, self.width = clock, width
+        self.started = clock()
+        self.trial_started = self.started
+        self.durations: list[float] = []
+        self.name, self.epochs, self._bar_open = "", 0, False
+
+    # -- what the runner reports ------------------------------------------------------------------
+    def set_done(self, done: int, total: int | None = None) -> None:
+        """The study's count of finished cells (all workers), read from the storage."""
+        self.done = done
+        if total is not None:
+            self.total = total
+
+    def start(self, name: str, epochs: int, resumed: bool = False) -> None:
+        self.name, self.epochs, self.trial_started = name, epochs, self.clock()
+        self._line(f"{self._count(self.done + 1)} {name}: started" + (" (resuming)" if resumed else "")
+                   + self._eta())
+
+    def epoch(self, epoch: int, metrics: dict) -> None:
+        errors = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("train_error", "test_error") if k in metrics)
+        took = duration(self.clock() - self.trial_started)
+        if self.tty:
+            filled = round(self.width * epoch / max(self.epochs, 1))
+            bar = "#" * filled + "-" * (self.width - filled)
+            self.stream.write(f"\r  [{bar}] epoch {epoch}/{self.epochs}  {errors}  {took}\x1b[K")
+            self.stream.flush()
+            self._bar_open = True
+        else:
+            self._line(f"  epoch {epoch}/{self.epochs}  {errors}  {took}")
+
+    def finish(self, outcome: str, errors: dict | None = None) -> None:
+        """A trial ended: `outcome` is done, diverged, pruned or failed."""
+        took = self.clock() - self.trial_started
+        self.durations.append(took)
+        self.done += 1
+        text = "  ".join(f"{k} {v:.4f}" for k, v in (errors or {}).items() if v is not None)
+        self._line(f"{self._count(self.done)} {self.name}: {outcome} in {duration(took)}"
+                   + (f"  {text}" if text else "") + self._eta())
+
+    def close(self) -> str:
+        """The total line (also returned)."""
+        line = (f"{self.done}/{self.total} cells done; this process ran {len(self.durations)} trial(s) "
+                f"in {duration(self.clock() - self.started)}")
+        self._line(line)
+        return line
+
+    # -- formatting -------------------------------------------------------------------------------
+    def _count(self, k: int) -> str:
+        width = len(str(self.total))
+        return f"[{min(k, self.total):>{width}}/{self.total}]"
+
+    def _eta(self) -> str:
+        elapsed = f"  elapsed {duration(self.clock() - self.started)}"
+        if not self.durations:
+            return elapsed
+        left = max(self.total - self.done, 0)
+        mean = sum(self.durations) / len(self.durations)
+        return elapsed + f", ETA {duration(mean * left / self.workers)}"
+
+    def _line(self, text: str) -> None:
+        if self._bar_open:  # end the bar's line before a plain one
+            self.stream.write("\r\x1b[K")
+            self._bar_open = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class NoProgress(StudyProgress):
+    """What a runner reports to when no command gave it a stream."""
+
+    def __init__(self) -> None:
+        super().__init__(_Discard(), 0)
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def cell_counts(spec, studies) -> tuple[int, int]:
+    """(finished, planned) trials of a study across all workers: every grid cell, plus the search
+    trials; an attempt interrupted and retried counts once, through its retry."""
+    from optuna.trial import TrialState
+    planned = len(spec.variants) * len(spec.seeds)
+    if spec.search:
+        planned += len(spec.variants) * spec.search.trials_per_variant
+    done = 0
+    for study in studies:
+        for t in study.get_trials(deepcopy=False):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done += 1
+            elif t.state == TrialState.FAIL and "error" in t.user_attrs:  # failed, not interrupted
+                done += 1
+    return done, planned

@@ -1,0 +1,249 @@
+"""MLflow as the study's front end: the comparison view, run names, the parent run's result,
+MLflow's own conventions (dataset input, logged models), quiet logs, and study progress.
+
+In-process tests use a temporary SQLite store; one small study (the smoke spec, SIGTERM'd once
+mid-trial and resumed) is run through `ablate run` for what only a real study shows.
+"""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import models
+from conftest import REPO, ablate
+from runners.study.progress import StudyProgress, duration
+from runners.tracking import view
+from runners.tracking.results import Variant
+from runners.tracking.runs import Tracker, client, label, metric_key, run_name
+
+SMOKE = REPO / "ablations" / "smoke.yaml"
+# Every key the UI reads from a shared view state (mlflow/server/js: EXPERIMENT_PAGE_UI_STATE_FIELDS
+# and ExperimentPageSearchFacetsState); the UI drops anything else.
+UI_FIELDS = {"selectedColumns", "columnOrder", "columnWidths", "runsExpanded", "runsPinned", "runsHidden",
+             "runsVisibilityMap", "runsHiddenMode", "compareRunCharts", "compareRunSections", "viewMaximized",
+             "runListHidden", "isAccordionReordered", "groupBy", "groupsExpanded", "autoRefreshEnabled",
+             "useGroupedValuesInCharts", "hideEmptyCharts", "globalLineChartConfig", "chartsSearchFilter",
+             "searchFilter", "orderByKey", "orderByAsc", "startTime", "lifecycleFilter", "datasetsFilter",
+             "modelVersionFilter"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _run(c, exp_id, *, shortcut, seed, stage="confirm", status="FINISHED", test_error=0.3):
+    run = c.create_run(exp_id, run_name=f"{shortcut} s{seed}", tags={
+        "family": "cifar", "depth": "20", "block": "basic", "shortcut": shortcut, "preact": "false",
+        "width": "1", "seed": str(seed), "stage": stage})
+    c.log_metric(run.info.run_id, "test_error", test_error, step=1)
+    c.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+# -- the comparison view --------------------------------------------------------------------------
+def test_comparison_view_is_a_shared_view_state_the_ui_reads(store):
+    exp = store.create_experiment("view")
+    keep = {_run(store, exp, shortcut=s, seed=k) for s in ("none", "A") for k in (0, 1)}
+    _run(store, exp, shortcut="A", seed=2, status="KILLED")  # an interrupted attempt
+    _run(store, exp, shortcut="A", seed=0, stage="search")
+    _run(store, exp, shortcut="none", seed=3, status="RUNNING")
+
+    url = view.publish_comparison_view(store, exp, ["shortcut"], ui="http://127.0.0.1:5123")
+    key = store.get_experiment(exp).tags[view.VIEW_TAG]
+    assert url == (f"http://127.0.0.1:5123/#/experiments/{exp}/runs?viewStateShareKey={key}"
+                   "&compareRunsMode=CHART&workflowType=machine_learning")
+    tags = store.get_experiment(exp).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI layout
+    state = json.loads(tags[f"mlflow.sharedViewState.{key}"])
+    assert set(state) <= UI_FIELDS
+    assert state["groupBy"] == {"aggregateFunction": "average",
+                                "groupByKeys": [{"mode": "tag", "groupByData": "shortcut"}]}
+    for column in ("tags.`depth`", "tags.`shortcut`", "tags.`seed`", "metrics.`train_error`",
+                   "metrics.`test_error`"):
+        assert column in state["selectedColumns"]
+    assert [c["metricKey"] for c in state["compareRunCharts"][:2]] == ["train_error", "test_error"]
+    first, *parent = state["compareRunSections"]  # the comparison open, the parent run's metrics folded
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {first["uuid"]} and first["display"]
+    assert [s["name"] for s in parent] == list(view.PARENT_SECTIONS) and not any(s["display"] for s in parent)
+    # The view's filter, run by MLflow itself: FINISHED confirmation runs only.
+    shown = store.search_runs([exp], filter_string=state["searchFilter"])
+    assert {r.info.run_id for r in shown} == keep
+
+    # Idempotent: every worker may publish; `status` and `figures` find the same link.
+    assert view.publish_comparison_view(store, exp, ["shortcut"], ui="http://127.0.0.1:5123") == url
+    assert view.comparison_link(store, "view", ui="http://127.0.0.1:5123") == url
+    assert view.comparison_link(store, "no-such-experiment") is None
+    assert view.observed_axes(store, exp) == ["shortcut"]
+
+
+def test_varying_axes_come_from_the_specs():
+    specs = [models.resolve(n) for n in ("plain20", "resnet20", "plain56", "resnet56")]
+    assert view.varying_axes(specs) == ["depth", "shortcut"]
+    assert view.varying_axes([models.resolve("resnet20")]) == []
+    state = view.comparison_view_state([])  # one variant: grouped by the variant tag
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "variant"}]
+
+
+def test_find_comparison_link_creates_no_store(tmp_path):
+    db = tmp_path / "none.db"
+    assert view.find_comparison_link(f"sqlite:///{db}", "x") is None
+    assert not db.exists()
+
+
+# -- run names --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, overrides, expected", [
+    ("plain20", {}, "plain-20 s0"), ("resnet20", {}, "ResNet-20 (A) s0"),
+    ("preact-resnet110", {"shortcut": "B"}, "pre-act ResNet-110 (B) s0"),
+    ("resnet164", {}, "ResNet-164 (B) bottleneck s0"), ("resnet20", {"width": 2}, "ResNet-20 (A) w2 s0")])
+def test_run_names_are_the_figures_names(name, overrides, expected):
+    spec = models.resolve(name, **overrides)
+    assert run_name(spec, 0) == expected
+    v = Variant(spec.family, spec.total_depth, spec.block, spec.shortcut, spec.preact, "1")
+    assert label(spec).startswith(v.label())  # the figures' legend names the same line
+    assert metric_key("ResNet-20 (A)") == "ResNet-20 A"
+
+
+# -- dataset input, logged model, quiet logs ---------------------------------------------------------
+def test_dataset_input_and_logged_model(store):
+    import torch
+
+    from runners.train.config import DataConfig
+    from runners.train.data import load_dataset
+    data = load_dataset(DataConfig("synthetic", subset=200, val_size=50), "cpu")
+    t = Tracker.start(store, "inputs", "ResNet-8 (A) s0")
+    t.log_dataset(data)
+    model_id = t.log_state_dict({"w": torch.ones(3)}, model_name="ResNet-8 (A) s0", step=2)
+    t.end()
+    run = store.get_run(t.run_id)
+    [inp] = run.inputs.dataset_inputs
+    assert inp.dataset.name == "synthetic" and len(inp.dataset.digest) == 16
+    assert json.loads(inp.dataset.profile)["train"] == 150 and json.loads(inp.dataset.profile)["val"] == 50
+    assert "generated" in json.loads(inp.dataset.source)["uri"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    [model] = store.search_logged_models([run.info.experiment_id])
+    assert (model.model_id, model.name, model.source_run_id, str(model.status)) == (
+        model_id, "ResNet-8 (A) s0", t.run_id, "READY")
+    assert {a.path for a in store.list_artifacts(t.run_id)} == {"model.pt"}  # the contract's artifact stays
+
+
+def test_a_new_store_logs_no_mlflow_info_lines(tmp_path):
+    code = ("from runners.tracking.runs import Tracker, client\n"
+            f"c = client('sqlite:///{tmp_path / 'new.db'}')\n"
+            "Tracker.start(c, 'e', 'r').end()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "INFO" not in out.stderr and "alembic" not in out.stderr, out.stderr
+
+
+# -- progress -----------------------------------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_counts_cells_estimates_and_totals():
+    out, clock = io.StringIO(), Clock()
+    p = StudyProgress(out, 4, tty=False, clock=clock)
+    p.start("trial 0 plain-8 s0", epochs=2)
+    clock.t = 10
+    p.epoch(1, {"train_error": 0.5, "test_error": 0.6})
+    clock.t = 20
+    p.finish("done", {"test_error": 0.55})
+    p.start("trial 1 plain-8 s1", epochs=2)
+    clock.t = 3700
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[1/4] trial 0 plain-8 s0: started  elapsed 0 s"  # no ETA before a trial ends
+    assert lines[1] == "  epoch 1/2  train_error 0.5000  test_error 0.6000  10 s"
+    assert lines[2] == "[1/4] trial 0 plain-8 s0: done in 20 s  test_error 0.5500  elapsed 20 s, ETA 1m 00s"
+    assert lines[3].startswith("[2/4] trial 1 plain-8 s1: started")
+    assert lines[4] == "1/4 cells done; this process ran 1 trial(s) in 1h 01m"
+    assert duration(59.4) == "59 s" and duration(61) == "1m 01s"
+
+
+def test_progress_on_a_terminal_redraws_one_bar():
+    out = io.StringIO()
+    p = StudyProgress(out, 2, tty=True, clock=Clock(), width=4)
+    p.start("t", epochs=2)
+    p.epoch(1, {"test_error": 0.5})
+    p.epoch(2, {"test_error": 0.4})
+    p.finish("done")
+    text = out.getvalue()
+    assert "\r  [##--] epoch 1/2" in text and "\r  [####] epoch 2/2" in text
+    assert text.count("\n") == 2  # the start and end lines; the bar stays on one line
+    assert "\r\x1b[K[1/2] t: done" in text  # the bar is cleared before the end line
+
+
+# -- a real study: SIGTERM, resume, superseded attempt, the parent run's result -----------------------
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The smoke study (1 seed), SIGTERM'd during its first trial, then resumed to the end."""
+    results = tmp_path_factory.mktemp("study") / "results"
+    env = {**os.environ, "ABLATE_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["run", SMOKE, "--set", "seeds=[0]", "--set", "train.epochs=3"]
+    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = results / "checkpoints" / "smoke" / "confirm"
+    deadline = time.time() + 240
+    while not any(checkpoint.rglob("checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, first_err = proc.communicate(timeout=120)
+    second = ablate(*args, env={"ABLATE_RESULTS": str(results)})
+    assert second.returncode == 0, second.stderr
+    return {"results": results, "sigterm_code": proc.returncode, "first_err": first_err, "second": second}
+
+
+def test_sigterm_exits_143_and_the_rerun_prints_the_comparison_link(study):
+    assert study["sigterm_code"] == 143, study["first_err"]
+    out = study["second"].stdout
+    assert "viewStateShareKey=" in out and out.count("http://127.0.0.1:5000/#/experiments/") == 1
+    assert "[2/2]" in out and "cells done" in out  # progress: cells, and the total line
+    assert "INFO" not in study["second"].stderr, study["second"].stderr
+
+
+def test_superseded_attempt_is_tagged_and_out_of_the_view(study):
+    c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("smoke")
+    runs = c.search_runs([exp.experiment_id])
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert len(killed) == 1 and killed[0].data.tags["superseded"] == "true"
+    assert killed[0].info.run_name == "plain-8 s0"  # named as the figures name it
+    state = json.loads(exp.tags["mlflow.sharedViewState." + exp.tags[view.VIEW_TAG]])
+    shown = c.search_runs([exp.experiment_id], filter_string=state["searchFilter"])
+    assert sorted(r.info.run_name for r in shown) == ["ResNet-8 (A) s0", "plain-8 s0"]
+    assert all(r.info.status == "FINISHED" for r in shown)
+
+
+def test_parent_run_carries_the_study_result(study):
+    c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("smoke")
+    runs = c.search_runs([exp.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("stage") == "study"]
+    children = {r.data.tags["shortcut"]: r for r in runs if r.data.tags.get("stage") == "confirm"
+                and r.info.status == "FINISHED"}
+    m = parent.data.metrics
+    assert m["test_error/plain-8"] == pytest.approx(children["none"].data.metrics["test_error"])
+    assert m["test_error/ResNet-8 A"] == pytest.approx(children["A"].data.metrics["test_error"])
+    assert m["seeds/plain-8"] == 1 and "train_error/ResNet-8 A" in m
+    figures = {Path(a.path).name for a in c.list_artifacts(parent.info.run_id, "figures")}
+    assert {"curves.png", "variants.csv", "summary.md"} <= figures
+    note = exp.tags["mlflow.note.content"]
+    assert "viewStateShareKey=" in note and "test_error/<variant>" in note
+    # MLflow's own conventions on every trial: the dataset as input, the weights as a logged model.
+    for run in children.values():
+        assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic"]
+    models_ = c.search_logged_models([exp.experiment_id])
+    assert {m.source_run_id for m in models_} >= {r.info.run_id for r in children.values()}
