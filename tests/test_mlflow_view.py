@@ -20,7 +20,7 @@ import models
 from conftest import REPO, ablate
 from runners.study.progress import StudyProgress, duration
 from runners.tracking import view
-from runners.tracking.results import Variant
+from runners.tracking.results import VariantAxes
 from runners.tracking.runs import Tracker, client, label, metric_key, run_name
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
@@ -106,7 +106,7 @@ def test_find_comparison_link_creates_no_store(tmp_path):
 def test_run_names_are_the_figures_names(name, overrides, expected):
     spec = models.resolve(name, **overrides)
     assert run_name(spec, 0) == expected
-    v = Variant(spec.family, spec.total_depth, spec.block, spec.shortcut, spec.preact, "1")
+    v = VariantAxes(spec.family, spec.total_depth, spec.block, spec.shortcut, spec.preact, "1")
     assert label(spec).startswith(v.label())  # the figures' legend names the same line
     assert metric_key("ResNet-20 (A)") == "ResNet-20 A"
 

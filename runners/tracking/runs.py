@@ -82,7 +82,7 @@ def variant_name(spec: ArchSpec) -> str:
 
 
 def label(spec: ArchSpec) -> str:
-    """The figures' name of an architecture (`results.Variant.label`): 'plain-20', 'ResNet-20 (A)',
+    """The figures' name of an architecture (`results.VariantAxes.label`): 'plain-20', 'ResNet-20 (A)',
     'pre-act ResNet-110 (B)'; a net off the CIFAR basic w1 line says how it differs."""
     if spec.shortcut == "none":
         name = f"plain-{spec.total_depth}" + (" (pre-act)" if spec.preact else "")
