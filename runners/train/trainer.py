@@ -33,15 +33,17 @@ from models.spec import ArchSpec
 
 from ..errors import ConfigError
 from ..tracking import runs as tracking
+from . import distributed
 from .config import DataConfig, TrainConfig
 from .data import Dataset, Split, load_dataset
+from .stream import StreamDataset, default_workers
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 # Fields that change how a run executes, not what it computes: they may differ on resume and do
 # not enter the default checkpoint directory's hash.
 RUNTIME_FIELDS = ("device", "threads", "compile", "eval_batch_size", "probe", "deterministic",
-                  "amp", "channels_last")
+                  "amp", "channels_last", "workers")
 WARMUP_EMA = 0.9  # the warm-up watches a running (bias-corrected EMA) training error, ~10 batches
 
 
@@ -202,17 +204,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: Split, cfg: TrainConfig,
              amp: bool) -> tuple[float, float]:
-    """(mean loss, error) of `split`, in eval mode, without augmentation."""
+    """(mean loss, error) of `split`, in eval mode, without augmentation.
+
+    Each rank evaluates its shard and the sums are added up. Multi-crop batches (N, K, C, H, W)
+    (ten_crop) score the mean of the K crops' softmax (He 2016a Sec. 3.4, 10-crop testing)."""
     model.eval()
+    ctx = distributed.current()
     loss = torch.zeros((), device=data.device, dtype=torch.float64)
-    wrong = torch.zeros((), device=data.device, dtype=torch.long)
-    for i in range(0, len(split), cfg.eval_batch_size):
-        x, y = data.batch(split, slice(i, i + cfg.eval_batch_size))
+    wrong = torch.zeros((), device=data.device, dtype=torch.float64)
+    for x, y in data.eval_batches(split, cfg.eval_batch_size, ctx.rank, ctx.world):
+        crops = x.shape[1] if x.dim() == 5 else 0
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x.contiguous(memory_format=memory_format(cfg)))
-        loss += F.cross_entropy(out.float(), y, reduction="sum")
+            out = model(x.flatten(0, 1) if crops else x.contiguous(memory_format=memory_format(cfg))).float()
+        if crops:
+            out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()  # log of the mean probability
+            loss += F.nll_loss(out, y, reduction="sum")
+        else:
+            loss += F.cross_entropy(out, y, reduction="sum")
         wrong += (out.argmax(1) != y).sum()
-    return loss.item() / len(split), wrong.item() / len(split)
+    loss, wrong = distributed.all_sum(torch.stack([loss, wrong]), ctx).tolist()
+    return loss / len(split), wrong / len(split)
 
 
 @torch.no_grad()
@@ -235,9 +246,8 @@ def layer_responses(model: ResNet, data: Dataset, split: Split, batch_size: int 
 
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(points)]
     try:
-        for i in range(0, len(split), batch_size):
-            x, _ = data.batch(split, slice(i, i + batch_size))
-            model(x)
+        for x, _ in data.eval_batches(split, batch_size):
+            model(x.flatten(0, 1) if x.dim() == 5 else x)  # ten_crop: every crop is a response
     finally:
         for h in handles:
             h.remove()
@@ -292,7 +302,7 @@ def check_signature(path: Path, saved: dict, current: dict) -> None:
 
 
 # -- the training run -----------------------------------------------------------------------------
-def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
+def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamDataset, *,
           tracker: tracking.Tracker | None = None, checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
           progress: bool = False) -> TrainResult:
@@ -302,11 +312,19 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
     (its history first re-logged to `tracker`), and a finished one is returned without training.
     `on_epoch(epoch, metrics)` runs after each epoch is logged and checkpointed; what it raises
     propagates unchanged (e.g. optuna.TrialPruned). `progress` shows a tqdm bar on a terminal.
+
+    Under torch.distributed (runners/train/distributed.py: the caller initialises the group),
+    every rank calls this with the same arguments; cfg.batch_size is the global batch, and only
+    rank 0 writes the checkpoint (pass the tracker on rank 0 only).
     """
     arch, cfg = arch.validate(), cfg.validate()
     device = resolve_device(cfg.device)
+    ctx = distributed.current()
+    distributed.local_batch(cfg.batch_size, ctx.world)
     with runtime(cfg, device):
-        dataset = (data if isinstance(data, Dataset) else load_dataset(data, device)).to(device)
+        dataset = (data if isinstance(data, (Dataset, StreamDataset)) else load_dataset(data, device)).to(device)
+        if isinstance(dataset, StreamDataset):
+            dataset = dataset.with_workers(cfg.workers if cfg.workers is not None else default_workers(ctx.local_world))
         return _Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
 
 
@@ -330,6 +348,7 @@ class _Run:
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.history: list[dict] = []
         self.epoch, self.iteration, self.status, self.responses = 0, 0, "running", None
+        self.dist = distributed.current()
 
     # -- checkpoint state --
     def state(self) -> dict:
@@ -353,7 +372,7 @@ class _Run:
         self.epoch, self.iteration, self.status = int(s["epoch"]), int(s["iteration"]), s["status"]
 
     def checkpoint(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self.dist.is_main:  # written once; every rank reads it on start
             save_checkpoint(self.path, self.state())
 
     # -- tracking --
@@ -402,7 +421,8 @@ class _Run:
         from tqdm.auto import tqdm
         bar = tqdm(total=self.plan.iterations, initial=self.iteration, unit="it", file=sys.stderr,
                    disable=None if progress else True, leave=False, dynamic_ncols=True)
-        forward = torch.compile(self.model) if self.cfg.compile else self.model
+        forward = distributed.wrap(self.model, self.dist, self.device, self.cfg.sync_bn)
+        forward = torch.compile(forward) if self.cfg.compile else forward
         try:
             while self.epoch < self.plan.epochs and self.status == "running":
                 metrics = self.train_epoch(forward, bar)
@@ -422,7 +442,7 @@ class _Run:
             bar.close()
         if self.status == "running":
             self.status = "finished"
-            if self.cfg.probe:
+            if self.cfg.probe and self.dist.is_main:  # logged and checkpointed by rank 0 only
                 self.responses = layer_responses(self.model, self.data, self.data.test)
         self.log_end()
         self.checkpoint()
@@ -432,34 +452,40 @@ class _Run:
         """One epoch; its metrics, or None when a loss turned non-finite."""
         data, cfg, device = self.data, self.cfg, self.device
         epoch = self.epoch + 1
-        steps, n = self.plan.steps_in(epoch), len(data.train)
+        steps = self.plan.steps_in(epoch)
         check_every = 1 if device.type == "cpu" else 25  # a host sync per step is free only on CPU
         self.model.train()
-        perm = torch.randperm(n, generator=self.gen, device=device)
         loss_sum = torch.zeros((), device=device)
         wrong = torch.zeros((), device=device, dtype=torch.long)
         seen, lr = 0, self.schedule.lr(self.iteration)
+        batches = data.train_batches(epoch, cfg.batch_size, self.gen, seed=cfg.seed,
+                                     rank=self.dist.rank, world=self.dist.world)
         sync(device)
         start = time.perf_counter()
-        for s in range(steps):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x, y = data.batch(data.train, idx, self.gen)
+        for s, (x, y) in zip(range(steps), batches):
             lr = self.schedule.lr(self.iteration)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             loss, batch_wrong = train_step(forward, self.opt, x.contiguous(memory_format=self.fmt), y, self.amp)
-            loss_sum += loss * len(idx)
+            loss_sum += loss * len(y)
             wrong += batch_wrong
-            seen += len(idx)
+            seen += len(y)
             if self.schedule.warming:  # the only per-step sync outside the CPU; warm-up is short
-                self.schedule.observe(self.iteration, batch_wrong.item() / len(idx))
+                # distributed: the global batch's error, so every rank leaves the warm-up together
+                global_wrong = distributed.all_sum(batch_wrong.float(), self.dist).item()
+                self.schedule.observe(self.iteration, global_wrong / (len(y) * self.dist.world))
             self.iteration += 1
             bar.update(1)
-            if ((s + 1) % check_every == 0 or s == steps - 1) and not torch.isfinite(loss_sum).item():
+            # distributed: the ranks decide on the sum, so all of them stop at the same step
+            if ((s + 1) % check_every == 0 or s == steps - 1) and \
+                    not torch.isfinite(distributed.all_sum(loss_sum, self.dist)).item():
                 return None
         sync(device)
         seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_error": wrong.item() / seen}
+        totals = distributed.all_sum(torch.stack([loss_sum.double(), wrong.double(),
+                                                  torch.tensor(float(seen), device=device, dtype=torch.float64)]), self.dist)
+        loss_total, wrong_total, seen = totals.tolist()
+        metrics = {"epoch": epoch, "train_loss": loss_total / seen, "train_error": wrong_total / seen}
         if len(data.val):
             metrics["val_loss"], metrics["val_error"] = evaluate(self.model, data, data.val, cfg, self.amp)
         metrics["test_loss"], metrics["test_error"] = evaluate(self.model, data, data.test, cfg, self.amp)
