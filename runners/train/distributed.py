@@ -124,6 +124,17 @@ def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     return out
 
 
+def sync_buffers(model: nn.Module, ctx: Context) -> None:
+    """Rank 0's buffers (BN running statistics) on every rank. DDP sends them before each
+    forward, so after the last step every rank holds its own; evaluation shards and the
+    checkpoint (rank 0's) must see the same ones."""
+    if not ctx.distributed:
+        return
+    import torch.distributed as dist
+    for b in model.buffers():
+        dist.broadcast(b, src=0)
+
+
 def broadcast_object(obj, ctx: Context, src: int = 0):
     """`obj` of rank `src` on every rank (picklable objects: a claimed trial, a decision)."""
     if not ctx.distributed:

@@ -210,6 +210,7 @@ def evaluate(model: nn.Module, data: Dataset, split: Split, cfg: TrainConfig,
     (ten_crop) score the mean of the K crops' softmax (He 2016a Sec. 3.4, 10-crop testing)."""
     model.eval()
     ctx = distributed.current()
+    distributed.sync_buffers(model, ctx)  # every shard is scored by the model rank 0 checkpoints
     loss = torch.zeros((), device=data.device, dtype=torch.float64)
     wrong = torch.zeros((), device=data.device, dtype=torch.float64)
     for x, y in data.eval_batches(split, cfg.eval_batch_size, ctx.rank, ctx.world):
