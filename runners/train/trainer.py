@@ -218,7 +218,8 @@ def evaluate(model: nn.Module, data: Dataset, split: Split, cfg: TrainConfig,
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(x.flatten(0, 1) if crops else x.contiguous(memory_format=memory_format(cfg))).float()
         if crops:
-            out = out.view(len(y), crops, -1).softmax(-1).mean(1).log()  # log of the mean probability
+            # log of the mean probability, as a logsumexp: a crop's underflowing softmax is no -inf
+            out = torch.logsumexp(out.view(len(y), crops, -1).log_softmax(-1), 1) - math.log(crops)
             loss += F.nll_loss(out, y, reduction="sum")
         else:
             loss += F.cross_entropy(out, y, reduction="sum")
