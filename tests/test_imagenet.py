@@ -22,15 +22,15 @@ SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg-subset"
 pytestmark = pytest.mark.usefixtures("results")  # conftest: results/ (caches) in tmp
 
 
-def _folder(root: Path, size=(20, 16), per_class=12, classes=("ant", "bee", "cat")) -> Path:
-    """A small ImageFolder of PNGs (lossless, so both paths must agree bit for bit)."""
+def _folder(root: Path, size=(20, 16), per_class=12, classes=("ant", "bee", "cat"), suffix=".png") -> Path:
+    """A small ImageFolder of random images."""
     rng = np.random.default_rng(0)
     for split, n in (("train", per_class), ("test", 3)):
         for c in classes:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 w, h = size if not callable(size) else size(rng)
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i:03}.png")
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i:03}{suffix}")
     return root
 
 
@@ -39,7 +39,7 @@ def _batches(data, epoch, seed, batch=8, **kw):
 
 
 def test_streamed_loader_yields_the_in_memory_images_labels_and_order(tmp_path):
-    root = _folder(tmp_path / "f")
+    root = _folder(tmp_path / "f", suffix=".jpg")  # the paths decode JPEGs with different libraries
     cfg = dict(name=str(root), val_size=6, subset=30, augment=False)
     mem = load_dataset(DataConfig(**cfg, loader="memory"))
     stream = load_dataset(DataConfig(**cfg, loader="stream")).with_workers(2)
