@@ -3,6 +3,10 @@
     ablate train resnet20 --dataset ../shared/data/cifar10-jpeg-subset --epochs 8 --val-size 1000
     ablate train plain56 --shortcut B --warmup --iterations 64000      # the paper's length
     ablate train resnet20 --set train.schedule=cosine --set data.normalize=channel
+    ablate train resnet50 --dataset /data/imagenet --nproc-per-node 8    # He 2016a's ImageNet recipe
+
+The recipe is a named preset under the explicit values (--recipe; auto: he2016a-imagenet for the
+imagenet family, he2016a-cifar otherwise), printed and logged as train.recipe.
 
 Everything is validated, the data loaded and the model built before an MLflow run exists, so bad
 input costs one line on stderr (exit 2) and leaves the store untouched. Each epoch is
@@ -22,7 +26,7 @@ from models.spec import ArchSpec
 
 from ..errors import ConfigError, redact, shown
 from ..paths import default_tracking_uri, results_dir
-from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, from_mapping
+from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, apply_recipe, from_mapping
 from ..yaml_input import parse_override, set_path
 
 DEFAULT_EXPERIMENT = "ablate-train"
@@ -41,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="subtract the per-pixel mean (the paper, default) or standardise per channel")
     d.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="no padding, cropping or flipping")
+    d.add_argument("--loader", choices=["auto", "memory", "stream"],
+                   help="hold the decoded images (memory) or decode per batch in workers (stream); "
+                        "auto: stream large folders and per-image resizing")
+    d.add_argument("--ten-crop", action="store_true", default=None,
+                   help="evaluate on 10 crops (corners, center, flips), He 2016a's testing")
 
     t = p.add_argument_group("recipe (default: He et al. 2016a's CIFAR recipe, 64k iterations)")
     length = t.add_mutually_exclusive_group()
@@ -60,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup-lr", type=float, help="default: 0.01")
     t.add_argument("--warmup-until-error", type=float, metavar="E", help="default: 0.8")
     t.add_argument("--seed", type=int, help="initialisation and data order (default: 0)")
+    t.add_argument("--recipe", choices=["auto", "he2016a-cifar", "he2016a-imagenet", "torchvision-imagenet"],
+                   help="preset under the values given here (default auto: by the model family)")
 
     e = p.add_argument_group("execution")
     e.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -72,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--eval-batch-size", type=int, metavar="B")
     e.add_argument("--no-probe", dest="probe", action="store_false", default=None,
                    help="skip the layer-response probe (He 2016a Fig. 7) after training")
+    e.add_argument("--workers", type=int, metavar="N", help="streamed data: decoding processes per rank")
+    e.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train on N local processes (GPUs) with DDP; the batch is the global batch")
+    e.add_argument("--sync-bn", action="store_true", default=None,
+                   help="with several processes: BN statistics over the global batch")
 
     a = p.add_argument_group("architecture overrides")
     a.add_argument("--shortcut", choices=["none", "A", "B", "C"])
@@ -107,12 +123,14 @@ def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
     train_map = {k: getattr(args, k) for k in (
         "epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
         "milestones", "gamma", "warmup", "warmup_lr", "warmup_until_error", "seed", "device",
-        "deterministic", "compile", "amp", "channels_last", "threads", "eval_batch_size", "probe")}
+        "deterministic", "compile", "amp", "channels_last", "threads", "eval_batch_size", "probe",
+        "recipe", "workers", "sync_bn")}
     dataset = args.dataset
     if dataset not in BUILTIN_DATASETS:  # a path: absolute, so the config (and its hash) is cwd-free
         dataset = str(Path(dataset).expanduser().resolve())
     data_map = {"name": dataset, "root": args.data_root, "subset": args.subset, "val_size": args.val_size,
-                "split_seed": args.split_seed, "normalize": args.normalize, "augment": args.augment}
+                "split_seed": args.split_seed, "normalize": args.normalize, "augment": args.augment,
+                "loader": args.loader, "ten_crop": args.ten_crop}
     sections = {"arch": arch_over, "train": train_map, "data": data_map}
     for item in args.set:  # the grammar of `ablate run --set`; a bare FIELD is arch.FIELD
         parts, value = parse_override(item)
@@ -124,6 +142,7 @@ def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
     if train_map["epochs"] is not None and train_map["iterations"] is not None:
         raise ConfigError("give --epochs or --iterations, not both")
     arch = models.resolve(args.model, **arch_over)
+    train_map, data_map = apply_recipe(arch.family, train_map, data_map)
     train_cfg = from_mapping(TrainConfig, {k: v for k, v in train_map.items() if v is not None}, "train")
     data_cfg = from_mapping(DataConfig, {k: v for k, v in data_map.items() if v is not None}, "dataset")
     return args.model, arch, train_cfg, data_cfg
@@ -136,44 +155,76 @@ def default_checkpoint_dir(name: str, arch: ArchSpec, train_cfg: TrainConfig, da
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
-
-    from ..train.data import load_dataset
-    from ..train.trainer import CHECKPOINT, check_signature, config_signature, load_checkpoint, resolve_device, train
-    started = time.perf_counter()
+    from ..train import distributed
     name, arch, train_cfg, data_cfg = resolve_configs(args)
-    device = resolve_device(train_cfg.device)
-    data = load_dataset(data_cfg, device)
+    if args.nproc_per_node > 1 and not distributed.launched():
+        # Everything a process would refuse is refused here, in one line, before any starts.
+        distributed.local_batch(train_cfg.batch_size, args.nproc_per_node)
+        prepare(args, name, arch, train_cfg, data_cfg, distributed.Context())
+        return distributed.launch(args.nproc_per_node, sys.argv[1:])
+    from ..train.trainer import resolve_device
+    ctx = distributed.init(resolve_device(train_cfg.device))
+    try:
+        return _train(args, name, arch, train_cfg, data_cfg, ctx)
+    finally:
+        distributed.finish()
+
+
+def prepare(args, name, arch, train_cfg, data_cfg, ctx):
+    """(data, model info, checkpoint dir, the finished checkpoint or None), all validated.
+    --fresh deletes the checkpoint on rank 0 before any rank reads it."""
     import torch
 
     import models
+
+    from ..train import distributed
+    from ..train.data import load_dataset
+    from ..train.trainer import CHECKPOINT, check_signature, config_signature, load_checkpoint, resolve_device
+    device = resolve_device(train_cfg.device)
+    data = load_dataset(data_cfg, device)
     with torch.device("meta"):  # shapes only: the size report costs no memory or initialisation
         info = models.describe(models.ResNet(arch, num_classes=data.num_classes))
-
-    ckpt_dir = None
+    ckpt_dir, saved = None, None
     if not args.no_checkpoint:
         ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else default_checkpoint_dir(name, arch, train_cfg, data_cfg)
         path = ckpt_dir / CHECKPOINT
-        if args.fresh and path.exists():
+        if args.fresh and ctx.is_main and path.exists():
             path.unlink()
+        distributed.barrier(ctx)
         saved = load_checkpoint(path)
         if saved is not None:
             check_signature(path, saved["signature"], config_signature(arch, train_cfg, data_cfg))
-            if saved["status"] in ("finished", "diverged"):
-                final = saved["history"][-1] if saved["history"] else {}
-                print(f"already {saved['status']}: {path} ({saved['epoch']} epochs, test error "
-                      f"{final.get('test_error', float('nan')):.4f}); pass --fresh to train again")
-                return 0
-            print(f"resuming from {path} after epoch {saved['epoch']}")
+    return data, info, ckpt_dir, saved
+
+
+def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    from ..train.trainer import CHECKPOINT, resolve_device, train
+    started = time.perf_counter()
+    say = print if ctx.is_main else (lambda *a, **k: None)  # rank 0 speaks for the run
+    data, info, ckpt_dir, saved = prepare(args, name, arch, train_cfg, data_cfg, ctx)
+    device = resolve_device(train_cfg.device)
+    if saved is not None:
+        path = ckpt_dir / CHECKPOINT
+        if saved["status"] in ("finished", "diverged"):
+            final = saved["history"][-1] if saved["history"] else {}
+            say(f"already {saved['status']}: {path} ({saved['epoch']} epochs, test error "
+                f"{final.get('test_error', float('nan')):.4f}); pass --fresh to train again")
+            return 0
+        say(f"resuming from {path} after epoch {saved['epoch']}")
     from ..tracking import runs as tracking
     uri = args.tracking_uri or default_tracking_uri()
-    client = tracking.client(uri)  # the first touch of the store: everything above is validated
+    client = tracking.client(uri) if ctx.is_main else None  # the first touch of the store
 
     n, unit = train_cfg.length
-    print(f"{name}: {info['params']:,} params, {info['macs'] / 1e6:,.1f}M MACs | {data.summary()} | "
-          f"{n} {unit}, batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, {device}")
+    procs = f" x {ctx.world} processes" if ctx.distributed else ""
+    say(f"{name}: {info['params']:,} params, {info['macs'] / 1e6:,.1f}M MACs | {data.summary()} | "
+        f"recipe {train_cfg.recipe}: {n} {unit}, batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, {device}{procs}")
     run_name = args.run_name or f"{name}-{data.name}-s{train_cfg.seed}"
-    tracker = tracking.Tracker.start(client, args.experiment, run_name)
+    tracker = tracking.Tracker.start(client, args.experiment, run_name) if ctx.is_main else None
 
     def report(epoch: int, m: dict) -> None:
         val = f"val {m['val_loss']:.3f}/{m['val_error']:.4f}  " if "val_error" in m else ""
@@ -182,9 +233,11 @@ def run(args) -> int:
                    f"{m['epoch_seconds']:.1f}s  {m['images_per_second']:,.0f} img/s", file=sys.stdout)
         sys.stdout.flush()
 
-    with tracking.tracked_run(tracker):
-        result = train(arch, train_cfg, data, tracker=tracker, checkpoint_dir=ckpt_dir, on_epoch=report,
-                       model_name=name, progress=True)
+    with tracking.tracked_run(tracker) if tracker is not None else contextlib.nullcontext():
+        result = train(arch, train_cfg, data, tracker=tracker, checkpoint_dir=ckpt_dir,
+                       on_epoch=report if ctx.is_main else None, model_name=name, progress=ctx.is_main)
+    if not ctx.is_main:
+        return 0
     f = result.final
     errors = ", ".join(f"{k} {f[f'{k}_error']:.4f}" for k in ("train", "val", "test") if f"{k}_error" in f)
     print(f"{result.status}: {result.epochs} epochs in {time.perf_counter() - started:.1f} s; "

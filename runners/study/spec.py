@@ -20,11 +20,11 @@ from models.registry import resolve
 from models.spec import ArchSpec
 
 from ..errors import ConfigError, cut, reject_unknown, shown
-from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, coerce, from_mapping
+from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, apply_recipe, coerce, from_mapping
 from ..tracking.runs import fmt, variant_name
 from ..yaml_input import parse_override, read_yaml_file, set_path
 
-TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds", "attempts")
+TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds", "attempts", "resources")
 NOT_IDENTITY = ("description", "attempts")  # may change between runs of one study
 DEFAULT_ATTEMPTS = 3
 MAX_NAME = 64
@@ -56,6 +56,11 @@ class SearchSpec:
 
 
 @dataclass(frozen=True)
+class Resources:
+    gpus_per_trial: int = 1  # >1: each trial runs as that many processes (runners/train/distributed.py)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     path: str
@@ -65,6 +70,7 @@ class StudySpec:
     seeds: tuple[int, ...]
     search: SearchSpec | None
     resolved: dict  # the spec after --set overrides, as logged to MLflow
+    resources: Resources = Resources()
 
     attempts: int = 3  # tries per cell before the study gives up on it (interruptions not counted)
 
@@ -103,11 +109,17 @@ def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
             or len(name) > MAX_NAME or ".." in name:
         raise ConfigError(f"{where}: name must be a word of at most {MAX_NAME} letters, digits, '-', '_' or '.', "
                           f"got {shown(name)}")
-    dataset = _parse_dataset(raw.get("dataset"), where, check_data)
-    train = from_mapping(TrainConfig, _mapping(raw.get("train"), f"{where}: train"), f"{where}: train")
     if "model" not in raw:
         raise ConfigError(f"{where}: model is required (the grid of architectures to compare)")
     grids = raw["model"] if isinstance(raw["model"], list) else [raw["model"]]
+    # The recipe preset (train.recipe; auto: by the grids' family) lies under the spec's values.
+    dataset_raw = raw.get("dataset")
+    train_map, data_map = apply_recipe(_family(grids), dict(_mapping(raw.get("train"), f"{where}: train")),
+                                       dict(_mapping({"name": dataset_raw} if isinstance(dataset_raw, str)
+                                                     else dataset_raw, f"{where}: dataset")))
+    dataset = _parse_dataset(data_map, where, check_data)
+    train = from_mapping(TrainConfig, train_map, f"{where}: train")
+    resources = _parse_resources(raw.get("resources"), where, train)
     variants: dict[str, Variant] = {}
     for i, grid in enumerate(grids):
         label = f"{where}: model" + (f".{i}" if isinstance(raw["model"], list) else "")
@@ -120,7 +132,37 @@ def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
         raise ConfigError(f"{where}: attempts must be a positive integer (tries per cell), got {shown(attempts)}")
     resolved = dict(raw, dataset=dataclasses.asdict(dataset))
     return StudySpec(name=name, path=where, dataset=dataset, train=train, variants=tuple(variants.values()),
-                     seeds=seeds, search=search, resolved=resolved, attempts=attempts)
+                     seeds=seeds, search=search, resolved=resolved, attempts=attempts, resources=resources)
+
+
+def _family(grids: list) -> str:
+    """The one model family of the grids (a registered name counts as its family), else ''."""
+    families = set()
+    for grid in grids:
+        if not isinstance(grid, dict):
+            return ""
+        value = grid.get("family", "cifar")
+        if "name" in grid and "family" not in grid and isinstance(grid["name"], str):
+            try:
+                value = resolve(grid["name"]).family
+            except ConfigError:
+                return ""  # reported with its place when the grid is expanded
+        families.update(value if isinstance(value, list) else [value])
+    return families.pop() if len(families) == 1 else ""
+
+
+def _parse_resources(value, where: str, train: TrainConfig) -> Resources:
+    value = _mapping(value, f"{where}: resources")
+    unknown = sorted(set(value) - {"gpus_per_trial"})
+    if unknown:
+        raise ConfigError(f"{where}: resources: unknown field(s) {', '.join(unknown)}; allowed: gpus_per_trial")
+    gpus = value.get("gpus_per_trial", 1)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise ConfigError(f"{where}: resources.gpus_per_trial must be a positive integer, got {gpus!r}")
+    if train.batch_size % gpus:
+        raise ConfigError(f"{where}: train.batch_size {train.batch_size} is the global batch and must divide "
+                          f"evenly among resources.gpus_per_trial {gpus}")
+    return Resources(gpus)
 
 
 def _mapping(value, where: str) -> dict:

@@ -63,20 +63,22 @@ class PILImages(torch.utils.data.Dataset):
 
 
 class OursLoop:
-    """The trainer's steps, continuing through epochs (a new order at each epoch's end)."""
+    """The trainer's steps, continuing through epochs (the next epoch's batches at each end)."""
 
     def __init__(self, run: Run, forward: torch.nn.Module) -> None:
         self.run, self.forward = run, forward
-        self.order, self.pos, self.tally = run.order(), 0, Tally.zeros(run.device)
+        self.epoch, self.pos, self.tally = 1, 0, Tally.zeros(run.device)
+        self.batches = run.batches(self.epoch)
         run.net.train()
 
     def __call__(self, steps: int) -> None:
         spe = self.run.plan.steps_per_epoch
         while steps > 0:
             if self.pos == spe:
-                self.order, self.pos = self.run.order(), 0
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.batches = self.run.batches(self.epoch)
             k = min(steps, spe - self.pos)
-            self.run.steps(self.forward, self.order, self.pos, self.pos + k, self.tally)
+            self.run.steps(self.forward, self.batches, k, self.tally)
             self.pos, steps = self.pos + k, steps - k
 
 

@@ -5,6 +5,11 @@ weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, st
 45k/5k train/val split, per-pixel mean subtraction, 4-pixel padding, random 32x32 crops and
 horizontal flips. `from_mapping` loads them from YAML/CLI dictionaries and rejects unknown keys
 and wrong types with a message naming the field.
+
+A recipe preset (`TrainConfig.recipe`, see RECIPES) is a named bundle of train and data values
+laid under what the user gives: `apply_recipe` resolves "auto" by the model family (imagenet ->
+he2016a-imagenet, else he2016a-cifar) and the resolved name is a field, so it is logged with the
+run. Explicit values always win over the preset's.
 """
 from __future__ import annotations
 
@@ -20,6 +25,32 @@ from ..errors import ConfigError, reject_unknown, shown
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an ImageFolder path
 
+# He 2016a Sec. 3.4: "The image is resized with its shorter side randomly sampled in [256, 480]
+# for scale augmentation. A 224x224 crop is randomly sampled from an image or its horizontal
+# flip, with the per-pixel mean subtracted. The standard color augmentation in [21] is used. ...
+# SGD with a mini-batch size of 256. The learning rate starts from 0.1 and is divided by 10 when
+# the error plateaus, and the models are trained for up to 60 x 10^4 iterations. ... weight decay
+# of 0.0001 and a momentum of 0.9. We do not use dropout." The plateau rule is given here in its
+# common fixed form, /10 at epochs 30 and 60 of 90 (fb.resnet.torch, torchvision's references).
+# [21] is AlexNet's PCA lighting; fb.resnet.torch adds ColorJitter(0.4, 0.4, 0.4), not done here.
+RECIPES: dict[str, dict[str, dict]] = {
+    "he2016a-cifar": {"train": {}, "data": {}},  # the dataclass defaults (Sec. 4.2)
+    "he2016a-imagenet": {
+        "train": {"epochs": 90, "batch_size": 256, "lr": 0.1, "milestones": [30, 60], "momentum": 0.9,
+                  "weight_decay": 1e-4, "eval_batch_size": 100},
+        "data": {"val_size": 10_000, "scale": [256, 480], "crop": 224, "resize": 256,
+                 "crop_mode": "scale", "lighting": 0.1, "normalize": "pixel_mean"},
+    },
+    # torchvision's reference recipe (what most later papers report with): RandomResizedCrop
+    # (area 8-100%, aspect 3/4-4/3) and flip, per-channel standardisation, no lighting.
+    "torchvision-imagenet": {
+        "train": {"epochs": 90, "batch_size": 256, "lr": 0.1, "milestones": [30, 60], "momentum": 0.9,
+                  "weight_decay": 1e-4, "eval_batch_size": 100},
+        "data": {"val_size": 10_000, "crop": 224, "resize": 256, "crop_mode": "random_resized",
+                 "lighting": 0.0, "normalize": "channel"},
+    },
+}
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -32,6 +63,28 @@ class DataConfig:
     normalize: Literal["pixel_mean", "channel"] = "pixel_mean"  # the paper subtracts the per-pixel mean
     augment: bool = True  # pad 4, random 32x32 crop, horizontal flip
     split_seed: int = 0  # the val split and subset are fixed by this, not by the training seed
+    # memory: decode everything once into one uint8 tensor on the device (CIFAR-sized data).
+    # stream: decode per batch in DataLoader workers (ImageNet-sized data, or images of many sizes).
+    # auto: stream when the folder would not fit (runners/train/stream.py) or a field below asks
+    # for per-image resizing; memory otherwise.
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    # The streamed path's geometry (ImageNet, He 2016a Sec. 3.4); None: images as they are.
+    crop: int | None = None  # training and evaluation crop side (224)
+    scale: tuple[int, ...] | None = None  # crop_mode scale: shorter side uniform in [lo, hi] (256, 480)
+    resize: int | None = None  # evaluation: shorter side resized to this, then a center crop (256)
+    crop_mode: Literal["scale", "random_resized"] = "scale"  # random_resized: torchvision's recipe
+    lighting: float = 0.0  # std of AlexNet's PCA lighting noise (fb.resnet.torch: 0.1)
+    ten_crop: bool = False  # evaluate on the 4 corners + center and their flips, averaging softmax
+    stats_images: int = 10_000  # training images the normalisation statistics are taken from
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not isinstance(self.scale, tuple):
+            object.__setattr__(self, "scale", tuple(self.scale))
+
+    @property
+    def resizes(self) -> bool:
+        """Whether images are resized or cropped per image (only the streamed path does that)."""
+        return self.crop is not None or self.scale is not None or self.resize is not None or self.ten_crop
 
     def validate(self) -> "DataConfig":
         if self.val_size < 0:
@@ -42,6 +95,22 @@ class DataConfig:
             raise ConfigError(f"dataset.subset ({self.subset}) must exceed dataset.val_size ({self.val_size}): "
                               "the validation split is carved from the subset")
         _check_literal(self, "normalize")
+        _check_literal(self, "loader")
+        _check_literal(self, "crop_mode")
+        if self.loader == "memory" and self.resizes:
+            raise ConfigError("dataset.crop/scale/resize/ten_crop resize images one by one: use "
+                              "dataset.loader stream (or auto), not memory")
+        if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
+            raise ConfigError(f"dataset.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
+        if self.crop is not None and self.crop <= 0:
+            raise ConfigError(f"dataset.crop must be positive, got {self.crop}")
+        sides = [v for v in (self.resize, *(self.scale or ())) if v]
+        if self.crop is not None and sides and min(sides) < self.crop:
+            raise ConfigError(f"dataset.crop ({self.crop}) must not exceed dataset.resize or dataset.scale's low end")
+        if self.ten_crop and self.crop is None:
+            raise ConfigError("dataset.ten_crop needs dataset.crop (the side of the ten crops)")
+        if self.lighting < 0 or self.stats_images <= 0:
+            raise ConfigError("dataset.lighting must be >= 0 and dataset.stats_images positive")
         return self
 
 
@@ -77,7 +146,11 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     eval_batch_size: int | None = None  # None: 1000 on CUDA, 250 on CPU (README: Performance)
     probe: bool = True  # layer-response std (Fig. 7) after training
-    threads: int | None = None  # CPU threads for this process; None: all cores
+    threads: int | None = None  # CPU threads for this process; None: all cores (split among local ranks)
+    # The named preset laid under the explicit values (RECIPES); auto: by the model family.
+    recipe: Literal["auto", "he2016a-cifar", "he2016a-imagenet", "torchvision-imagenet"] = "auto"
+    sync_bn: bool = False  # distributed: BN statistics over the global batch instead of each rank's
+    workers: int | None = None  # streamed data: decoding processes per rank; None: cores per rank, at most 8
 
     def __post_init__(self) -> None:
         if self.milestones is not None and not isinstance(self.milestones, tuple):
@@ -120,7 +193,29 @@ class TrainConfig:
         _check_literal(self, "schedule")
         _check_literal(self, "amp")
         _check_literal(self, "compile_mode")
+        _check_literal(self, "recipe")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"train.workers must be >= 0, got {self.workers}")
         return self
+
+
+def apply_recipe(family: str, train: dict, data: dict) -> tuple[dict, dict]:
+    """(train, data) mappings with the recipe preset underneath them and train["recipe"] resolved.
+
+    `train.recipe` names the preset; "auto" (or absent) picks he2016a-imagenet for the imagenet
+    family and he2016a-cifar otherwise. Keys given explicitly (not None) override the preset.
+    """
+    name = train.get("recipe") or "auto"
+    if name == "auto":
+        name = "he2016a-imagenet" if family == "imagenet" else "he2016a-cifar"
+    if name not in RECIPES:
+        raise ConfigError(f"train.recipe must be auto or one of {', '.join(RECIPES)}, got {name!r}")
+    preset = RECIPES[name]
+    given_train = {k: v for k, v in train.items() if v is not None}
+    given_data = {k: v for k, v in data.items() if v is not None}
+    if "iterations" in given_train:  # a length in iterations replaces the preset's epochs and milestones
+        preset = {**preset, "train": {k: v for k, v in preset["train"].items() if k not in ("epochs", "milestones")}}
+    return {**preset["train"], **given_train, "recipe": name}, {**preset["data"], **given_data}
 
 
 def from_mapping(cls, mapping: dict | None, where: str):

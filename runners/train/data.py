@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-from .config import DataConfig
+from .config import BUILTIN_DATASETS, DataConfig
 
 TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -111,9 +111,45 @@ class Dataset:
             x = augment(x, generator)
         return x, split.labels[idx]
 
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator, *, seed: int = 0,
+                      rank: int = 0, world: int = 1):
+        """The epoch's training batches of this rank: (x, y) on the device, augmented.
+
+        `batch_size` is the global batch. The order is `epoch_permutation(seed, epoch)`, the
+        streamed path's too; every rank draws the augmentation of the whole global batch from the
+        same generator and keeps its own contiguous slice, so the ranks' slices put together are
+        the single-process batch and the generators stay in step. The last partial batch is
+        dropped (see trainer.Plan).
+        """
+        n = len(self.train)
+        perm = epoch_permutation(n, seed, epoch).to(self.device)
+        local = batch_size // world
+        for s in range(n // batch_size or 1):
+            x, y = self.batch(self.train, perm[s * batch_size:(s + 1) * batch_size], generator)
+            yield x[rank * local:(rank + 1) * local], y[rank * local:(rank + 1) * local]
+
+    def eval_batches(self, split: Split, batch_size: int, rank: int = 0, world: int = 1):
+        """(x, y) of `split` without augmentation, this rank's contiguous shard of it."""
+        lo, hi = shard(len(split), rank, world)
+        for i in range(lo, hi, batch_size):
+            yield self.batch(split, slice(i, min(i + batch_size, hi)))
+
     def summary(self) -> str:
         return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
                 f"{self.num_classes} classes, {self.input_size}x{self.input_size}, {self.config.normalize}")
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the training images in `epoch` (1-based): a function of (seed, epoch) alone,
+    so a resumed run, every rank and both data paths agree without sharing state."""
+    import numpy as np
+    mixed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mixed))
+
+
+def shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) of rank's contiguous share of n items; the shares differ by at most one."""
+    return n * rank // world, n * (rank + 1) // world
 
 
 # -- augmentation ---------------------------------------------------------------------------------
@@ -147,9 +183,18 @@ def _ranges(device: torch.device, n: int, c: int, h: int, w: int) -> tuple[torch
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
-    """Load, split and normalise `cfg`'s dataset and put it on `device`; ConfigError if impossible."""
+def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> "Dataset | stream.StreamDataset":
+    """Load, split and normalise `cfg`'s dataset and put it on `device`; ConfigError if impossible.
+
+    An ImageFolder too large to hold, or one read with per-image resizing, is streamed instead
+    (`DataConfig.loader`; runners/train/stream.py): the result then offers the same interface.
+    """
     cfg.validate()
+    if cfg.name not in BUILTIN_DATASETS and cfg.loader != "memory":
+        from . import stream
+        listing = list_imagefolder(Path(cfg.name).expanduser())
+        if cfg.loader == "stream" or cfg.resizes or stream.too_large(listing):
+            return stream.load_stream(cfg, listing, device)
     if cfg.name == "synthetic":
         name = "synthetic"
         n = cfg.subset or SYNTHETIC_TRAIN
@@ -162,7 +207,19 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset
         name = path.name
         train_x, train_y, test_x, test_y, classes = _load_imagefolder(path)
 
-    n = len(train_y)
+    train_idx, val_idx = split_indices(len(train_y), cfg, name)
+    train = Split(train_x[train_idx], train_y[train_idx], train_idx)
+    val = Split(train_x[val_idx], train_y[val_idx], val_idx)
+    test = Split(test_x, test_y)
+    mean, std = _statistics(train.images, cfg.normalize)
+    data = Dataset(name, train, val, test, classes, mean, std, cfg)
+    return data.to(device)
+
+
+def split_indices(n: int, cfg: DataConfig, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) positions among a source's n training images, sorted: `subset` images drawn
+    and `val_size` of them held out, both by `split_seed` alone. The streamed path calls this
+    too, so both paths hold out exactly the same images."""
     keep = n if cfg.subset is None else cfg.subset
     if keep > n:
         raise ConfigError(f"dataset.subset ({cfg.subset}) exceeds the {n} training images of {name}")
@@ -171,13 +228,7 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset
                           f"images of {name}; lower --val-size")
     g = torch.Generator().manual_seed(cfg.split_seed)
     perm = torch.randperm(n, generator=g)[:keep]
-    val_idx, train_idx = perm[:cfg.val_size].sort().values, perm[cfg.val_size:].sort().values
-    train = Split(train_x[train_idx], train_y[train_idx], train_idx)
-    val = Split(train_x[val_idx], train_y[val_idx], val_idx)
-    test = Split(test_x, test_y)
-    mean, std = _statistics(train.images, cfg.normalize)
-    data = Dataset(name, train, val, test, classes, mean, std, cfg)
-    return data.to(device)
+    return perm[cfg.val_size:].sort().values, perm[:cfg.val_size].sort().values
 
 
 def _statistics(images: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,10 +288,13 @@ def _load_torchvision(name: str, root: str):
     return (*splits, list(ds.classes))
 
 
-def _load_imagefolder(root: Path):
-    """Decode an ImageFolder root once; later loads read the uint8 cache (keyed by path, names,
-    sizes and modification times, so edited folders are decoded again)."""
-    hint = "an ImageFolder root holds train/<class>/<image> and test/<class>/<image>"
+IMAGEFOLDER_HINT = "an ImageFolder root holds train/<class>/<image> and test/<class>/<image>"
+
+
+def list_imagefolder(root: Path) -> dict[str, dict[str, list[Path]]]:
+    """{"train"|"test": {class: sorted image paths}}, classes sorted; ConfigError if malformed.
+    The order here (class, then file name) is the order of the training images both paths use."""
+    hint = IMAGEFOLDER_HINT
     if not root.is_dir():
         raise ConfigError(f"dataset path {root} does not exist; give cifar10, cifar100, synthetic or the "
                           f"path of an ImageFolder root (it holds train/<class>/<image> and test/<class>/<image>)")
@@ -257,6 +311,14 @@ def _load_imagefolder(root: Path):
     unknown = sorted(set(listing["test"]) - set(classes))
     if unknown:
         raise ConfigError(f"{root / 'test'} has classes missing from train/: {', '.join(unknown[:5])}")
+    return listing
+
+
+def _load_imagefolder(root: Path):
+    """Decode an ImageFolder root once; later loads read the uint8 cache (keyed by path, names,
+    sizes and modification times, so edited folders are decoded again)."""
+    listing = list_imagefolder(root)
+    classes = sorted(listing["train"])
 
     key = hashlib.sha1(str(root.resolve()).encode())
     for split in ("train", "test"):
@@ -276,7 +338,7 @@ def _load_imagefolder(root: Path):
     train_x, train_y = _decode(listing["train"], index)
     test_x, test_y = _decode(listing["test"], index)
     if len(test_y) == 0:
-        raise ConfigError(f"{root / 'test'} holds no images; {hint}")
+        raise ConfigError(f"{root / 'test'} holds no images; {IMAGEFOLDER_HINT}")
     if train_x.shape[1:] != test_x.shape[1:]:
         raise ConfigError(f"{root}: train images are {tuple(train_x.shape[2:])}, test images "
                           f"{tuple(test_x.shape[2:])}; all images must have one size")

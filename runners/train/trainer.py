@@ -37,7 +37,9 @@ from models.spec import ArchSpec
 from ..errors import ConfigError
 from ..tracking import runs as tracking
 from .config import DataConfig, TrainConfig
+from . import distributed
 from .data import Dataset, Split, load_dataset
+from .stream import StreamDataset, default_workers
 
 _log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -45,7 +47,7 @@ CHECKPOINT_VERSION = 1
 # Fields that change how a run executes, not what it computes: they may differ on resume and do
 # not enter the default checkpoint directory's hash.
 RUNTIME_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "probe",
-                  "deterministic", "amp", "channels_last")
+                  "deterministic", "amp", "channels_last", "workers")
 WARMUP_EMA = 0.9  # the warm-up watches a running (bias-corrected EMA) training error, ~10 batches
 EVAL_BATCH = {"cpu": 250, "cuda": 1000}  # the default eval_batch_size per device type (README)
 
@@ -259,17 +261,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 # -- evaluation -----------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: MixedPrecision, data: Dataset, split: Split, cfg: TrainConfig) -> tuple[float, float]:
-    """(mean loss, error) of `split`, in eval mode, without augmentation."""
+    """(mean loss, error) of `split`, in eval mode, without augmentation.
+
+    Each rank evaluates its shard and the sums are added up. Multi-crop batches (N, K, C, H, W)
+    (ten_crop) score the mean of the K crops' softmax (He 2016a Sec. 3.4, 10-crop testing)."""
+    ctx = distributed.current()
+    distributed.sync_buffers(model, ctx)  # every shard is scored by the model rank 0 checkpoints
     model.eval()
     loss = torch.zeros((), device=data.device, dtype=torch.float64)
-    wrong = torch.zeros((), device=data.device, dtype=torch.long)
-    size = eval_batch_size(cfg, data.device)
-    for i in range(0, len(split), size):
-        x, y = data.batch(split, slice(i, i + size))
-        out = model(x.contiguous(memory_format=memory_format(cfg)))
-        loss += F.cross_entropy(out, y, reduction="sum")
+    wrong = torch.zeros((), device=data.device, dtype=torch.float64)
+    for x, y in data.eval_batches(split, eval_batch_size(cfg, data.device), ctx.rank, ctx.world):
+        crops = x.shape[1] if x.dim() == 5 else 0
+        out = model(x.flatten(0, 1) if crops else x.contiguous(memory_format=memory_format(cfg)))
+        if crops:
+            # log of the mean probability, as a logsumexp: a crop's underflowing softmax is no -inf
+            out = torch.logsumexp(out.view(len(y), crops, -1).log_softmax(-1), 1) - math.log(crops)
+            loss += F.nll_loss(out, y, reduction="sum")
+        else:
+            loss += F.cross_entropy(out, y, reduction="sum")
         wrong += (out.argmax(1) != y).sum()
-    return loss.item() / len(split), wrong.item() / len(split)
+    loss, wrong = distributed.all_sum(torch.stack([loss, wrong]), ctx).tolist()
+    return loss / len(split), wrong / len(split)
 
 
 @torch.no_grad()
@@ -292,9 +304,8 @@ def layer_responses(model: ResNet, data: Dataset, split: Split, batch_size: int 
 
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(points)]
     try:
-        for i in range(0, len(split), batch_size):
-            x, _ = data.batch(split, slice(i, i + batch_size))
-            model(x)
+        for x, _ in data.eval_batches(split, batch_size):
+            model(x.flatten(0, 1) if x.dim() == 5 else x)  # ten_crop: every crop is a response
     finally:
         for h in handles:
             h.remove()
@@ -367,7 +378,7 @@ def check_signature(path: Path, saved: dict, current: dict) -> None:
 
 
 # -- the training run -----------------------------------------------------------------------------
-def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
+def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamDataset, *,
           tracker: tracking.Tracker | None = None, checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
           progress: bool = False) -> TrainResult:
@@ -377,11 +388,19 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset, *,
     (its history first re-logged to `tracker`), and a finished one is returned without training.
     `on_epoch(epoch, metrics)` runs after each epoch is logged and checkpointed; what it raises
     propagates unchanged (e.g. optuna.TrialPruned). `progress` shows a tqdm bar on a terminal.
+
+    Under torch.distributed (runners/train/distributed.py: the caller initialises the group),
+    every rank calls this with the same arguments; cfg.batch_size is the global batch, and only
+    rank 0 writes the checkpoint (pass the tracker on rank 0 only).
     """
     arch, cfg = arch.validate(), cfg.validate()
     device = resolve_device(cfg.device)
+    ctx = distributed.current()
+    distributed.local_batch(cfg.batch_size, ctx.world)
     with runtime(cfg, device):
-        dataset = (data if isinstance(data, Dataset) else load_dataset(data, device)).to(device)
+        dataset = (data if isinstance(data, (Dataset, StreamDataset)) else load_dataset(data, device)).to(device)
+        if isinstance(dataset, StreamDataset):
+            dataset = dataset.with_workers(cfg.workers if cfg.workers is not None else default_workers(ctx.local_world))
         return Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
 
 
@@ -437,6 +456,7 @@ class Run:
         self.plan = Plan.of(cfg, len(data.train))
         self.amp, self.fmt = use_amp(cfg, device), memory_format(cfg)
         self.check_every = 1 if device.type == "cpu" else 25  # a host sync per step is free only on CPU
+        self.dist = distributed.current()
 
         torch.manual_seed(cfg.seed)  # the initialisation; the data order has its own generator
         self.model = ResNet(arch, num_classes=data.num_classes)
@@ -470,7 +490,7 @@ class Run:
             self.reseeded_at = self.epoch
 
     def checkpoint(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self.dist.is_main:  # written once; every rank reads it on start
             save_checkpoint(self.path, self.state())
 
     # -- tracking --
@@ -547,59 +567,67 @@ class Run:
                 bar.close()
         if self.status == "running":
             self.status = "finished"
-            if self.cfg.probe:
+            if self.cfg.probe and self.dist.is_main:  # logged and checkpointed by rank 0 only
                 self.responses = layer_responses(self.model, self.data, self.data.test)
         self.log_end()
         self.checkpoint()
         return self.result()
 
     def forward(self) -> nn.Module:
-        """The training forward: the mixed-precision net, compiled if the recipe says so."""
-        return compile_forward(self.net, self.cfg.compile_mode) if self.cfg.compile else self.net
+        """The training forward: the mixed-precision net (in DDP when distributed), compiled if
+        the recipe says so."""
+        net = distributed.wrap(self.net, self.dist, self.device, self.cfg.sync_bn)
+        return compile_forward(net, self.cfg.compile_mode) if self.cfg.compile else net
 
-    def order(self) -> torch.Tensor:
-        """A new epoch's order of the training images, from the run's generator."""
-        return torch.randperm(len(self.data.train), generator=self.gen, device=self.device)
+    def batches(self, epoch: int):
+        """This rank's training batches of `epoch` (1-based), in the order of (seed, epoch)."""
+        return self.data.train_batches(epoch, self.cfg.batch_size, self.gen, seed=self.cfg.seed,
+                                       rank=self.dist.rank, world=self.dist.world)
 
-    def steps(self, forward: nn.Module, order: torch.Tensor, first: int, last: int, tally: Tally,
-              bar=None) -> bool:
-        """Steps first..last-1 of an epoch in `order`, added to `tally`; False when the loss
-        turned non-finite (checked every `check_every` steps and at `last`)."""
-        data, bs = self.data, self.cfg.batch_size
-        for s in range(first, last):
-            idx = order[s * bs:(s + 1) * bs]
-            x, y = data.batch(data.train, idx, self.gen)
+    def finite(self, tally: Tally) -> bool:
+        # distributed: the ranks decide on the sum, so all of them stop at the same step
+        return bool(torch.isfinite(distributed.all_sum(tally.loss, self.dist)).item())
+
+    def steps(self, forward: nn.Module, batches, count: int, tally: Tally, bar=None) -> bool:
+        """`count` steps on the next batches of `batches`, added to `tally`; False when the loss
+        turned non-finite (checked every `check_every` steps and after the last)."""
+        for s, (x, y) in zip(range(count), batches):
             tally.lr = self.schedule.lr(self.iteration)
             for group in self.opt.param_groups:
                 group["lr"] = tally.lr
             loss, batch_wrong = train_step(forward, self.opt, x.contiguous(memory_format=self.fmt), y)
-            tally.loss += loss * len(idx)
+            tally.loss += loss * len(y)
             tally.wrong += batch_wrong
-            tally.seen += len(idx)
+            tally.seen += len(y)
             if self.schedule.warming:  # the only per-step sync outside the CPU; warm-up is short
-                self.schedule.observe(self.iteration, batch_wrong.item() / len(idx))
+                # distributed: the global batch's error, so every rank leaves the warm-up together
+                global_wrong = distributed.all_sum(batch_wrong.float(), self.dist).item()
+                self.schedule.observe(self.iteration, global_wrong / (len(y) * self.dist.world))
             self.iteration += 1
             if bar is not None:
                 bar.update(1)
-            if ((s + 1) % self.check_every == 0 or s == last - 1) and not torch.isfinite(tally.loss).item():
+            if (s + 1) % self.check_every == 0 and s + 1 < count and not self.finite(tally):
                 return False
-        return True
+        return self.finite(tally)
 
     def train_epoch(self, forward: nn.Module, bar) -> dict | None:
         """One epoch; its metrics, or None when a loss turned non-finite."""
         data, cfg, device = self.data, self.cfg, self.device
         epoch = self.epoch + 1
         self.net.train()
-        order, tally = self.order(), Tally.zeros(device)
+        tally = Tally.zeros(device)
         tally.lr = self.schedule.lr(self.iteration)
         sync(device)
         start = time.perf_counter()
-        if not self.steps(forward, order, 0, self.plan.steps_in(epoch), tally, bar):
+        if not self.steps(forward, self.batches(epoch), self.plan.steps_in(epoch), tally, bar):
             return None
         sync(device)
         seconds = time.perf_counter() - start
-        seen = tally.seen
-        metrics = {"epoch": epoch, "train_loss": tally.loss.item() / seen, "train_error": tally.wrong.item() / seen}
+        totals = distributed.all_sum(torch.stack([tally.loss.double(), tally.wrong.double(),
+                                                  torch.tensor(float(tally.seen), device=device, dtype=torch.float64)]),
+                                     self.dist)
+        loss_total, wrong_total, seen = totals.tolist()
+        metrics = {"epoch": epoch, "train_loss": loss_total / seen, "train_error": wrong_total / seen}
         if len(data.val):
             metrics["val_loss"], metrics["val_error"] = evaluate(self.net, data, data.val, cfg)
         metrics["test_loss"], metrics["test_error"] = evaluate(self.net, data, data.test, cfg)

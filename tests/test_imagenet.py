@@ -1,0 +1,139 @@
+"""The ImageNet half: the streamed ImageFolder path against the in-memory one, its deterministic
+augmentation and rank slices, the recipe presets, and the CPU-scale spec trained end to end."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import ArchSpec
+from runners.errors import ConfigError
+from runners.study.spec import load_spec
+from runners.tracking import runs as tracking
+from runners.train.config import DataConfig, TrainConfig, apply_recipe, from_mapping
+from runners.train.data import Dataset, load_dataset
+from runners.train.stream import EpochBatches, StreamDataset, upscale_folder
+from runners.train.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg-subset"
+
+pytestmark = pytest.mark.usefixtures("results")  # conftest: results/ (caches) in tmp
+
+
+def _folder(root: Path, size=(20, 16), per_class=12, classes=("ant", "bee", "cat"), suffix=".png") -> Path:
+    """A small ImageFolder of random images."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 3)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = size if not callable(size) else size(rng)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i:03}{suffix}")
+    return root
+
+
+def _batches(data, epoch, seed, batch=8, **kw):
+    return list(data.train_batches(epoch, batch, torch.Generator().manual_seed(seed), seed=seed, **kw))
+
+
+def test_streamed_loader_yields_the_in_memory_images_labels_and_order(tmp_path):
+    root = _folder(tmp_path / "f", suffix=".jpg")  # the paths decode JPEGs with different libraries
+    cfg = dict(name=str(root), val_size=6, subset=30, augment=False)
+    mem = load_dataset(DataConfig(**cfg, loader="memory"))
+    stream = load_dataset(DataConfig(**cfg, loader="stream")).with_workers(2)
+    assert isinstance(mem, Dataset) and isinstance(stream, StreamDataset)
+    # The same held-out images (split_seed), the same statistics, the same evaluation batches.
+    assert torch.equal(mem.val.indices, stream.val.indices) and torch.equal(mem.train.indices, stream.train.indices)
+    assert torch.equal(mem.mean, stream.mean) and mem.input_size == stream.input_size == 20  # the width
+    for split in ("train", "val", "test"):
+        a = list(mem.eval_batches(getattr(mem, split), 5))
+        b = list(stream.eval_batches(getattr(stream, split), 5))
+        assert torch.equal(torch.cat([x for x, _ in a]), torch.cat([x for x, _ in b]))
+        assert torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in b]))
+    # Training batches: the same images in the same order for a seed, epoch by epoch.
+    for epoch in (1, 2):
+        a, b = _batches(mem, epoch, 3), _batches(stream, epoch, 3)
+        assert len(a) == len(b) == 3  # 24 train images, batch 8
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    order = lambda d, e, s: torch.cat([y for _, y in _batches(d, e, s)])  # noqa: E731
+    assert not torch.equal(order(stream, 1, 3), order(stream, 2, 3))
+    assert not torch.equal(order(stream, 1, 3), order(stream, 1, 4))
+
+
+def test_streamed_augmentation_depends_on_seed_epoch_and_image_only(tmp_path):
+    root = _folder(tmp_path / "f", size=lambda rng: (int(rng.integers(20, 40)), int(rng.integers(20, 40))))
+    cfg = DataConfig(str(root), val_size=6, crop=16, scale=(18, 30), resize=18, lighting=0.1, ten_crop=True,
+                     normalize="channel")  # per channel: a mirrored crop is the mirror of the crop
+    data = load_dataset(cfg)  # images of many sizes: streamed (auto)
+    assert isinstance(data, StreamDataset) and data.input_size == 16
+    a = _batches(data.with_workers(0), 1, 0)
+    b = _batches(data.with_workers(2), 1, 0)  # other workers decode: the same batches
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert a[0][0].shape == (8, 3, 16, 16)
+    again = _batches(data, 2, 0)
+    assert not torch.equal(torch.cat([x for x, _ in a]), torch.cat([x for x, _ in again]))
+    # Ten-crop evaluation: corners, center, and their mirror images; crop 4 is the center crop.
+    x10, _ = next(data.eval_batches(data.test, 4))
+    assert x10.shape == (4, 10, 3, 16, 16)
+    assert torch.equal(x10[:, 5:], x10[:, :5].flip(-1))
+    center = StreamDataset(**{**data.__dict__, "config": DataConfig(**{**cfg.__dict__, "ten_crop": False}), "_loaders": {}})
+    assert torch.equal(next(center.eval_batches(center.test, 4))[0], x10[:, 4])
+    rrc = load_dataset(DataConfig(str(root), val_size=6, crop=16, resize=18, crop_mode="random_resized"))
+    assert _batches(rrc, 1, 0)[0][0].shape == (8, 3, 16, 16)
+
+
+def test_the_ranks_slices_put_together_are_the_single_process_batch():
+    whole = list(EpochBatches(50, 8, seed=1, rank=0, world=1))
+    parts = [list(EpochBatches(50, 8, seed=1, rank=r, world=2)) for r in range(2)]
+    assert len(whole) == 6 and [len(b) for b in parts[0]] == [4] * 6
+    assert all(w == p0 + p1 for w, p0, p1 in zip(whole, *parts))
+    mem = load_dataset(DataConfig("synthetic", subset=60, val_size=10))  # augmented: one generator
+    one = _batches(mem, 1, 5, batch=10)
+    two = [_batches(mem, 1, 5, batch=10, rank=r, world=2) for r in range(2)]
+    for (x, y), (x0, y0), (x1, y1) in zip(one, *two):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    with pytest.raises(ConfigError, match="divisible"):
+        EpochBatches(50, 9, seed=0, world=2)
+
+
+def test_recipe_presets_are_named_layered_under_explicit_values_and_logged():
+    t, d = apply_recipe("imagenet", {"lr": 0.05, "epochs": None}, {"name": "x"})
+    assert t["recipe"] == "he2016a-imagenet" and t["lr"] == 0.05 and t["epochs"] == 90 and t["batch_size"] == 256
+    assert (d["scale"], d["crop"], d["resize"], d["lighting"]) == ([256, 480], 224, 256, 0.1)
+    t, d = apply_recipe("cifar", {}, {})
+    assert t == {"recipe": "he2016a-cifar"} and d == {}
+    t, d = apply_recipe("imagenet", {"recipe": "torchvision-imagenet", "iterations": 100}, {})
+    assert "epochs" not in t and "milestones" not in t and d["crop_mode"] == "random_resized"
+    cfg = from_mapping(TrainConfig, t, "train")
+    params = tracking.run_params(ArchSpec(family="imagenet", depth=18), cfg, DataConfig())
+    assert params["train.recipe"] == "torchvision-imagenet"
+    with pytest.raises(ConfigError, match="loader stream"):
+        DataConfig("x", loader="memory", crop=224).validate()
+    fig4 = load_spec(REPO / "ablations" / "he2016a-imagenet-fig4.yaml", check_data=False)
+    table3 = load_spec(REPO / "ablations" / "he2016a-imagenet-table3.yaml", check_data=False)
+    assert fig4.train.recipe == "he2016a-imagenet" and fig4.train.milestones == (30, 60)
+    assert [v.arch.shortcut for v in fig4.variants] == ["none", "A", "none", "A"]
+    assert [(v.arch.depth, v.arch.shortcut) for v in table3.variants] == \
+        [(34, "A"), (34, "B"), (34, "C"), (50, "B"), (101, "B"), (152, "B")]
+    assert table3.dataset.ten_crop and table3.resources.gpus_per_trial == 8
+    with pytest.raises(ConfigError, match="divide evenly"):
+        load_spec(REPO / "ablations" / "he2016a-imagenet-fig4.yaml", ["resources.gpus_per_trial=3"], check_data=False)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared cifar10-jpeg-subset is absent")
+def test_cpu_scale_imagenet_spec_trains_through_the_streamed_path(tmp_path, monkeypatch):
+    upscale_folder(SHARED, tmp_path / "results" / "data" / "cifar10-96", 96, per_class=12)
+    monkeypatch.chdir(tmp_path)  # the spec's dataset path is relative to the repository root
+    spec = load_spec(REPO / "ablations" / "he2016a-imagenet-cpu.yaml",
+                     ["dataset.subset=100", "dataset.val_size=36", "dataset.stats_images=64",
+                      "train.epochs=1", "train.milestones=[1]", "train.workers=0"])
+    data = load_dataset(spec.dataset)
+    assert isinstance(data, StreamDataset) and (len(data.train), len(data.val), len(data.test)) == (64, 36, 120)
+    variant = spec.variants[1]
+    result = train(variant.arch, variant.recipe(spec.train, threads=2, probe=False), data)
+    assert result.status == "finished" and result.epochs == 1
+    m = result.final
+    assert 0 <= m["val_error"] <= 1 and np.isfinite(m["test_loss"]) and m["iteration"] == 1  # 64 // 64
