@@ -124,6 +124,13 @@ def test_lr_schedule_unit():
     assert late.lr(80) == pytest.approx(0.001)
     cos = LRSchedule(TrainConfig(epochs=2, schedule="cosine"), Plan(10, 2, 20))
     assert cos.lr(0) == 0.1 and cos.lr(10) == pytest.approx(0.05) and cos.lr(20) == pytest.approx(0.0)
+    # He 2016b: a fixed 400-iteration warm-up (here 3), whatever the training error.
+    fixed = LRSchedule(TrainConfig(iterations=100, warmup=True, warmup_iterations=3), Plan.of(cfg, 1000))
+    lrs = []
+    for k in range(5):
+        lrs.append(fixed.lr(k))
+        fixed.observe(k, 0.99)
+    assert lrs == [0.01, 0.01, 0.01, 0.1, 0.1]
 
 
 def test_iteration_length_ends_mid_epoch(data):

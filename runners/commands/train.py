@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.spec import ArchSpec
+from models.spec import BLOCKS, ORDERS, PADS, SHORTCUTS, ArchSpec
 
 from ..errors import ConfigError, redact, shown
 from ..paths import default_tracking_uri, results_dir
@@ -90,12 +90,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with several processes: BN statistics over the global batch")
 
     a = p.add_argument_group("architecture overrides")
-    a.add_argument("--shortcut", choices=["none", "A", "B", "C"])
-    a.add_argument("--preact", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--shortcut", choices=SHORTCUTS, help="none (plain), He 2016a's A/B/C, He 2016b Table 1's kinds")
+    a.add_argument("--preact", action=argparse.BooleanOptionalAction, default=None,
+                   help="full pre-activation (He 2016b); the same as --order preact")
+    a.add_argument("--order", choices=ORDERS, help="activation order, He 2016b Fig. 4 (a)-(e)")
     a.add_argument("--width", type=float)
     a.add_argument("--depth", type=int)
-    a.add_argument("--block", choices=["basic", "bottleneck"])
+    a.add_argument("--block", choices=BLOCKS)
     a.add_argument("--zero-init-last", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--pad", choices=PADS, help="option A's zero channels: appended (fb.resnet.torch) or split")
+    a.add_argument("--shortcut-scale", type=float, help="shortcut=scale: the shortcut's factor (default 0.5)")
+    a.add_argument("--branch-scale", type=float, help="shortcut=scale: the residual branch's factor (default 0.5)")
+    a.add_argument("--gate-bias", type=float, help="shortcut=gate|shortcut-gate: the gate's initial b_g (default -6)")
+    a.add_argument("--shortcut-dropout", type=float, help="shortcut=dropout: the drop probability (default 0.5)")
+    a.add_argument("--bn-batch", type=int, metavar="N", help="ghost BN: statistics over sub-batches of N images")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any field: arch.F (or bare F), train.F or data.F; VALUE is YAML (repeatable)")
 
@@ -119,7 +127,9 @@ def _floats(text: str) -> list[float]:
 def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
     """(model name, arch, recipe, data) from the command line; ConfigError on any bad value."""
     import models
-    arch_over = {k: getattr(args, k) for k in ("shortcut", "preact", "width", "depth", "block", "zero_init_last")}
+    arch_over = {k: getattr(args, k) for k in ("shortcut", "preact", "order", "width", "depth", "block",
+                                                 "zero_init_last", "pad", "shortcut_scale", "branch_scale",
+                                                 "gate_bias", "shortcut_dropout", "bn_batch")}
     train_map = {k: getattr(args, k) for k in (
         "epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "nesterov", "schedule",
         "milestones", "gamma", "warmup", "warmup_lr", "warmup_until_error", "seed", "device",

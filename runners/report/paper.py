@@ -87,7 +87,9 @@ NUMBERS: dict[str, dict[Key, PaperNumber]] = {HE2016A: _table6(), HE2016B: _he20
 # The lab's names for what the papers vary. Adapt here when the architecture's fields change:
 # each maps a param value (unprefixed axis or `arch.*`) to the paper's form.
 ORDERS = {"a": "original", "b": "bn-after-add", "c": "relu-before-add", "d": "relu-only-preact",
-          "e": "full-preact"}
+          "e": "full-preact",
+          # ArchSpec.order's values (models/spec.py ORDERS)
+          "post": "original", "relu-preact": "relu-only-preact", "preact": "full-preact"}
 ONE_LAYER_BLOCKS = ("single", "1-layer", "one-layer", "1layer", "simple")
 SCALE_SHORTCUTS = ("scale", "constant", "constant_scaling", "scaling")
 EXCLUSIVE_GATES = ("gate", "gating", "exclusive_gate", "exclusive_gating")

@@ -231,7 +231,9 @@ def _check_width(arch: ArchSpec, where: str) -> None:
 def _typed(fields: dict) -> dict:
     """ArchSpec fields from a grid cell, type-checked (the dataclass itself does not check).
     Stages without a depth define the depth."""
-    hints = {"depth": int | None, "width": float, "preact": bool, "zero_init_last": bool}
+    hints = {"depth": int | None, "width": float, "preact": bool, "zero_init_last": bool, "order": str,
+             "pad": str, "shortcut_scale": float, "branch_scale": float, "gate_bias": float,
+             "shortcut_dropout": float, "bn_batch": int | None}
     out = dict(fields)
     for k, hint in hints.items():
         if k in out:

@@ -203,7 +203,9 @@ def _variant(axes: tuple, key: str | None, keys: set) -> VariantAxes:
     """The variant of runs with these axis tags and this `variant` tag; `keys` are all the
     variant tags (None: untagged) found with the same axes."""
     tags = dict(axes)
-    extra = tuple((k, v) for k, v in axes if k not in tracking.AXES)
+    # `order` post/preact says again what `preact` says; only He 2016b's orders (b)-(d) are extra.
+    extra = tuple((k, v) for k, v in axes
+                  if k not in tracking.AXES and not (k == "order" and v in ("post", "preact")))
     detail = ""
     if len(keys) > 1 and key is None:
         detail = "(no variant tag)"

@@ -38,7 +38,11 @@ from models.spec import ArchSpec
 from ..errors import ConfigError, first_line, redact
 from ..paths import default_tracking_uri, results_dir
 
-AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed")
+AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed")  # on every run, old ones too
+# Also tagged: `order` (He 2016b Fig. 4; "post"/"preact" repeat `preact`), and only where they
+# matter the parameters of the shortcut kinds that use them (He 2016b
+# Table 1: scale factors, the gate's initial bias, the dropout rate, option A's padding) and
+# ghost BN's sub-batch. Runs differing in one of these are different variants.
 def fmt(value) -> str:
     """The string form used for tags and params: lowercase booleans, compact numbers and lists."""
     if isinstance(value, bool):
@@ -64,14 +68,30 @@ def git_commit() -> str | None:
 def axis_tags(spec: ArchSpec, seed: int) -> dict[str, str]:
     """The axes every run is tagged with, so the MLflow UI can filter and group on them."""
     values = {"family": spec.family, "depth": spec.total_depth, "block": spec.block,
-              "shortcut": spec.shortcut, "preact": spec.preact, "width": spec.width, "seed": seed}
+              "shortcut": spec.shortcut, "preact": spec.preact, "order": spec.order, "width": spec.width,
+              "seed": seed, **shortcut_parameters(spec)}
+    if spec.bn_batch is not None:
+        values["bn_batch"] = spec.bn_batch
     return {k: fmt(v) for k, v in values.items()}
+
+
+def shortcut_parameters(spec: ArchSpec) -> dict:
+    """The fields that configure `spec`'s shortcut kind, where they differ from the defaults
+    (option A's padding) or always (the constants of scale, gate and dropout shortcuts)."""
+    from models.spec import SHORTCUT_FIELDS
+    out = {}
+    for name, kinds in SHORTCUT_FIELDS.items():
+        if spec.shortcut in kinds and (name != "pad" or spec.pad != "append"):
+            out[name] = getattr(spec, name)
+    return out
 
 
 def variant_name(spec: ArchSpec) -> str:
     """A readable, unique name of an architecture, e.g. 'cifar-d20-basic-A-post-w1'."""
-    name = (f"{spec.family}-d{spec.total_depth}-{spec.block}-{spec.shortcut}-"
-            f"{'pre' if spec.preact else 'post'}-w{fmt(spec.width)}")
+    name = f"{spec.family}-d{spec.total_depth}-{spec.block}-{spec.shortcut}-{_ORDER_NAMES[spec.order]}-w{fmt(spec.width)}"
+    name += "".join(f"-{k}{fmt(v)}" for k, v in shortcut_parameters(spec).items())
+    if spec.bn_batch is not None:
+        name += f"-bn{spec.bn_batch}"
     if spec.stages is not None and spec.family != "cifar":
         name += "-s" + "x".join(map(str, spec.stage_depths))
     if spec.downsample != "first":
@@ -81,6 +101,10 @@ def variant_name(spec: ArchSpec) -> str:
     return name
 
 
+_ORDER_NAMES = {"post": "post", "preact": "pre", "bn-after-add": "bnadd", "relu-before-add": "reluadd",
+                "relu-preact": "relupre"}
+
+
 def label(spec: ArchSpec) -> str:
     """The figures' name of an architecture (`results.VariantAxes.label`): 'plain-20', 'ResNet-20 (A)',
     'pre-act ResNet-110 (B)'; a net off the CIFAR basic w1 line says how it differs."""
@@ -88,7 +112,9 @@ def label(spec: ArchSpec) -> str:
         name = f"plain-{spec.total_depth}" + (" (pre-act)" if spec.preact else "")
     else:
         name = ("pre-act " if spec.preact else "") + f"ResNet-{spec.total_depth} ({spec.shortcut})"
-    extra = [spec.family] if spec.family != "cifar" else []
+    extra = [spec.order] if spec.order not in ("post", "preact") else []  # He 2016b Fig. 4 (b)-(d)
+    extra += [f"{k}={fmt(v)}" for k, v in shortcut_parameters(spec).items()]
+    extra += [spec.family] if spec.family != "cifar" else []
     extra += [spec.block] if spec.block != "basic" else []
     extra += [f"w{fmt(spec.width)}"] if spec.width != 1 else []
     return " ".join([name, *extra])

@@ -136,6 +136,8 @@ class TrainConfig:
     warmup: bool = False
     warmup_lr: float = 0.01
     warmup_until_error: float = 0.8
+    # He 2016b Appendix: "warm up ... at the beginning 400 iterations" -- a fixed length instead.
+    warmup_iterations: int | None = None
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -184,6 +186,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{f} must be >= 0, got {getattr(self, f)}")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("train.nesterov needs train.momentum > 0")
+        if self.warmup_iterations is not None and self.warmup_iterations < 1:
+            raise ConfigError(f"train.warmup_iterations must be at least 1, got {self.warmup_iterations}")
         if not 0 < self.warmup_until_error <= 1:
             raise ConfigError(f"train.warmup_until_error is an error rate in (0, 1], got {self.warmup_until_error}")
         if self.milestones is not None and not all(math.isfinite(m) and m >= 0 for m in self.milestones):

@@ -111,7 +111,8 @@ class LRSchedule:
     warm-up:  He 2016a Sec. 4.2 (ResNet-110): warmup_lr until the running training error falls
               below warmup_until_error, then back to the schedule's lr for the current iteration
               (so it composes with the milestones). It never raises the lr above the schedule and
-              never comes back.
+              never comes back. With warmup_iterations (He 2016b Appendix: 400), it ends after that
+              many iterations instead.
     """
 
     def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
@@ -135,8 +136,12 @@ class LRSchedule:
         return min(self.cfg.warmup_lr, self.base(k)) if self.warming else self.base(k)
 
     def observe(self, k: int, batch_error: float) -> None:
-        """Feed iteration k's training error; ends the warm-up when the running error is low."""
+        """Feed iteration k's training error; ends the warm-up when the running error is low
+        (He 2016a), or after warmup_iterations (He 2016b) when that is set."""
         if not self.warming:
+            return
+        if self.cfg.warmup_iterations is not None:
+            self.warming = k + 1 < self.cfg.warmup_iterations
             return
         self.count += 1
         self.ema = WARMUP_EMA * self.ema + (1 - WARMUP_EMA) * batch_error
