@@ -140,6 +140,25 @@ def test_search_tunes_each_variant_then_confirms_at_its_best(results):
     assert Counter(r.data.tags["stage"] for r in children) == Counter({"search": 6, "confirm": 2})
 
 
+def test_search_selects_on_its_own_split_and_confirmations_train_on_all_images(results):
+    """He 2016a: the 45k/5k split chose the recipe; the reported nets trained on all 50k."""
+    out = ablate("run", SMOKE, "--set", "dataset.val_size=0", "--set", "search={trials_per_variant: 2, "
+                 "pruner: none, val_size: 96, space: {lr: {low: 0.01, high: 0.2, log: true}}}",
+                 "--set", "seeds=[0]", "--set", "model.shortcut=A")
+    assert out.returncode == 0, out.stderr
+    c, parents, children = _children(results)
+    by_stage = {stage: [r for r in children if r.data.tags["stage"] == stage] for stage in ("search", "confirm")}
+    assert len(by_stage["search"]) == 2 and len(by_stage["confirm"]) == 1
+    for r in by_stage["search"]:
+        assert r.data.params["data.val_size"] == "96" and "val_error" in r.data.metrics
+    confirm = by_stage["confirm"][0]
+    assert confirm.data.params["data.val_size"] == "0" and "val_error" not in confirm.data.metrics
+    bad = ablate("run", SMOKE, "--set", "dataset.val_size=0", "--set",
+                 "search={trials_per_variant: 2, space: {lr: {low: 0.01, high: 0.2}}}", "--set", "name=nosplit")
+    assert_one_line_error(bad, "search.val_size")
+    assert not (results / "optuna" / "nosplit.journal").exists()
+
+
 @pytest.mark.parametrize("content,fragments", [
     ("name: x\nmodel: {depth: 21}\n", ["model", "depth must be 6n+2 for basic blocks (nearest: 20, 26)"]),
     ("name: x\nmodel: {depth: 20}\nbogus: 1\n", ["unknown field(s) bogus"]),

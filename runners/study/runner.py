@@ -68,16 +68,17 @@ class StudyRunner:
             check_writable(Path(self.tracking_uri[len("sqlite:///"):]).parent, "the MLflow store's directory")
         self.mlflow = None
         self.layout: Layout | None = None
-        self._dataset = None
+        self._datasets: dict = {}  # DataConfig -> loaded Dataset
         self.progress = NoProgress()  # the command sets a StudyProgress that prints
 
-    def dataset(self, device: str | None = None):
-        """The study's data, loaded once per worker onto its device."""
-        if self._dataset is None:
+    def dataset(self, device: str | None = None, stage: str = "confirm"):
+        """The data of a stage's trials, loaded once per worker onto its device."""
+        cfg = self.spec.data_of(stage)
+        if cfg not in self._datasets:
             from ..train.data import load_dataset
             from ..train.trainer import resolve_device
-            self._dataset = load_dataset(self.spec.dataset, resolve_device(device or self.device))
-        return self._dataset
+            self._datasets[cfg] = load_dataset(cfg, resolve_device(device or self.device))
+        return self._datasets[cfg]
 
     def open(self) -> Layout:
         """Connect both stores (creating their files); a store that fails leaves no empty file."""
@@ -115,7 +116,7 @@ class StudyRunner:
     def work(self) -> int:
         """Run trials until none are left; exit status 1 if a trial failed or a cell ran out of attempts."""
         layout, failed = self.layout, 0
-        worker = Worker(self.mlflow, parent.ensure_parent(self.mlflow, layout), self.dataset(),
+        worker = Worker(self.mlflow, parent.ensure_parent(self.mlflow, layout), lambda stage: self.dataset(stage=stage),
                         self.device, self.threads, self.progress)
         while True:
             studies = layout.all_studies()

@@ -10,6 +10,7 @@ import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import optuna
@@ -31,7 +32,7 @@ class Worker:
 
     mlflow: object  # MlflowClient
     parent_run_id: str
-    dataset: object  # the loaded Dataset, shared by the process's trials
+    data: Callable[[str], object]  # stage -> the loaded Dataset, shared by the process's trials
     device: str
     threads: int | None
     progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
@@ -66,17 +67,18 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
                 raise optuna.TrialPruned()
 
     from ..train.trainer import Plan
+    data = worker.data(stage)
     pruned = False
     worker.progress.set_done(*cell_counts(spec, layout.all_studies()))
     attempt = f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""
     worker.progress.start(f"trial {trial.number} {run_name}{attempt}",
-                          Plan.of(cfg, len(worker.dataset.train)).epochs, resumed)
+                          Plan.of(cfg, len(data.train)).epochs, resumed)
     try:
         tracker = Tracker.start(worker.mlflow, spec.name, run_name, tags=tags, parent_run_id=worker.parent_run_id)
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
             try:
-                result = train(v.arch, cfg, worker.dataset, tracker=tracker, checkpoint_dir=checkpoint,
+                result = train(v.arch, cfg, data, tracker=tracker, checkpoint_dir=checkpoint,
                                on_epoch=report, model_name=v.model_name)
             except optuna.TrialPruned:
                 pruned = True
