@@ -4,6 +4,7 @@ Imports no torch, optuna or mlflow: the command line's parser and its error path
 """
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Iterable
 
@@ -62,5 +63,7 @@ def reject_unknown(given: Iterable[str], allowed: Iterable[str], where: str) -> 
     allowed = list(allowed)
     unknown = sorted(str(k) for k in set(given) - set(allowed))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(cut(k, 40) for k in unknown)}; "
+        close = {m for k in unknown for m in difflib.get_close_matches(k, allowed, n=1)}
+        hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(cut(k, 40) for k in unknown)}{hint}; "
                           f"allowed: {', '.join(allowed)}")

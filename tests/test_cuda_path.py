@@ -171,7 +171,7 @@ def test_spawned_workers_get_their_device_and_a_share_of_the_cores(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
 
     class Args:
-        spec, heartbeat, poll, overrides, checkpoint_dir, device = "s.yaml", 30, 2.0, [], None, "auto"
+        spec, heartbeat, poll, overrides, checkpoint_dir, device, attempts = "s.yaml", 30, 2.0, [], None, "auto", None
     assert run_cmd._spawn_workers(Args, 4, 2, 4, "journal", "sqlite:///x") == 0
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4", "5", "4", "5"]
     assert all(cmd[cmd.index("--threads") + 1] == "4" and cmd[cmd.index("--device") + 1] == "cuda"

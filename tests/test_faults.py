@@ -102,7 +102,8 @@ def _assert_complete_once(results: Path):
     c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
     assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
-    finished = Counter(r.info.run_name for r in runs if r.info.status == "FINISHED" and r.data.tags["stage"] != "study")
+    finished = Counter(f"{r.data.tags['variant']}/seed={r.data.tags['seed']}" for r in runs
+                       if r.info.status == "FINISHED" and r.data.tags["stage"] != "study")
     by_id = {t.user_attrs["mlflow_run_id"] for t in trials if t.state == TrialState.COMPLETE}
     assert by_id <= {r.info.run_id for r in runs if r.info.status == "FINISHED"}
     assert finished == Counter({c: 1 for c in CELLS}), finished

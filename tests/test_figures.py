@@ -376,4 +376,4 @@ def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys)
     assert cli.main(["figures", str(spec), "--set", f"name={EXP}", "--tracking-uri", store[0],
                      "--ui-url", "http://lab:8080/", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
-    assert f"MLflow UI: http://lab:8080/#/experiments/{store[2]}/runs?workflowType=machine_learning" in printed
+    assert f"MLflow comparison: http://lab:8080/#/experiments/{store[2]}/runs?viewStateShareKey=" in printed

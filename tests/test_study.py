@@ -186,7 +186,8 @@ def test_bad_specs_fail_in_one_line_and_create_nothing(results, tmp_path, conten
     spec.write_bytes(content if isinstance(content, bytes) else content.encode())
     out = ablate("run", spec)
     assert_one_line_error(out, "bad.yaml", *fragments)
-    assert len(out.stderr) < 400  # quoted values are cut short
+    # Quoted values are cut short: what is left is the path, our own text and the allowed fields.
+    assert len(out.stderr.replace(str(spec), "")) < 400
     assert not results.exists() or not any(results.rglob("*")), list(results.rglob("*"))
 
 

@@ -280,12 +280,15 @@ class StreamDataset:
         return self._loaders[key]
 
     def normalize(self, images: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32, plus the lighting noise of `alpha` (N, 3), normalised."""
-        x = images.float().div_(255)
+        """uint8 (N, 3, H, W) -> float32, plus the lighting noise of `alpha` (N, 3), normalised:
+        (x / 255 + rgb - mean) / std as the in-memory path's one multiply-add, so that without
+        lighting the two paths give the same floats."""
+        x = images.float()
+        scale, shift = 1 / (255 * self.std), -self.mean / self.std
         if alpha is not None and self.config.lighting > 0:
             rgb = (alpha * EIGVAL.to(x.device)) @ EIGVEC.to(x.device).T  # (N, 3): eigvec @ (alpha * eigval)
-            x += rgb[:, :, None, None]
-        return (x - self.mean) / self.std
+            shift = shift + rgb[:, :, None, None] / self.std
+        return torch.addcmul(shift, x, scale, out=x)
 
     def train_batches(self, epoch: int, batch_size: int, generator=None, *, seed: int = 0,
                       rank: int = 0, world: int = 1):
