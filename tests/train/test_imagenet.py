@@ -16,7 +16,7 @@ from runners.train.data import Dataset, load_dataset
 from runners.train.stream import EpochBatches, StreamDataset, upscale_folder
 from runners.train.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg-subset"
 
 pytestmark = pytest.mark.usefixtures("results")  # conftest: results/ (caches) in tmp

@@ -22,7 +22,7 @@ from runners import cli
 EXP = "figs-test"
 EPOCHS = 8
 SEEDS = {("none", 20): 6, ("A", 20): 6, ("B", 20): 3, ("none", 56): 4, ("A", 56): 4}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINISHED",

@@ -11,7 +11,7 @@ from runners.train import data as data_mod
 from runners.train.config import DataConfig
 from runners.train.data import augment, load_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-subset"  # beside the repo
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg-subset"  # beside the repo
 
 
 pytestmark = pytest.mark.usefixtures("results")  # conftest: results/ (the ImageFolder cache) in tmp
