@@ -118,7 +118,7 @@ def test_recipe_presets_are_named_layered_under_explicit_values_and_logged():
     assert [v.arch.shortcut for v in fig4.variants] == ["none", "A", "none", "A"]
     assert [(v.arch.depth, v.arch.shortcut) for v in table3.variants] == \
         [(34, "A"), (34, "B"), (34, "C"), (50, "B"), (101, "B"), (152, "B")]
-    assert table3.dataset.ten_crop and table3.resources.gpus_per_trial == 8
+    assert table3.dataset.ten_crop and table3.resources.gpus_per_trial == 1
     with pytest.raises(ConfigError, match="divide evenly"):
         load_spec(REPO / "ablations" / "he2016a-imagenet-fig4.yaml", ["resources.gpus_per_trial=3"], check_data=False)
 
