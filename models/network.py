@@ -166,9 +166,14 @@ def from_torchvision_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     layer{i}.{j}.* -> stages.{i-1}.{j}.*, downsample.{0,1} -> shortcut.{conv,bn}, conv1/bn1 ->
     stem.conv/stem.bn, fc -> head.fc.
     """
+    return _renamed(state_dict, _TORCHVISION_RENAMES)
+
+
+def _renamed(state_dict: dict, renames: list) -> dict:
+    """`state_dict` with every key passed through the (pattern, replacement) list in order."""
     renamed = {}
     for key, value in state_dict.items():
-        for pattern, repl in _TORCHVISION_RENAMES:
+        for pattern, repl in renames:
             key = re.sub(pattern, repl, key)
         renamed[key] = value
     return renamed
@@ -197,9 +202,4 @@ def from_akamaster_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
     """
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
-    renamed = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _AKAMASTER_RENAMES:
-            key = re.sub(pattern, repl, key)
-        renamed[key] = value
-    return renamed
+    return _renamed(state_dict, _AKAMASTER_RENAMES)

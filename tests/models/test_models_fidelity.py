@@ -133,16 +133,21 @@ def test_gate_starts_at_its_bias(kind):
     assert zero.gate(torch.relu(torch.randn(8, 16, 8, 8))).mean().item() == pytest.approx(0.5, abs=0.05)
 
 
-def _eval_block(**kw):
-    torch.manual_seed(0)
-    block = models.Block("basic", 4, 4, **kw)
-    for m in block.modules():
+def _random_bn(module: nn.Module, shift: float) -> nn.Module:
+    """Every BN of `module` with random statistics and affine terms, in eval mode: identity BNs
+    would hide where a BN sits."""
+    for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_mean.uniform_(-shift, shift)
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return block.eval()
+            m.bias.data.uniform_(-shift, shift)
+    return module.eval()
+
+
+def _eval_block(**kw):
+    torch.manual_seed(0)
+    return _random_bn(models.Block("basic", 4, 4, **kw), 0.5)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -307,14 +312,7 @@ class AkaResNet(nn.Module):
 @pytest.mark.parametrize("depth", [20, 56])
 def test_akamaster_checkpoint_round_trip(depth):
     torch.manual_seed(0)
-    ref = AkaResNet((depth - 2) // 6)
-    for m in ref.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    ref.eval()
+    ref = _random_bn(AkaResNet((depth - 2) // 6), 0.2)
     # Their checkpoints hold {"state_dict": ...} saved from nn.DataParallel ("module." keys).
     checkpoint = {"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}, "best_prec1": 0.0}
     ours = models.build(f"resnet{depth}", pad="split").eval()
