@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ablate {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ablate models | head`: the reader left; no traceback, as `ls | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

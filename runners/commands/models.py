@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
+from .table import text_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,9 +29,5 @@ def run(args) -> int:
     cols = ["name", "family", "depth", "block", "shortcut", "preact", "params", "macs"]
     fmt = {"params": lambda v: f"{v:,}", "macs": lambda v: f"{v / 1e6:,.1f}M"}
     table = [[fmt.get(c, str)(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for t in table:
-        print("  ".join(v.rjust(w) if c in fmt or c == "depth" else v.ljust(w)
-                        for c, v, w in zip(cols, t, widths)))
+    print(text_table(cols, table, right={i for i, c in enumerate(cols) if c in fmt or c == "depth"}))
     return 0
