@@ -175,7 +175,11 @@ def run(args) -> int:
     from ..train.trainer import resolve_device
     ctx = distributed.init(resolve_device(train_cfg.device))
     try:
-        return _train(args, name, arch, train_cfg, data_cfg, ctx)
+        code = _train(args, name, arch, train_cfg, data_cfg, ctx)
+        # The other ranks wait for rank 0's logging (the weights, the logged model): a rank that
+        # tears the group down first aborts, and torchrun then kills rank 0 mid-write.
+        distributed.barrier(ctx)
+        return code
     finally:
         distributed.finish()
 
