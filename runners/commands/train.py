@@ -176,9 +176,7 @@ def run(args) -> int:
     ctx = distributed.init(resolve_device(train_cfg.device))
     try:
         code = _train(args, name, arch, train_cfg, data_cfg, ctx)
-        # The other ranks wait for rank 0's logging (the weights, the logged model): a rank that
-        # tears the group down first aborts, and torchrun then kills rank 0 mid-write.
-        distributed.barrier(ctx)
+        distributed.barrier(ctx)  # rank 0 closes its MLflow run after train(): leave together
         return code
     finally:
         distributed.finish()

@@ -406,7 +406,12 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamD
         dataset = (data if isinstance(data, (Dataset, StreamDataset)) else load_dataset(data, device)).to(device)
         if isinstance(dataset, StreamDataset):
             dataset = dataset.with_workers(cfg.workers if cfg.workers is not None else default_workers(ctx.local_world))
-        return Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
+        result = Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
+    # Rank 0 may still be writing the last checkpoint and logging to MLflow: the ranks return
+    # together, since a rank that tears its process group down first aborts (and torchrun then
+    # kills rank 0 mid-write).
+    distributed.barrier(ctx)
+    return result
 
 
 def reseed(gen: torch.Generator, seed: int, epoch: int) -> torch.Generator:
