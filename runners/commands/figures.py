@@ -44,6 +44,10 @@ def run(args) -> int:
     # The spec is validated, not its data: figures outlive the dataset.
     name = args.experiment or load_spec(args.spec, args.overrides, check_data=False).name
     uri = args.tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        # A reader: opening a missing SQLite store would create an empty one.
+        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}; run the study first "
+                          "(`ablate run SPEC`) or give --tracking-uri")
     c = client(uri)
     study = load_study(c, name)
     out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")

@@ -377,3 +377,11 @@ def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys)
                      "--ui-url", "http://lab:8080/", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert f"MLflow comparison: http://lab:8080/#/experiments/{store[2]}/runs?viewStateShareKey=" in printed
+
+
+def test_a_missing_store_is_one_line_and_is_not_created(tmp_path):
+    db = tmp_path / "none" / "mlflow.db"
+    out = subprocess.run([sys.executable, "-m", "runners.cli", "figures", "--experiment", "x",
+                          "--tracking-uri", f"sqlite:///{db}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no MLflow store" in out.stderr
+    assert not db.exists() and not db.parent.exists()
