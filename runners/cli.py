@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
+    args.argv = argv  # a command that relaunches itself under torchrun passes the same arguments on
     try:
         return int(args._run(args) or 0)
     except ConfigError as e:

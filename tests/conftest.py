@@ -31,3 +31,31 @@ def assert_one_line_error(out: subprocess.CompletedProcess, *fragments: str) -> 
     assert "Traceback" not in out.stderr
     for f in fragments:
         assert f in out.stderr, (f, out.stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def rank_pid(root: int, rank: int) -> int | None:
+    """The pid of torch.distributed rank `rank` among the descendants of process `root`."""
+    for pid in _descendants(root):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
+            return pid
+    return None

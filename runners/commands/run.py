@@ -7,6 +7,10 @@ study's largest model in MACs per image: under 0.5 GMACs (every CIFAR net up to 
 under 2 GMACs 2, else 1; never more than the cores per GPU, since each worker keeps one core
 busy launching. It is a starting point, not a measurement: `ablate doctor --device cuda`
 measures 1, 2, 4 and 8 nets at once on the GPU and prints the best.
+
+A spec with `resources.gpus_per_trial: N` (N > 1) runs each trial on N GPUs: one worker per N
+GPUs (a process group under torch.distributed.run, see runners/commands/worker.py), or one
+group of N CPU processes on a machine without a GPU.
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ import sys
 
 from ..errors import ConfigError, redact
 from .study_options import add_execution_arguments, add_spec_arguments, print_status
+from .worker import check_group_devices
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     add_execution_arguments(p)
-    p.add_argument("--workers", type=int, help="worker processes on this host (default: one per GPU, else 1)")
+    p.add_argument("--workers", type=int, help="worker processes on this host (default: one per GPU, else 1; "
+                                               "with gpus_per_trial N, one process group per N GPUs)")
     p.add_argument("--workers-per-gpu", type=int,
                    help="worker processes per GPU (default: by the largest model's MACs, see `ablate doctor`)")
 
@@ -50,13 +56,17 @@ def _largest_macs(spec) -> int:
     return macs
 
 
-def worker_devices(workers: int, gpus: int, visible: str | None) -> list[str]:
-    """CUDA_VISIBLE_DEVICES for each of `workers` workers over the parent's `gpus` GPUs: entries
-    of the parent's own list (indices, UUIDs or MIG names) when it has one, else indices."""
+def worker_devices(workers: int, gpus: int, visible: str | None, per_worker: int = 1) -> list[str]:
+    """CUDA_VISIBLE_DEVICES for each of `workers` workers over the parent's `gpus` GPUs, each
+    worker taking `per_worker` of them (a process group's): entries of the parent's own list
+    (indices, UUIDs or MIG names) when it has one, else indices. Single-GPU workers share GPUs
+    round robin; groups take disjoint sets."""
     if gpus < 1:
         return []
     entries = [e.strip() for e in visible.split(",") if e.strip()] if visible else []
     entries = entries[:gpus] if entries else [str(g) for g in range(gpus)]
+    if per_worker > 1:
+        return [",".join(entries[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
     return [entries[i % len(entries)] for i in range(workers)]
 
 
@@ -75,35 +85,48 @@ def run(args) -> int:
         raise ConfigError(f"--workers-per-gpu must be at least 1, got {args.workers_per_gpu}")
     cores = os.cpu_count() or 1
     runner = make_runner(args)
-    per_gpu = args.workers_per_gpu
-    if gpus and not args.workers and per_gpu is None:
-        per_gpu = default_workers_per_gpu(_largest_macs(runner.spec), cores, gpus)
-    workers = args.workers or max(1, gpus * (per_gpu or 1))
+    group = runner.spec.resources.gpus_per_trial
+    if group > 1:  # whole GPUs per trial: one worker (a process group) per `group` of them
+        check_group_devices(args.spec, group, args.device)
+        if args.workers_per_gpu is not None:
+            raise ConfigError(f"{args.spec}: --workers-per-gpu: a trial on {group} GPUs (resources.gpus_per_trial) "
+                              "takes them whole; use --workers for the number of process groups")
+        if args.workers is not None and gpus and args.workers * group > gpus:
+            raise ConfigError(f"--workers {args.workers} x resources.gpus_per_trial {group} needs "
+                              f"{args.workers * group} GPUs; {gpus} are visible")
+        workers = args.workers or max(1, gpus // group)
+    else:
+        per_gpu = args.workers_per_gpu
+        if gpus and not args.workers and per_gpu is None:
+            per_gpu = default_workers_per_gpu(_largest_macs(runner.spec), cores, gpus)
+        workers = args.workers or max(1, gpus * (per_gpu or 1))
+    in_process = workers == 1 and group == 1  # else spawned workers, each loading its own data
     # Each worker gets its share of the cores, GPU workers too (torch would give each all of them).
-    threads = max(1, cores // workers) if (gpus or workers > 1) else None
+    threads = max(1, cores // workers) if (gpus or not in_process) else None
     runner.threads = threads
     spec = runner.spec
     # A missing dataset (or a subset larger than it) fails here, before anything is written.
     # Spawned workers load their own copy, so this one stays on the CPU.
-    runner.dataset(device=None if workers == 1 else "cpu")
+    runner.dataset(device=None if in_process else "cpu")
     runner.open()
     runner.setup(retry_failed=args.retry_failed)
     runner.progress = StudyProgress(sys.stdout, 0, workers=workers)
     storage, uri = runner.storage_url, runner.tracking_uri
     print(f"study {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds"
           + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
-          + f"; {workers} worker(s); storage {redact(storage)}")
+          + f"; {workers} worker(s)" + (f" of {group} processes" if group > 1 else "")
+          + f"; storage {redact(storage)}")
     # From here the parent run is RUNNING: every way out closes it, an unexpected error included.
     runner.reopen_parent()
     ended = "FAILED"
     try:
         with sigterm_raises():
-            if workers == 1:
+            if in_process:
                 if threads:
                     torch.set_num_threads(threads)
                 code = runner.work()
             else:
-                code = _spawn_workers(args, workers, gpus, threads, storage, uri)
+                code = _spawn_workers(args, workers, gpus, threads, storage, uri, group)
         ended = "FINISHED"
     except (KeyboardInterrupt, Terminated) as e:
         ended = "KILLED"
@@ -114,7 +137,7 @@ def run(args) -> int:
             runner.end_parent(ended)
         except Exception as e:  # noqa: BLE001 - never mask the error that got us here
             print(f"ablate run: could not close the MLflow parent run: {redact(e)}", file=sys.stderr)
-    if workers == 1:
+    if in_process:
         runner.progress.close()
     print_status(status(runner.layout))
     for line in runner.exhausted():
@@ -124,9 +147,9 @@ def run(args) -> int:
     return code or (1 if runner.exhausted() else 0)
 
 
-def _spawn_workers(args, workers, gpus, threads, storage, uri) -> int:
+def _spawn_workers(args, workers, gpus, threads, storage, uri, group) -> int:
     procs = []
-    devices = worker_devices(workers, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    devices = worker_devices(workers, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), group)
     for i in range(workers):
         cmd = [sys.executable, "-m", "runners.cli", "worker", args.spec, "--storage", storage,
                "--tracking-uri", uri, "--device", "cuda" if gpus else args.device,

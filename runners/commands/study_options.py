@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
 from .table import text_table
 
 
@@ -34,11 +33,6 @@ def make_runner(args, **kw):
     from ..study.runner import StudyRunner
     from ..study.spec import load_spec
     spec = load_spec(args.spec, args.overrides)
-    if spec.resources.gpus_per_trial > 1 and getattr(args, "command", "") in ("run", "worker"):
-        # Not yet: a study trial runs in one process. Refused rather than run on one GPU unasked.
-        raise ConfigError(f"{args.spec}: resources.gpus_per_trial {spec.resources.gpus_per_trial}: `ablate "
-                          f"{args.command}` runs each trial on one device so far; set it to 1 (the global batch "
-                          "is kept), or train single runs on N GPUs with `ablate train MODEL --nproc-per-node N`")
     tracking = getattr(args, "tracking_uri", None)
     return StudyRunner(spec, storage=args.storage and canonical_url(args.storage),
                        tracking_uri=tracking and canonical_url(tracking),

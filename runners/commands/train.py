@@ -171,7 +171,7 @@ def run(args) -> int:
         # Everything a process would refuse is refused here, in one line, before any starts.
         distributed.local_batch(train_cfg.batch_size, args.nproc_per_node)
         prepare(args, name, arch, train_cfg, data_cfg, distributed.Context())
-        return distributed.launch(args.nproc_per_node, sys.argv[1:])
+        return distributed.launch(args.nproc_per_node, args.argv)
     from ..train.trainer import resolve_device
     ctx = distributed.init(resolve_device(train_cfg.device))
     try:

@@ -24,7 +24,10 @@ from .layout import ACTIVE, Layout
 from .progress import NoProgress
 from .spec import StudySpec
 from .storage import fail_stale_trials, is_database, open_storage
-from .trial import Worker, run_trial
+from .trial import Worker, follow_trial, run_trial
+
+# What rank 0 of a process group tells the other ranks, in StudyRunner.work() and follow().
+TRIAL, WAIT, DONE = "trial", "wait", "done"
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -114,8 +117,12 @@ class StudyRunner:
         self.layout.requeue(study, trial)
 
     def work(self) -> int:
-        """Run trials until none are left; exit status 1 if a trial failed or a cell ran out of attempts."""
-        layout, failed = self.layout, 0
+        """Run trials until none are left; exit status 1 if a trial failed or a cell ran out of attempts.
+
+        In a process group (resources.gpus_per_trial > 1) this runs on rank 0, which alone talks
+        to the stores; it tells the other ranks, in `follow()`, what comes next."""
+        from ..train import distributed
+        layout, failed, ctx = self.layout, 0, distributed.current()
         worker = Worker(self.mlflow, parent.ensure_parent(self.mlflow, layout), lambda stage: self.dataset(stage=stage),
                         self.device, self.threads, self.progress)
         while True:
@@ -124,16 +131,31 @@ class StudyRunner:
                 fail_stale_trials(s, self._on_stale)
             claimed = layout.claim(studies)
             if claimed is not None:
+                distributed.broadcast_object(TRIAL, ctx)
                 failed += not run_trial(layout, worker, *claimed)
                 continue
             if self.spec.search and layout.enqueue_ready_cells():
                 continue
             if any(s.get_trials(deepcopy=False, states=ACTIVE) for s in studies):
-                time.sleep(self.poll)  # others are still training; a dead one will be retried here
+                # Others are still training (a dead one will be retried here). The ranks hear
+                # from rank 0 at every poll, so no collective outwaits its timeout.
+                distributed.broadcast_object(WAIT, ctx)
+                time.sleep(self.poll)
                 continue
             break
+        distributed.broadcast_object(DONE, ctx)
         self.end_parent("FINISHED")
         return 1 if failed or layout.exhausted() else 0
+
+    def follow(self) -> int:
+        """A rank other than 0 of a process group: train each trial rank 0 starts, until it is done.
+        It connects no store (construction checked them; `dataset()` loads the data)."""
+        from ..train import distributed
+        worker = Worker(None, "", lambda stage: self.dataset(stage=stage), self.device, self.threads)
+        while (message := distributed.broadcast_object(None, distributed.current())) != DONE:
+            if message == TRIAL:
+                follow_trial(self.spec, worker)
+        return 0
 
     def exhausted(self) -> list[str]:
         """One line per cell that used up its attempts, with its last error."""

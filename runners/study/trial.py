@@ -39,64 +39,64 @@ class Worker:
 
 
 def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Train the trial's cell; False if it failed with an error."""
-    from ..train.trainer import train
-    spec = layout.spec
-    attrs = private.get_trial(study, private.trial_id(trial)).user_attrs
-    stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
-    if stage == SEARCH:
-        hparams = {name: _suggest(trial, name, dist) for name, dist in spec.search.space.items()}
-        checkpoint = attrs.get("checkpoint") or str(layout.checkpoint_root / SEARCH / v.key / f"trial{trial.number}")
-        trial.set_user_attr("checkpoint", checkpoint)
-    else:
-        hparams, checkpoint = attrs["hparams"], attrs["checkpoint"]
-    cfg = v.recipe(spec.train, seed=seed, device=worker.device, threads=worker.threads, **hparams)
+    """Train the trial's cell; False if it failed with an error.
+
+    In a process group (resources.gpus_per_trial > 1) this is rank 0's side, and every other
+    rank runs `follow_trial` at the same time: rank 0 sends the cell, the trial's suggestions,
+    pruning decisions and stop go through optuna-integration's TorchDistributedTrial, and rank 0
+    alone writes to Optuna, MLflow and the checkpoint.
+    """
+    from ..train import distributed
+    spec, ctx = layout.spec, distributed.current()
+    attrs = dict(private.get_trial(study, private.trial_id(trial)).user_attrs)
+    if attrs["stage"] == SEARCH and not attrs.get("checkpoint"):
+        attrs["checkpoint"] = str(layout.checkpoint_root / SEARCH / attrs["variant"] / f"trial{trial.number}")
+        trial.set_user_attr("checkpoint", attrs["checkpoint"])
+    distributed.broadcast_object(attrs, ctx)
+    stage, v, seed, checkpoint = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"], attrs["checkpoint"]
     tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,
             "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
-            "attempt": attrs.get("attempt", 1), **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {})}
+            "attempt": attrs.get("attempt", 1), **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {}),
+            **({"processes": ctx.world} if ctx.distributed else {})}
     # Named as the figures name the line: "ResNet-20 (A) s0", "search plain-20 trial 3".
     run_name = arch_run_name(v.arch, seed) if stage == CONFIRM else f"search {label(v.arch)} trial {trial.number}"
     resumed = Path(checkpoint).is_dir() and any(Path(checkpoint).glob("checkpoint.pt"))
     trial.set_user_attr("resumed", resumed)
 
-    def report(epoch: int, metrics: dict) -> None:  # only search trials prune; confirmations never do
-        worker.progress.epoch(epoch, metrics)
-        if stage == SEARCH and metrics.get("val_error") is not None:
-            trial.report(metrics["val_error"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-    from ..train.trainer import Plan
-    data = worker.data(stage)
     pruned = False
     worker.progress.set_done(*cell_counts(spec, layout.all_studies()))
     attempt = f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""
-    worker.progress.start(f"trial {trial.number} {run_name}{attempt}",
-                          Plan.of(cfg, len(data.train)).epochs, resumed)
+    title = f"trial {trial.number} {run_name}{attempt}"
+    tracker = None
     try:
         tracker = Tracker.start(worker.mlflow, spec.name, run_name, tags=tags, parent_run_id=worker.parent_run_id)
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
             try:
-                result = train(v.arch, cfg, data, tracker=tracker, checkpoint_dir=checkpoint,
-                               on_epoch=report, model_name=v.model_name)
+                result = _fit(spec, attrs, worker, trial, tracker, title, resumed)
             except optuna.TrialPruned:
                 pruned = True
                 tracker.set_tags({"pruned": "true"})
     except (KeyboardInterrupt, Terminated):
-        # Interrupted: fail the trial and enqueue its retry now, so the rerun resumes it.
-        failed = private.fail(study, private.trial_id(trial))
-        if failed is not None:
-            parent.supersede(worker.mlflow, failed.user_attrs.get("mlflow_run_id"))
-            layout.requeue(study, failed)
+        _give_back(layout, worker, study, trial)
         raise
     except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
+        if ctx.distributed and lost_peer(e):  # a dead rank or node: no fault of the trial's
+            if tracker is not None:  # its run was ended FAILED on the way out; it was killed
+                worker.mlflow.set_tag(tracker.run_id, "killed", "lost a process of its group")
+                worker.mlflow.set_terminated(tracker.run_id, status="KILLED")
+            _give_back(layout, worker, study, trial)
+            raise
         error = redact(cut(f"{type(e).__name__}: {e}", 500))
         trial.set_user_attr("error", error)
         study.tell(trial, state=TrialState.FAIL)
         worker.progress.finish(f"failed ({type(e).__name__})")
         print(f"ablate: trial {trial.number} ({run_name}) failed (attempt {attrs.get('attempt', 1)} of "
               f"{layout.attempts}): {error.splitlines()[0] if error else ''}", file=sys.stderr, flush=True)
+        if ctx.distributed:
+            # The other ranks may be waiting in a collective this rank will never join: the
+            # group ends here (torchrun stops it, and restarts it while restarts are left).
+            raise
         return False
     if pruned:
         study.tell(trial, state=TrialState.PRUNED)
@@ -122,6 +122,63 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     with contextlib.suppress(OSError):
         Path(checkpoint).rmdir()
     return True
+
+
+def _give_back(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> None:
+    """An interrupted trial: fail it and enqueue its retry now (same attempt), so the rerun
+    resumes it from its checkpoint."""
+    failed = private.fail(study, private.trial_id(trial))
+    if failed is not None:
+        parent.supersede(worker.mlflow, failed.user_attrs.get("mlflow_run_id"))
+        layout.requeue(study, failed)
+
+
+def lost_peer(error: Exception) -> bool:
+    """Whether `error` says another process of the group is gone: torch.distributed's own error
+    types (NCCL's watchdog, the c10d store), or gloo's transport error, a bare RuntimeError
+    whose message names its source file."""
+    import torch.distributed as dist
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo/transport" in str(error))
+
+
+def follow_trial(spec, worker: Worker) -> None:
+    """A rank other than 0 of a process group: train the trial rank 0 is starting (run_trial).
+
+    It needs no Optuna or MLflow connection; a pruned trial returns, any other error propagates
+    and ends the group (rank 0 records the trial as failed when torchrun stops it)."""
+    from ..train import distributed
+    attrs = distributed.broadcast_object(None, distributed.current())
+    with contextlib.suppress(optuna.TrialPruned):
+        _fit(spec, attrs, worker, None, None)
+
+
+def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
+         title: str = "", resumed: bool = False):
+    """Train the cell `attrs` describes (every rank of a group calls this together; `trial` and
+    `tracker` only on rank 0); search trials draw their hyperparameters from `trial`."""
+    from ..train import distributed
+    from ..train.trainer import Plan, train
+    stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
+    if distributed.current().distributed:
+        from optuna_integration import TorchDistributedTrial
+        trial = TorchDistributedTrial(trial)
+    if stage == SEARCH:
+        hparams = {name: _suggest(trial, name, dist) for name, dist in spec.search.space.items()}
+    else:
+        hparams = attrs["hparams"]
+    cfg = v.recipe(spec.train, seed=seed, device=worker.device, threads=worker.threads, **hparams)
+    data = worker.data(stage)
+    worker.progress.start(title, Plan.of(cfg, len(data.train)).epochs, resumed)
+
+    def report(epoch: int, metrics: dict) -> None:  # only search trials prune; confirmations never do
+        worker.progress.epoch(epoch, metrics)
+        if stage == SEARCH and metrics.get("val_error") is not None:
+            trial.report(metrics["val_error"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+    return train(v.arch, cfg, data, tracker=tracker, checkpoint_dir=attrs["checkpoint"],
+                 on_epoch=report, model_name=v.model_name)
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: dict):

@@ -19,6 +19,7 @@ and sends it to the others with `broadcast_object`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -153,8 +154,9 @@ def barrier(ctx: Context) -> None:
 
 def launch(nproc: int, argv: list[str], *, nnodes: int = 1) -> int:
     """Run `python -m runners.cli ARGV` as `nproc` processes under torch.distributed.run and
-    return its exit status. Single node: --standalone (a free port, a local c10d store); for
-    several nodes use torchrun directly (see the README's multi-node recipe)."""
+    return its exit status (143 or 130 if this process was stopped by SIGTERM or Ctrl-C).
+    Single node: --standalone (a free port, a local c10d store); for several nodes use torchrun
+    directly (see the README's multi-node recipe)."""
     if nproc < 1:
         raise ConfigError(f"--nproc-per-node must be positive, got {nproc}")
     env = dict(os.environ)
@@ -164,4 +166,18 @@ def launch(nproc: int, argv: list[str], *, nnodes: int = 1) -> int:
     if nnodes == 1:
         cmd.append("--standalone")
     cmd += ["-m", "runners.cli", *argv]
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env)
+    stopped: list[int] = []
+
+    def stop(signum, frame):
+        stopped.append(128 + signum)
+        if signum == signal.SIGTERM:  # Ctrl-C reaches torchrun from the terminal itself
+            proc.send_signal(signum)  # torchrun stops its processes; else they would outlive us
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return stopped[0] if stopped else code

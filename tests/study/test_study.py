@@ -386,7 +386,3 @@ def test_checkpoint_writes_that_fail_leave_nothing_and_unreadable_ones_are_set_a
     assert str(aside[0]) in caplog.text
 
 
-def test_a_trial_on_several_gpus_is_refused_not_run_on_one(results):
-    out = ablate("run", SMOKE, "--set", "resources.gpus_per_trial=2", "--set", "name=gpus2")
-    assert_one_line_error(out, "resources.gpus_per_trial 2", "--nproc-per-node")
-    assert not (results / "optuna").exists() and not (results / "mlflow.db").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import ablate
+from conftest import ablate, rank_pid
 
 from models import ArchSpec, ResNet
 from runners.tracking import runs as tracking
@@ -78,33 +78,6 @@ def test_two_ddp_processes_take_the_single_process_step_with_bn_over_each_half(t
     assert state["history"][0]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _rank_pid(root: int, rank: int) -> int | None:
-    for pid in _descendants(root):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env and any(e.startswith(b"LOCAL_RANK=") for e in env):
-            return pid
-    return None
-
-
 def test_a_killed_rank_is_resumed_from_the_checkpoint_with_one_mlflow_run_per_attempt(tmp_path, results):
     import subprocess
     import sys
@@ -119,7 +92,7 @@ def test_a_killed_rank_is_resumed_from_the_checkpoint_with_one_mlflow_run_per_at
     deadline = time.time() + 120
     while time.time() < deadline and not (ckpt / CHECKPOINT).exists() and first.poll() is None:
         time.sleep(0.05)
-    victim = _rank_pid(first.pid, 1)
+    victim = rank_pid(first.pid, 1)
     assert victim is not None and (ckpt / CHECKPOINT).exists(), first.communicate(timeout=60)
     os.kill(victim, signal.SIGKILL)
     out, err = first.communicate(timeout=120)
