@@ -31,8 +31,10 @@ BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an I
 # SGD with a mini-batch size of 256. The learning rate starts from 0.1 and is divided by 10 when
 # the error plateaus, and the models are trained for up to 60 x 10^4 iterations. ... weight decay
 # of 0.0001 and a momentum of 0.9. We do not use dropout." The plateau rule is given here in its
-# common fixed form, /10 at epochs 30 and 60 of 90 (fb.resnet.torch, torchvision's references).
-# [21] is AlexNet's PCA lighting; fb.resnet.torch adds ColorJitter(0.4, 0.4, 0.4), not done here.
+# common fixed form, /10 at epochs 30 and 60 of 90 (fb.resnet.torch, torchvision's references);
+# `train.schedule: plateau` is the rule as stated (runners/train/trainer.py LRSchedule).
+# [21] is AlexNet's PCA lighting. fb.resnet.torch adds ColorJitter(0.4, 0.4, 0.4), which the paper
+# does not name: `dataset.color_jitter: 0.4` turns it on (off in the preset).
 RECIPES: dict[str, dict[str, dict]] = {
     "he2016a-cifar": {"train": {}, "data": {}},  # the dataclass defaults (Sec. 4.2)
     "he2016a-imagenet": {
@@ -74,6 +76,9 @@ class DataConfig:
     resize: int | None = None  # evaluation: shorter side resized to this, then a center crop (256)
     crop_mode: Literal["scale", "random_resized"] = "scale"  # random_resized: torchvision's recipe
     lighting: float = 0.0  # std of AlexNet's PCA lighting noise (fb.resnet.torch: 0.1)
+    # fb.resnet.torch's ColorJitter: brightness, contrast and saturation, each scaled by a factor
+    # uniform in [1 - v, 1 + v], in a random order per image (fb.resnet.torch: 0.4)
+    color_jitter: float = 0.0
     ten_crop: bool = False  # evaluate on the 4 corners + center and their flips, averaging softmax
     stats_images: int = 10_000  # training images the normalisation statistics are taken from
 
@@ -86,6 +91,11 @@ class DataConfig:
         """Whether images are resized or cropped per image (only the streamed path does that)."""
         return self.crop is not None or self.scale is not None or self.resize is not None or self.ten_crop
 
+    @property
+    def streamed_only(self) -> list[str]:
+        """The fields set here that only the streamed path implements (per-image geometry, colour)."""
+        return [f for f in ("crop", "scale", "resize", "ten_crop", "lighting", "color_jitter") if getattr(self, f)]
+
     def validate(self) -> "DataConfig":
         if self.val_size < 0:
             raise ConfigError(f"dataset.val_size must be >= 0, got {self.val_size}")
@@ -97,9 +107,13 @@ class DataConfig:
         _check_literal(self, "normalize")
         _check_literal(self, "loader")
         _check_literal(self, "crop_mode")
-        if self.loader == "memory" and self.resizes:
-            raise ConfigError("dataset.crop/scale/resize/ten_crop resize images one by one: use "
-                              "dataset.loader stream (or auto), not memory")
+        if self.streamed_only and (self.loader == "memory" or self.name in BUILTIN_DATASETS):
+            # The in-memory path would train without them, silently: refused instead.
+            raise ConfigError(f"dataset.{'/'.join(self.streamed_only)}: per-image resizing and colour augmentation "
+                              f"are done by the streamed loader only, for an image folder; "
+                              + ("use dataset.loader stream (or auto), not memory" if self.loader == "memory" else
+                                 f"{self.name} is held in memory: unset them (the ImageNet recipes set them; "
+                                 "train.recipe he2016a-cifar does not)"))
         if self.scale is not None and (len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]):
             raise ConfigError(f"dataset.scale must be [low, high] with 0 < low <= high, got {list(self.scale)}")
         if self.crop is not None and self.crop <= 0:
@@ -111,6 +125,8 @@ class DataConfig:
             raise ConfigError("dataset.ten_crop needs dataset.crop (the side of the ten crops)")
         if self.lighting < 0 or self.stats_images <= 0:
             raise ConfigError("dataset.lighting must be >= 0 and dataset.stats_images positive")
+        if not 0 <= self.color_jitter < 1:
+            raise ConfigError(f"dataset.color_jitter must be in [0, 1), got {self.color_jitter}")
         return self
 
 
@@ -129,9 +145,14 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
-    schedule: Literal["step", "cosine", "constant"] = "step"
+    schedule: Literal["step", "cosine", "constant", "plateau"] = "step"
     milestones: tuple[float, ...] | None = None
     gamma: float = 0.1
+    # schedule=plateau, He 2016a Sec. 3.4 ("divided by 10 when the error plateaus"): lr x gamma
+    # after `plateau_patience` epochs whose validation error (training error without a
+    # validation split) improved on the best by less than `plateau_threshold`.
+    plateau_patience: int = 5
+    plateau_threshold: float = 0.001
     # He 2016a Sec. 4.2, ResNet-110: lr 0.01 until the training error is below 80%, then back.
     warmup: bool = False
     warmup_lr: float = 0.01
@@ -186,6 +207,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{f} must be >= 0, got {getattr(self, f)}")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("train.nesterov needs train.momentum > 0")
+        if self.plateau_patience < 1 or not 0 <= self.plateau_threshold < 1:
+            raise ConfigError(f"train.plateau_patience must be at least 1 and train.plateau_threshold in [0, 1), "
+                              f"got {self.plateau_patience} and {self.plateau_threshold}")
         if self.warmup_iterations is not None and self.warmup_iterations < 1:
             raise ConfigError(f"train.warmup_iterations must be at least 1, got {self.warmup_iterations}")
         if not 0 < self.warmup_until_error <= 1:

@@ -193,7 +193,7 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> "Datase
     if cfg.name not in BUILTIN_DATASETS and cfg.loader != "memory":
         from . import stream
         listing = list_imagefolder(Path(cfg.name).expanduser())
-        if cfg.loader == "stream" or cfg.resizes or stream.too_large(listing):
+        if cfg.loader == "stream" or cfg.streamed_only or stream.too_large(listing):
             return stream.load_stream(cfg, listing, device)
     if cfg.name == "synthetic":
         name = "synthetic"

@@ -6,12 +6,12 @@
 The in-memory path (runners/train/data.py) decodes a folder once into one uint8 tensor; that is
 right for CIFAR and impossible for ImageNet's 1.28M images (~400 GB decoded). Here each worker
 opens, decodes (PIL) and crops its images and hands over uint8 crops in pinned memory; the
-device then converts, adds the lighting noise and normalises the whole batch. The split is the
+device then converts, jitters the colours, adds the lighting noise and normalises the whole batch. The split is the
 in-memory path's (`data.split_indices`, the same listing order), so both hold out the same images,
 and without augmentation both yield the same images in the same order.
 
 Determinism: an epoch's order is a permutation drawn from (seed, epoch), and every random choice
-made for an image (scale, crop, flip, lighting) from (seed, epoch, index). So the batches do not
+made for an image (scale, crop, flip, colour, lighting) from (seed, epoch, index). So the batches do not
 depend on the number of workers, and rank r of w gets the r-th contiguous slice of each global
 batch: the ranks' slices put together are the single-process batch (`epoch_batches`).
 
@@ -26,7 +26,8 @@ Augmentation (He 2016a Sec. 3.4; DataConfig): crop_mode scale resizes the shorte
 uniform in dataset.scale (bicubic, as fb.resnet.torch) and takes a random crop x crop window;
 random_resized is torchvision's RandomResizedCrop (area 8-100%, aspect 3/4-4/3, bilinear). Both
 flip half the images; lighting adds AlexNet's PCA noise with fb.resnet.torch's ImageNet
-eigenvectors. Evaluation resizes the shorter side to dataset.resize and takes the center crop,
+eigenvectors; color_jitter is fb.resnet.torch's ColorJitter (its blends, unclamped, on [0, 1]
+pixels before the lighting), drawn per image in the worker and applied to the batch on the device. Evaluation resizes the shorter side to dataset.resize and takes the center crop,
 or with ten_crop the four corners, the center and their flips (the paper's 10-crop testing).
 """
 from __future__ import annotations
@@ -142,8 +143,9 @@ def _crop(x: torch.Tensor, top: int, left: int, c: int) -> torch.Tensor:
 
 
 class TrainImages(torch.utils.data.Dataset):
-    """Item (index, epoch) -> (uint8 (3, c, c) crop, label, lighting alpha (3,)); all randomness
-    from (seed, epoch, index), so it does not matter which worker or rank decodes it."""
+    """Item (index, epoch) -> (uint8 (3, c, c) crop, label, lighting alpha (3,), colour jitter (6,):
+    the brightness, contrast and saturation factors, then their order); all randomness from
+    (seed, epoch, index), so it does not matter which worker or rank decodes it."""
 
     def __init__(self, split: StreamSplit, cfg: DataConfig, seed: int) -> None:
         self.split, self.cfg, self.seed = split, cfg, seed
@@ -155,9 +157,9 @@ class TrainImages(torch.utils.data.Dataset):
         i, epoch = item
         cfg = self.cfg
         x = _open(self.split.files[i])
-        alpha = torch.zeros(3)
+        alpha, jitter = torch.zeros(3), torch.tensor([1.0, 1.0, 1.0, 0, 1, 2])
         if not cfg.augment:
-            return _eval_crop(x, cfg), self.split.labels[i], alpha
+            return _eval_crop(x, cfg), self.split.labels[i], alpha, jitter
         rng = np.random.default_rng([self.seed, epoch, i])
         c = cfg.crop
         if cfg.crop_mode == "random_resized" and c is not None:
@@ -176,7 +178,37 @@ class TrainImages(torch.utils.data.Dataset):
             x = x.flip(-1)
         if cfg.lighting > 0:
             alpha = torch.from_numpy(rng.normal(0.0, cfg.lighting, 3)).float()
-        return x.contiguous(), self.split.labels[i], alpha
+        if cfg.color_jitter > 0:
+            factors = rng.uniform(1 - cfg.color_jitter, 1 + cfg.color_jitter, 3)
+            jitter = torch.from_numpy(np.concatenate([factors, rng.permutation(3)])).float()
+        return x.contiguous(), self.split.labels[i], alpha, jitter
+
+
+GRAY = (0.299, 0.587, 0.114)  # fb.resnet.torch's grayscale weights
+
+
+def color_jitter(x: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
+    """fb.resnet.torch's ColorJitter on a float batch (N, 3, H, W) in [0, 1], in place: blend each
+    image with black (brightness), its mean gray (contrast) and its gray image (saturation) by
+    the factors jitter[:, :3], in the order jitter[:, 3:] (0, 1, 2 = brightness, contrast,
+    saturation). Unclamped, as there."""
+    factors, order = jitter[:, :3].to(x.dtype), jitter[:, 3:].long()
+    w = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    for step in range(3):
+        for op in range(3):
+            pick = (order[:, step] == op).nonzero().squeeze(1)
+            if pick.numel() == 0:
+                continue
+            a = factors[pick, op].view(-1, 1, 1, 1)
+            img = x[pick]
+            if op == 0:
+                target = torch.zeros_like(img[:, :1])
+            else:
+                target = (img * w).sum(1, keepdim=True)
+                if op == 1:
+                    target = target.mean((2, 3), keepdim=True)
+            x[pick] = img * a + target * (1 - a)
+    return x
 
 
 def _eval_crop(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
@@ -279,12 +311,16 @@ class StreamDataset:
                 prefetch_factor=PREFETCH if w else None, persistent_workers=w > 0, **kw)
         return self._loaders[key]
 
-    def normalize(self, images: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32, plus the lighting noise of `alpha` (N, 3), normalised:
-        (x / 255 + rgb - mean) / std as the in-memory path's one multiply-add, so that without
-        lighting the two paths give the same floats."""
+    def normalize(self, images: torch.Tensor, alpha: torch.Tensor | None = None,
+                  jitter: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float32, colour-jittered by `jitter` (N, 6), plus the lighting
+        noise of `alpha` (N, 3), normalised: (x / 255 + rgb - mean) / std as the in-memory path's
+        one multiply-add, so that without colour augmentation the two paths give the same floats."""
         x = images.float()
         scale, shift = 1 / (255 * self.std), -self.mean / self.std
+        if jitter is not None and self.config.color_jitter > 0:
+            x = color_jitter(x.mul_(1 / 255), jitter.to(x.device))
+            scale = 1 / self.std
         if alpha is not None and self.config.lighting > 0:
             rgb = (alpha * EIGVAL.to(x.device)) @ EIGVEC.to(x.device).T  # (N, 3): eigvec @ (alpha * eigval)
             shift = shift + rgb[:, :, None, None] / self.std
@@ -297,9 +333,10 @@ class StreamDataset:
         sampler = EpochBatches(len(self.train), batch_size, seed, rank, world)
         loader = self._loader(key, TrainImages(self.train, self.config, seed), batch_sampler=sampler)
         loader.batch_sampler.set_epoch(epoch)
-        for x, y, alpha in loader:
+        for x, y, alpha, jitter in loader:
             x = x.to(self.device, non_blocking=True)
-            yield self.normalize(x, alpha.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+            yield (self.normalize(x, alpha.to(self.device, non_blocking=True), jitter.to(self.device, non_blocking=True)),
+                   y.to(self.device, non_blocking=True))
 
     def eval_batches(self, split: StreamSplit, batch_size: int, rank: int = 0, world: int = 1):
         """(x, y) of rank's contiguous shard of `split`; x is (N, 10, 3, c, c) with ten_crop."""

@@ -108,6 +108,9 @@ class LRSchedule:
     step:     lr * gamma^(milestones passed); milestones in the run's unit, default 1/2 and 3/4
               of it (He 2016a: 0.1, /10 at 32k and 48k of 64k iterations).
     cosine:   lr * (1 + cos(pi k / K)) / 2.   constant: lr.
+    plateau:  lr * gamma^(drops), one drop each time the epochs' error stops improving (He 2016a
+              Sec. 3.4's ImageNet rule as stated; the preset's 30/60-of-90 milestones are the fixed
+              form fb.resnet.torch uses). Decided at epoch ends, on numbers every rank shares.
     warm-up:  He 2016a Sec. 4.2 (ResNet-110): warmup_lr until the running training error falls
               below warmup_until_error, then back to the schedule's lr for the current iteration
               (so it composes with the milestones). It never raises the lr above the schedule and
@@ -123,11 +126,14 @@ class LRSchedule:
         self.boundaries = sorted(round(m * per_unit) for m in milestones)
         self.warming = cfg.warmup
         self.ema, self.count = 0.0, 0
+        self.drops, self.best, self.stale = 0, math.inf, 0  # schedule=plateau
 
     def base(self, k: int) -> float:
         cfg = self.cfg
         if cfg.schedule == "step":
             return cfg.lr * cfg.gamma ** sum(k >= b for b in self.boundaries)
+        if cfg.schedule == "plateau":
+            return cfg.lr * cfg.gamma ** self.drops
         if cfg.schedule == "cosine":
             return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(k, self.total) / self.total))
         return cfg.lr
@@ -148,11 +154,27 @@ class LRSchedule:
         if self.ema / (1 - WARMUP_EMA ** self.count) < self.cfg.warmup_until_error:
             self.warming = False
 
+    def epoch_end(self, metrics: dict) -> None:
+        """schedule=plateau: feed an epoch's errors (never the test error); drop the lr after
+        plateau_patience epochs without an improvement of plateau_threshold on the best."""
+        if self.cfg.schedule != "plateau":
+            return
+        error = metrics.get("val_error", metrics["train_error"])
+        if error < self.best - self.cfg.plateau_threshold:
+            self.best, self.stale = error, 0
+            return
+        self.stale += 1
+        if self.stale >= self.cfg.plateau_patience:
+            self.drops, self.stale = self.drops + 1, 0
+
     def state_dict(self) -> dict:
-        return {"warming": self.warming, "ema": self.ema, "count": self.count}
+        return {"warming": self.warming, "ema": self.ema, "count": self.count,
+                "drops": self.drops, "best": self.best, "stale": self.stale}
 
     def load_state_dict(self, state: dict) -> None:
         self.warming, self.ema, self.count = bool(state["warming"]), float(state["ema"]), int(state["count"])
+        self.drops, self.best, self.stale = int(state.get("drops", 0)), float(state.get("best", math.inf)), \
+            int(state.get("stale", 0))
 
 
 # -- execution settings ---------------------------------------------------------------------------
@@ -563,6 +585,7 @@ class Run:
                     self.status = "diverged"
                     break
                 self.history.append(metrics)
+                self.schedule.epoch_end(metrics)
                 self.epoch += 1
                 if self.tracker is not None:
                     self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=self.epoch)

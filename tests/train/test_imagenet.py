@@ -85,6 +85,46 @@ def test_streamed_augmentation_depends_on_seed_epoch_and_image_only(tmp_path):
     assert _batches(rrc, 1, 0)[0][0].shape == (8, 3, 16, 16)
 
 
+def _fb_color_jitter(img: torch.Tensor, factors, order) -> torch.Tensor:
+    """fb.resnet.torch's transforms.lua ColorJitter on one image, written out op by op."""
+    gray = lambda x: (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).expand(3, -1, -1)  # noqa: E731
+    ops = {0: lambda x, a: x * a,                                          # Brightness: blend with black
+           1: lambda x, a: x * a + gray(x).mean() * (1 - a),               # Contrast: with the mean gray
+           2: lambda x, a: x * a + gray(x) * (1 - a)}                      # Saturation: with the gray image
+    for op in order:
+        img = ops[op](img, factors[op])
+    return img
+
+
+def test_color_jitter_is_fb_resnet_torch_s_per_image_in_its_own_order():
+    from runners.train.stream import color_jitter
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 5, 7, generator=gen)
+    factors = 0.6 + 0.8 * torch.rand(6, 3, generator=gen)
+    orders = [torch.randperm(3, generator=gen) for _ in range(6)]
+    jitter = torch.cat([factors, torch.stack(orders).float()], 1)
+    got = color_jitter(x.clone(), jitter)
+    for i in range(6):
+        torch.testing.assert_close(got[i], _fb_color_jitter(x[i], factors[i], orders[i].tolist()))
+    assert torch.equal(color_jitter(x.clone(), torch.tensor([[1.0, 1, 1, 2, 0, 1]] * 6)), x)  # factors 1: unchanged
+
+
+def test_color_augmentation_changes_training_batches_only_and_is_refused_where_it_would_be_ignored(tmp_path):
+    root = _folder(tmp_path / "f")
+    base = dict(name=str(root), val_size=6, normalize="channel")
+    plain, jittered = (load_dataset(DataConfig(**base, color_jitter=v)) for v in (0.0, 0.4))
+    assert isinstance(jittered, StreamDataset)  # colour augmentation streams (auto)
+    a, b, again = _batches(plain, 1, 0), _batches(jittered, 1, 0), _batches(jittered, 1, 0)
+    assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))  # the same images, recoloured
+    assert not torch.equal(a[0][0], b[0][0]) and all(torch.equal(x, y) for (x, _), (y, _) in zip(b, again))
+    xa, _ = next(plain.eval_batches(plain.test, 4))
+    xb, _ = next(jittered.eval_batches(jittered.test, 4))
+    assert torch.equal(xa, xb)  # evaluation is never augmented
+    for bad in (dict(name="synthetic", lighting=0.1), dict(name=str(root), loader="memory", color_jitter=0.4)):
+        with pytest.raises(ConfigError, match="streamed loader only"):
+            DataConfig(**bad).validate()
+
+
 def test_the_ranks_slices_put_together_are_the_single_process_batch():
     whole = list(EpochBatches(50, 8, seed=1, rank=0, world=1))
     parts = [list(EpochBatches(50, 8, seed=1, rank=r, world=2)) for r in range(2)]
