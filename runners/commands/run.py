@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                "with gpus_per_trial N, one process group per N GPUs)")
     p.add_argument("--workers-per-gpu", type=int,
                    help="worker processes per GPU (default: by the largest model's MACs, see `ablate doctor`)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the study's runs, their size and estimated GPU-hours; run and write nothing")
+    p.add_argument("--tflops", type=float, metavar="R",
+                   help="with --dry-run: the sustained TFLOP/s per GPU assumed (default: 25 for CIFAR nets, 60 for ImageNet's)")
 
 
 # (MACs per image below which, workers per GPU), first match; else 1.
@@ -71,6 +75,8 @@ def worker_devices(workers: int, gpus: int, visible: str | None, per_worker: int
 
 
 def run(args) -> int:
+    if args.dry_run:
+        return dry_run(args)
     import torch
 
     from ..study.progress import StudyProgress
@@ -172,3 +178,27 @@ def _spawn_workers(args, workers, gpus, threads, storage, uri, group) -> int:
         for p in procs:
             p.wait()
         raise
+
+
+def dry_run(args) -> int:
+    """`--dry-run`: the spec checked, its runs sized and costed (runners/study/estimate.py)."""
+    from ..study.estimate import LAUNCH_MS, TFLOPS, estimate
+    from ..study.spec import load_spec
+    from .table import text_table
+    if args.tflops is not None and args.tflops <= 0:
+        raise ConfigError(f"--tflops must be positive, got {args.tflops}")
+    spec = load_spec(args.spec, args.overrides, check_data=False)
+    rows, source = estimate(spec, args.tflops)
+    print(text_table(["variant", "params", "GMACs/img", "runs", "iterations", "images/run", "GPU-h/run", "bound"],
+                     [[r.variant, f"{r.params / 1e6:.2f}M", f"{r.macs / 1e9:.3f}", str(r.runs), f"{r.iterations:,}",
+                       f"{r.images / 1e6:.2f}M", f"{r.gpu_hours:.2f}", r.bound] for r in rows]))
+    total = sum(r.total_gpu_hours for r in rows)
+    rate = f"{args.tflops:g} TFLOP/s" if args.tflops else " or ".join(
+        f"{TFLOPS[f]:g} TFLOP/s ({f})" for f in sorted({v.arch.family for v in spec.variants}))
+    print(f"\n{spec.name}: {sum(r.runs for r in rows)} runs, estimated {total:.1f} GPU-hours "
+          f"(x {spec.resources.gpus_per_trial} GPUs per trial: {total / spec.resources.gpus_per_trial:.1f} h on as many)"
+          if spec.resources.gpus_per_trial > 1 else
+          f"\n{spec.name}: {sum(r.runs for r in rows)} runs, estimated {total:.1f} GPU-hours")
+    print(f"training images: {source}. Per run: max(6 x MACs x images / {rate}, iterations x depth x "
+          f"{LAUNCH_MS} ms); assumed rates, evaluation not counted, search trials at full length. Nothing was written.")
+    return 0

@@ -1,0 +1,90 @@
+"""What a study will cost before it runs: its runs, their size and an estimate of GPU-hours.
+
+The estimate of one run is the larger of two bounds, both from assumed rates (not measurements;
+`ablate doctor --device cuda` measures a GPU):
+
+* compute: 6 x MACs per image x images seen (forward 2 x MACs, backward twice that) at a
+  sustained `tflops` (defaults by family, TFLOPS below: small CIFAR convolutions keep a GPU's
+  tensor cores less busy than ImageNet's);
+* launch: iterations x depth x `launch_ms`, the eager-mode kernel launches of a step (forward,
+  backward and optimizer) that bound the deep, thin CIFAR nets (ResNet-1202) whatever the GPU.
+
+Evaluation (every epoch, 10-crop if asked) and data loading are not counted. A search trial is
+counted at its full length (pruning only shortens it), so search costs are upper bounds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..train.config import DataConfig
+from .spec import StudySpec
+
+TFLOPS = {"cifar": 25.0, "imagenet": 60.0}  # assumed sustained bf16 rates per GPU, by family
+LAUNCH_MS = 0.11  # assumed per layer per step (forward + backward + optimizer kernels)
+IMAGENET_TRAIN = 1_281_167  # ILSVRC-2012 training images, when the folder is not here to count
+KNOWN_TRAIN = {"cifar10": 50_000, "cifar100": 50_000}
+
+
+@dataclass(frozen=True)
+class VariantCost:
+    variant: str
+    params: int
+    macs: int  # per image, at the variant's input size
+    runs: int  # confirmation runs (seeds) + search trials
+    iterations: int  # per run
+    images: int  # per run: iterations x batch
+    gpu_hours: float  # per run
+    bound: str  # "compute" or "launch"
+
+    @property
+    def total_gpu_hours(self) -> float:
+        return self.runs * self.gpu_hours
+
+
+def train_images(data: DataConfig, family: str) -> tuple[int, str]:
+    """(training images before the validation split, where the number comes from)."""
+    if data.subset is not None:
+        return data.subset, "dataset.subset"
+    if data.name in KNOWN_TRAIN:
+        return KNOWN_TRAIN[data.name], data.name
+    if data.name == "synthetic":
+        from ..train.data import SYNTHETIC_TRAIN
+        return SYNTHETIC_TRAIN, "synthetic"
+    root = Path(data.name).expanduser()
+    if (root / "train").is_dir():
+        from ..train.data import list_imagefolder
+        return sum(len(files) for files in list_imagefolder(root)["train"].values()), f"counted in {root}"
+    if family == "imagenet":
+        return IMAGENET_TRAIN, f"{root} is not here: ImageNet's {IMAGENET_TRAIN:,} assumed"
+    raise ConfigError(f"dataset {data.name} is not here to count its training images; run where it is, "
+                      "or give dataset.subset")
+
+
+def estimate(spec: StudySpec, tflops: float | None = None, launch_ms: float = LAUNCH_MS) -> tuple[list[VariantCost], str]:
+    """Per-variant costs of `spec` (confirmation runs plus search trials), and the source of the
+    image count; `tflops` None takes the family's default."""
+    import torch
+
+    from models import ResNet
+
+    from ..train.trainer import Plan
+    rows, source = [], ""
+    for v in spec.variants:
+        with torch.device("meta"):  # shapes only
+            cx = ResNet(v.arch).complexity()
+        stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
+        rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
+        for stage, runs in stages:
+            data = spec.data_of(stage)
+            n, source = train_images(data, v.arch.family)
+            cfg = v.recipe(spec.train)
+            plan = Plan.of(cfg, n - data.val_size)
+            images = plan.iterations * cfg.batch_size
+            compute = 6 * cx.macs * images / rate
+            launch = plan.iterations * v.arch.depth * launch_ms / 1e3
+            rows.append(VariantCost(v.key if stage == "confirm" else f"{v.key} (search)", cx.params, cx.macs, runs,
+                                    plan.iterations, images, max(compute, launch) / 3600,
+                                    "compute" if compute >= launch else "launch"))
+    return rows, source
