@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--momentum", type=float, help="default: 0.9")
     t.add_argument("--weight-decay", type=float, help="default: 1e-4")
     t.add_argument("--nesterov", action="store_true", default=None)
-    t.add_argument("--schedule", choices=["step", "cosine", "constant"], help="default: step")
+    t.add_argument("--schedule", choices=["step", "cosine", "constant", "plateau"],
+                   help="default: step; plateau: divide by --gamma when the validation error stops improving")
     t.add_argument("--milestones", type=_floats, metavar="M1,M2",
                    help="step schedule, in the run's unit (default: 1/2 and 3/4 of the run)")
     t.add_argument("--gamma", type=float, help="lr factor at each milestone (default: 0.1)")
@@ -257,6 +258,7 @@ def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
           (f"; best val {result.best_val_error:.4f}" if result.best_val_error is not None else ""))
     exp_id = client.get_run(tracker.run_id).info.experiment_id
     print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {redact(uri)}")
-    print(f"  view: mlflow ui --backend-store-uri {redact(uri)}   then open "
-          f"http://127.0.0.1:5000/{tracking.ui_link(exp_id)}")
+    print(f"  view: mlflow ui --backend-store-uri {redact(uri)}   then open the run's curves:\n"
+          f"  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{tracker.run_id}\n"
+          f"  or the experiment's runs, to compare: http://127.0.0.1:5000/{tracking.ui_link(exp_id)}")
     return 0

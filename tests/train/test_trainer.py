@@ -134,6 +134,26 @@ def test_lr_schedule_unit():
     assert lrs == [0.01, 0.01, 0.01, 0.1, 0.1]
 
 
+def test_plateau_divides_the_lr_when_the_validation_error_stops_improving():
+    cfg = TrainConfig(epochs=20, schedule="plateau", plateau_patience=2, plateau_threshold=0.01)
+    s = LRSchedule(cfg, Plan.of(cfg, 1000))
+    lrs = []
+    # The test error is never read: a falling test error would not stop the drop.
+    for val in (0.5, 0.4, 0.395, 0.39, 0.3, 0.3, 0.3, 0.3):
+        lrs.append(s.lr(0))
+        s.epoch_end({"train_error": 0.0, "val_error": val, "test_error": 0.01 * len(lrs)})
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
+    resumed = LRSchedule(cfg, Plan.of(cfg, 1000))
+    resumed.load_state_dict(s.state_dict())  # checkpointed: a resumed run keeps its drops and patience
+    assert resumed.lr(0) == pytest.approx(0.001)
+    assert (resumed.drops, resumed.best, resumed.stale) == (s.drops, s.best, s.stale)
+    # Without a validation split, the training error decides.
+    no_val = LRSchedule(cfg, Plan.of(cfg, 1000))
+    for train_error in (0.5, 0.5, 0.5):
+        no_val.epoch_end({"train_error": train_error})
+    assert no_val.lr(0) == pytest.approx(0.01)
+
+
 def test_iteration_length_ends_mid_epoch(data):
     result = train(TINY, TrainConfig(iterations=10, batch_size=64, probe=False), data)
     assert [m["iteration"] for m in result.history] == [7, 10] and result.responses is None
@@ -195,6 +215,7 @@ def test_ablate_train_end_to_end(results, tmp_path):
     exp = c.get_experiment_by_name("ablate-train")
     runs = c.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert f"#/experiments/{exp.experiment_id}/runs/{runs[0].info.run_id}" in out.stdout  # the run, one click
     assert runs[0].data.tags["model"] == "resnet8" and runs[0].data.params["data.name"] == "synthetic"
     assert list((results / "checkpoints").glob("resnet8-*/checkpoint.pt"))
     # The same command again finds the finished checkpoint: no second run.
