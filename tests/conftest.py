@@ -17,6 +17,24 @@ def results(tmp_path, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory) -> Path:
+    from runners.tracking.runs import client
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client(f"sqlite:///{path}").search_experiments()  # MLflow creates and migrates its tables
+    return path
+
+
+@pytest.fixture
+def seeded_store(results, _empty_mlflow_store) -> Path:
+    """results/ holding an empty MLflow store whose tables exist: creating them costs each study
+    test ~2 s of MLflow's migrations. Tests that check what a command creates do not use it."""
+    import shutil
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_empty_mlflow_store, results / "mlflow.db")
+    return results
+
+
 def ablate(*args, timeout=300, **popen) -> subprocess.CompletedProcess:
     """Run the `ablate` CLI in a subprocess from the repository root."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **popen.pop("env", {})}

@@ -4,10 +4,12 @@ When a study completes, its parent run gets the per-variant final errors as metr
 (`test_error/ResNet-20 A`, mean over converged seeds), the figures and tables of `ablate figures`
 as artifacts under `figures/`, and the experiment a description (`mlflow.note.content`, the
 UI's description field) saying where to look. Everything is recomputed from the store, so a
-refresh after more runs finish (or after a rerun) replaces what was there.
+refresh after more runs finish (or after a rerun) replaces what was there; a rerun that finished
+no new run leaves it as it is (the parent's `published_runs` tag says which runs it shows).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
 import time
@@ -17,6 +19,7 @@ from ..tracking import view
 from ..tracking.runs import metric_key
 
 NOTE_TAG = "mlflow.note.content"
+PUBLISHED_TAG = "published_runs"  # a digest of the runs the parent's figures and metrics show
 
 
 def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str = view.DEFAULT_UI) -> dict:
@@ -24,9 +27,12 @@ def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str =
     metrics logged ({key: value})."""
     from mlflow.entities import Metric
 
-    from ..report.figures import write_all
     from ..tracking.results import load_study
     study = load_study(c, experiment_name)
+    shown = hashlib.sha256(" ".join(sorted(r.run_id for r in study.runs)).encode()).hexdigest()[:16]
+    if c.get_run(parent_run_id).data.tags.get(PUBLISHED_TAG) == shown:
+        return {}  # nothing new finished since the last refresh: drawing it again would cost seconds
+    from ..report.figures import write_all
     link = view.publish_comparison_view(c, study.experiment_id, ui=ui)
     lines = {v.line for v in study.by_variant}
     metrics: dict[str, float] = {}  # keyed <one of view.PARENT_SECTIONS>/<variant>
@@ -49,6 +55,7 @@ def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str =
     note = describe(study, link)
     c.set_experiment_tag(study.experiment_id, NOTE_TAG, note)
     c.set_tag(parent_run_id, NOTE_TAG, note)
+    c.set_tag(parent_run_id, PUBLISHED_TAG, shown)
     return metrics
 
 

@@ -23,6 +23,7 @@ from test_study import SMOKE, _children, _trials
 GROUP = ["--set", "resources.gpus_per_trial=2", "--set", "seeds=[0]", "--set", "model.shortcut=A"]
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_searched_study_on_two_processes_records_each_trial_once(results):
     search = ["--set", "search={trials_per_variant: 2, space: {lr: {low: 0.01, high: 0.2, log: true}}}"]
     out = ablate("run", SMOKE, *GROUP, *search, "--set", "train.epochs=2")
@@ -43,6 +44,7 @@ def test_a_searched_study_on_two_processes_records_each_trial_once(results):
         assert len(c.get_metric_history(r.info.run_id, "val_error")) == 2  # logged by rank 0 alone
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_group_that_loses_a_rank_is_started_again_and_resumes_the_trial(results):
     args = [sys.executable, "-m", "runners.cli", "run", str(SMOKE), *GROUP, "--set", "train.epochs=6"]
     proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},

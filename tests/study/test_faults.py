@@ -113,6 +113,7 @@ def _assert_complete_once(results: Path):
 
 
 @pytest.mark.parametrize("fault", ["journal", "mlflow"])
+@pytest.mark.usefixtures("seeded_store")
 def test_kill_9_mid_write_then_one_rerun_completes_the_study(results, fault):
     killed = _inject(fault, "run", SMOKE, *SMALL)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -124,6 +125,7 @@ def test_kill_9_mid_write_then_one_rerun_completes_the_study(results, fault):
         assert "cut short" in out.stderr
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_full_disk_then_one_rerun_completes_the_study(results, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
@@ -145,6 +147,7 @@ def test_a_full_disk_then_one_rerun_completes_the_study(results, tmp_path):
         subprocess.run(["umount", "-l", str(disk)])
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_torn_journal_is_repaired_and_garbage_is_refused(results):
     assert ablate("run", SMOKE, *SMALL).returncode == 0
     journal = results / "optuna" / "smoke.journal"
@@ -167,6 +170,7 @@ def test_a_torn_journal_is_repaired_and_garbage_is_refused(results):
     _assert_complete_once(results)
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_deleted_mlflow_store_between_a_kill_and_the_rerun(results):
     killed = _inject("mlflow", "run", SMOKE, *SMALL)
     assert killed.returncode == -9
@@ -184,6 +188,7 @@ def test_a_deleted_mlflow_store_between_a_kill_and_the_rerun(results):
     assert len([r for r in runs if r.data.tags["stage"] == "study"]) == 1
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_kill_9_mid_checkpoint_write_then_a_corrupt_checkpoint(results):
     """The kill leaves a half-written temp file beside the last good checkpoint; that checkpoint
     is then cut to 10 bytes: the rerun sets it aside (kept, named) and restarts the cell."""

@@ -39,6 +39,7 @@ def test_the_paper_specs_are_all_here():
 
 
 @pytest.mark.parametrize("name", PAPER_SPECS)
+@pytest.mark.usefixtures("seeded_store")
 def test_paper_spec_runs_to_the_end_at_cpu_scale(name, results):
     path = REPO / "ablations" / name
     out = ablate("run", path, *COMMON, *shrink(path), "--device", "cpu", timeout=600)

@@ -38,7 +38,8 @@ def _children(results: Path, experiment: str = "smoke"):
     return c, parents, [r for r in runs if r.data.tags.get("stage") != "study"]
 
 
-def test_smoke_study_runs_every_cell_once_with_tagged_children(results):
+@pytest.mark.usefixtures("seeded_store")
+def test_smoke_study_runs_every_cell_once_with_tagged_children(results, monkeypatch):
     out = ablate("run", SMOKE)
     assert out.returncode == 0, out.stderr
     assert "workflowType=machine_learning" in out.stdout  # the link into MLflow's training view
@@ -61,10 +62,16 @@ def test_smoke_study_runs_every_cell_once_with_tagged_children(results):
         assert run.data.tags["trial"] == str(by_run[run.info.run_id].number)
     assert {r.data.tags["shortcut"] for r in children} == {"none", "A"}
 
-    # Running it again finds nothing to do and trains nothing twice.
+    # Running it again finds nothing to do and trains nothing twice, nor redraws the figures.
+    published = parents[0].data.tags["published_runs"]
     again = ablate("run", SMOKE)
     assert again.returncode == 0, again.stderr
     assert len(_trials(results)) == 4 and len(_children(results)[2]) == 4
+    from runners.report import figures
+    from runners.study.publish import refresh_study_results
+    monkeypatch.setattr(figures, "write_all", lambda *a, **k: pytest.fail("redrawn with no new run"))
+    assert refresh_study_results(c, "smoke", parents[0].info.run_id) == {}
+    assert c.get_run(parents[0].info.run_id).data.tags["published_runs"] == published
 
     status = ablate("status", SMOKE, "--json")
     assert status.returncode == 0, status.stderr
@@ -72,6 +79,7 @@ def test_smoke_study_runs_every_cell_once_with_tagged_children(results):
     assert [r["complete"] for r in rows] == [2, 2] and all(r["n"] == 2 for r in rows)
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_sigkill_mid_trial_then_rerun_resumes_from_checkpoint(results):
     overrides = ["--set", "train.epochs=6", "--set", "seeds=[0]"]
     proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "run", str(SMOKE), *overrides],
@@ -110,6 +118,7 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_checkpoint(results):
     assert {r["attempts"] for r in rows} == {"1/3"}
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_two_workers_on_one_host_run_every_cell_once(results):
     out = ablate("run", SMOKE, "--workers", "2", "--poll", "0.2", "--set", "seeds=[0,1,2]")
     assert out.returncode == 0, out.stderr
@@ -120,6 +129,7 @@ def test_two_workers_on_one_host_run_every_cell_once(results):
     assert len(_children(results)[2]) == 6
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_search_tunes_each_variant_then_confirms_at_its_best(results):
     search = ["--set", "search.trials_per_variant=3", "--set", "search.pruner=none",
               "--set", "search.space={lr: {low: 0.01, high: 0.2, log: true}}", "--set", "seeds=[0]"]
@@ -140,6 +150,7 @@ def test_search_tunes_each_variant_then_confirms_at_its_best(results):
     assert Counter(r.data.tags["stage"] for r in children) == Counter({"search": 6, "confirm": 2})
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_search_selects_on_its_own_split_and_confirmations_train_on_all_images(results):
     """He 2016a: the 45k/5k split chose the recipe; the reported nets trained on all 50k."""
     out = ablate("run", SMOKE, "--set", "dataset.val_size=0", "--set", "search={trials_per_variant: 2, "
@@ -199,6 +210,7 @@ def test_bad_overrides_and_missing_files_fail_in_one_line(results):
     assert not results.exists() or not any(results.rglob("*"))
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_changed_spec_does_not_silently_join_an_existing_study(results):
     assert ablate("run", SMOKE, "--set", "seeds=[0]").returncode == 0
     assert_one_line_error(ablate("run", SMOKE, "--set", "seeds=[0]", "--set", "train.epochs=3"),
@@ -232,6 +244,7 @@ def test_a_subset_larger_than_the_data_leaves_no_file_behind(results, tmp_path):
     assert not results.exists() or not [p for p in results.rglob("*") if p.is_file() and "cache" not in p.parts]
 
 
+@pytest.mark.usefixtures("seeded_store")
 def test_a_failed_cell_is_retried_on_the_next_run_until_its_attempts_run_out(results):
     one = ["--set", "model.shortcut=A", "--set", "seeds=[0]", "--set", "train.epochs=1", "--attempts", "2"]
     cell = "cifar-d8-basic-A-post-w1/seed=0"

@@ -172,10 +172,15 @@ def test_spawned_workers_get_their_device_and_a_share_of_the_cores(monkeypatch):
 
     class Args:
         spec, heartbeat, poll, overrides, checkpoint_dir, device, attempts = "s.yaml", 30, 2.0, [], None, "auto", None
-    assert run_cmd._spawn_workers(Args, 4, 2, 4, "journal", "sqlite:///x") == 0
+    assert run_cmd._spawn_workers(Args, 4, 2, 4, "journal", "sqlite:///x", 1) == 0
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4", "5", "4", "5"]
     assert all(cmd[cmd.index("--threads") + 1] == "4" and cmd[cmd.index("--device") + 1] == "cuda"
                for cmd, _ in launched)
+    # Trials on 2 GPUs each (resources.gpus_per_trial): each worker, a process group, gets its own pair.
+    launched.clear()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert run_cmd._spawn_workers(Args, 2, 4, 8, "journal", "sqlite:///x", 2) == 0
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4,5", "6,7"]
 
 
 def test_default_workers_per_gpu_follows_the_model_size_and_the_cores():
