@@ -7,6 +7,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run two at a time (pytest -n 2): each, and every process it starts, takes one thread,
+    # since two processes with two threads each on two cores run many times slower than one.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture
 def results(tmp_path, monkeypatch) -> Path:

@@ -145,7 +145,8 @@ def follow_trial(spec, worker: Worker) -> None:
     """A rank other than 0 of a process group: train the trial rank 0 is starting (run_trial).
 
     It needs no Optuna or MLflow connection; a pruned trial returns, any other error propagates
-    and ends the group (rank 0 records the trial as failed when torchrun stops it)."""
+    and ends the group (rank 0 then gives the trial back, and the worker starts a new group:
+    runners/commands/worker.py)."""
     from ..train import distributed
     attrs = distributed.broadcast_object(None, distributed.current())
     with contextlib.suppress(optuna.TrialPruned):
