@@ -8,10 +8,14 @@ Under an outer torchrun (several nodes, see the README) the command joins the gr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from ..errors import ConfigError, first_line
 from .study_options import add_execution_arguments, add_spec_arguments, make_runner
+
+GROUP_STATUS = "ABLATE_GROUP_STATUS"  # where rank 0 of a group this command launched leaves its exit status
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +48,13 @@ def run(args) -> int:
         if not ctx.is_main:
             runner.dataset()
             return runner.follow()
-        return _work(runner, args)
+        code = _work(runner, args)
+        if ctx.distributed and os.environ.get(GROUP_STATUS):
+            # torchrun reports any non-zero status as the group's failure (and we would start
+            # a new group); a study with failed cells is not that: say so through the file.
+            Path(os.environ[GROUP_STATUS]).write_text(str(code))
+            return 0
+        return code
     except Exception as e:
         if not (ctx.distributed and lost_peer(e)):
             raise
@@ -60,10 +70,17 @@ def _launch_group(group: int, argv: list[str], restarts: int) -> int:
     fresh group (a new torchrun) up to `restarts` times after one fails. A process that fails
     ends its group (its peers may wait in a collective it never joins); the trial it was
     training resumes from its checkpoint in the next group."""
+    import tempfile
+
     from ..train import distributed
     for restart in range(restarts + 1):
-        code = distributed.launch(group, argv)
-        if code in (0, 130, 143):
+        with tempfile.TemporaryDirectory() as tmp:
+            status = Path(tmp) / "status"
+            os.environ[GROUP_STATUS] = str(status)
+            code = distributed.launch(group, argv)
+            if code == 0:  # the group finished its loop: rank 0's own exit status
+                return int(status.read_text()) if status.exists() else 0
+        if code in (130, 143):
             return code
         if restart < restarts:
             print(f"ablate worker: the process group failed (exit status {code}); starting a new one "
