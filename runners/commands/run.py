@@ -195,10 +195,9 @@ def dry_run(args) -> int:
     total = sum(r.total_gpu_hours for r in rows)
     rate = f"{args.tflops:g} TFLOP/s" if args.tflops else " or ".join(
         f"{TFLOPS[f]:g} TFLOP/s ({f})" for f in sorted({v.arch.family for v in spec.variants}))
-    print(f"\n{spec.name}: {sum(r.runs for r in rows)} runs, estimated {total:.1f} GPU-hours "
-          f"(x {spec.resources.gpus_per_trial} GPUs per trial: {total / spec.resources.gpus_per_trial:.1f} h on as many)"
-          if spec.resources.gpus_per_trial > 1 else
-          f"\n{spec.name}: {sum(r.runs for r in rows)} runs, estimated {total:.1f} GPU-hours")
+    gpus = spec.resources.gpus_per_trial
+    print(f"\n{spec.name}: {sum(r.runs for r in rows)} runs, estimated {total:.1f} GPU-hours"
+          + (f" ({gpus} GPUs per trial: {total / gpus:.1f} h on as many)" if gpus > 1 else ""))
     print(f"training images: {source}. Per run: max(6 x MACs x images / {rate}, iterations x depth x "
           f"{LAUNCH_MS} ms); assumed rates, evaluation not counted, search trials at full length. Nothing was written.")
     return 0

@@ -70,15 +70,18 @@ def estimate(spec: StudySpec, tflops: float | None = None, launch_ms: float = LA
     from models import ResNet
 
     from ..train.trainer import Plan
-    rows, source = [], ""
+    rows, counted = [], {}  # (dataset name, subset, family) -> (images, source): a folder is listed once
+    stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
     for v in spec.variants:
         with torch.device("meta"):  # shapes only
             cx = ResNet(v.arch).complexity()
-        stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
         rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
         for stage, runs in stages:
             data = spec.data_of(stage)
-            n, source = train_images(data, v.arch.family)
+            key = (data.name, data.subset, v.arch.family)
+            if key not in counted:
+                counted[key] = train_images(data, v.arch.family)
+            n, source = counted[key]
             cfg = v.recipe(spec.train)
             plan = Plan.of(cfg, n - data.val_size)
             images = plan.iterations * cfg.batch_size

@@ -95,7 +95,7 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
               f"{layout.attempts}): {error.splitlines()[0] if error else ''}", file=sys.stderr, flush=True)
         if ctx.distributed:
             # The other ranks may be waiting in a collective this rank will never join: the
-            # group ends here (torchrun stops it, and restarts it while restarts are left).
+            # group ends here, and the worker starts a new one (runners/commands/worker.py).
             raise
         return False
     if pruned:

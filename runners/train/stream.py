@@ -188,26 +188,18 @@ GRAY = (0.299, 0.587, 0.114)  # fb.resnet.torch's grayscale weights
 
 
 def color_jitter(x: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
-    """fb.resnet.torch's ColorJitter on a float batch (N, 3, H, W) in [0, 1], in place: blend each
-    image with black (brightness), its mean gray (contrast) and its gray image (saturation) by
-    the factors jitter[:, :3], in the order jitter[:, 3:] (0, 1, 2 = brightness, contrast,
-    saturation). Unclamped, as there."""
+    """fb.resnet.torch's ColorJitter on a float batch (N, 3, H, W) in [0, 1]: blend each image with
+    black (brightness), its mean gray (contrast) or its gray image (saturation) by the factors
+    jitter[:, :3], in the order jitter[:, 3:] (0, 1, 2 = brightness, contrast, saturation).
+    Unclamped, as there. Whole-batch ops with per-image choices: no host sync."""
     factors, order = jitter[:, :3].to(x.dtype), jitter[:, 3:].long()
     w = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     for step in range(3):
-        for op in range(3):
-            pick = (order[:, step] == op).nonzero().squeeze(1)
-            if pick.numel() == 0:
-                continue
-            a = factors[pick, op].view(-1, 1, 1, 1)
-            img = x[pick]
-            if op == 0:
-                target = torch.zeros_like(img[:, :1])
-            else:
-                target = (img * w).sum(1, keepdim=True)
-                if op == 1:
-                    target = target.mean((2, 3), keepdim=True)
-            x[pick] = img * a + target * (1 - a)
+        op = order[:, step].view(-1, 1, 1, 1)
+        a = factors.gather(1, order[:, step:step + 1]).view(-1, 1, 1, 1)
+        gray = (x * w).sum(1, keepdim=True)  # (N, 1, H, W)
+        target = torch.where(op == 2, gray, torch.where(op == 1, gray.mean((2, 3), keepdim=True), 0.0))
+        x = x * a + target * (1 - a)
     return x
 
 
