@@ -258,7 +258,7 @@ def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
           (f"; best val {result.best_val_error:.4f}" if result.best_val_error is not None else ""))
     exp_id = client.get_run(tracker.run_id).info.experiment_id
     print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {redact(uri)}")
-    print(f"  view: mlflow ui --backend-store-uri {redact(uri)}   then open the run's curves:\n"
+    print(f"  view: mlflow ui --backend-store-uri {redact(uri)}   then open the run (its metrics, parameters, dataset):\n"
           f"  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{tracker.run_id}\n"
           f"  or the experiment's runs, to compare: http://127.0.0.1:5000/{tracking.ui_link(exp_id)}")
     return 0
