@@ -47,7 +47,7 @@ def run(args) -> int:
     import models
     from ..train.bench import bench
     from ..train.data import load_dataset
-    from ..train.trainer import resolve_device
+    from ..train.execution import resolve_device
 
     for flag in ("batch_size", "steps", "repeats"):
         value = getattr(args, flag)

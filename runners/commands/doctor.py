@@ -1,4 +1,4 @@
-"""`ablate doctor`: a self-check of this machine for the lab (runners/train/doctor.py runs the
+"""`ablate doctor`: a self-check of this machine for the lab (runners/doctor/ runs the
 checks); prints the table and the recommended settings, writes the JSON. Exit 1 if a check failed.
 
 The GPU acceptance run, from a bare checkout with the CIFAR subset carried beside it:
@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..train.doctor import Options, run_doctor
+    from ..doctor.context import Options
+    from ..doctor.run import run_doctor
     if args.data is not None and not Path(args.data).is_dir():
         raise ConfigError(f"--data {args.data} is not a folder; give an ImageFolder root with train/ and test/")
     if args.budget <= 0:

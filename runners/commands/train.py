@@ -160,7 +160,7 @@ def resolve_configs(args) -> tuple[str, ArchSpec, TrainConfig, DataConfig]:
 
 
 def default_checkpoint_dir(name: str, arch: ArchSpec, train_cfg: TrainConfig, data_cfg: DataConfig) -> Path:
-    from ..train.trainer import config_signature
+    from ..train.checkpoint import config_signature
     key = json.dumps(config_signature(arch, train_cfg, data_cfg), sort_keys=True, default=str)
     return results_dir() / "checkpoints" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
@@ -173,7 +173,7 @@ def run(args) -> int:
         distributed.local_batch(train_cfg.batch_size, args.nproc_per_node)
         prepare(args, name, arch, train_cfg, data_cfg, distributed.Context())
         return distributed.launch(args.nproc_per_node, args.argv)
-    from ..train.trainer import resolve_device
+    from ..train.execution import resolve_device
     ctx = distributed.init(resolve_device(train_cfg.device))
     try:
         code = _train(args, name, arch, train_cfg, data_cfg, ctx)
@@ -192,7 +192,8 @@ def prepare(args, name, arch, train_cfg, data_cfg, ctx):
 
     from ..train import distributed
     from ..train.data import load_dataset
-    from ..train.trainer import CHECKPOINT, check_signature, config_signature, load_checkpoint, resolve_device
+    from ..train.checkpoint import CHECKPOINT, check_signature, config_signature, load_checkpoint
+    from ..train.execution import resolve_device
     device = resolve_device(train_cfg.device)
     data = load_dataset(data_cfg, device)
     with torch.device("meta"):  # shapes only: the size report costs no memory or initialisation
@@ -215,7 +216,9 @@ def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..train.trainer import CHECKPOINT, resolve_device, train
+    from ..train.checkpoint import CHECKPOINT
+    from ..train.execution import resolve_device
+    from ..train.trainer import train
     started = time.perf_counter()
     say = print if ctx.is_main else (lambda *a, **k: None)  # rank 0 speaks for the run
     data, info, ckpt_dir, saved = prepare(args, name, arch, train_cfg, data_cfg, ctx)

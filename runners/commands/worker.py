@@ -36,7 +36,7 @@ def run(args) -> int:
     import torch
 
     from ..study.trial import lost_peer
-    from ..train.trainer import resolve_device
+    from ..train.execution import resolve_device
     ctx = distributed.init(resolve_device(args.device)) if group > 1 else distributed.Context()
     if ctx.world != group:
         raise ConfigError(f"{args.spec}: resources.gpus_per_trial is {group} but this process group has "

@@ -54,7 +54,7 @@ def train_images(data: DataConfig, family: str) -> tuple[int, str]:
         return SYNTHETIC_TRAIN, "synthetic"
     root = Path(data.name).expanduser()
     if (root / "train").is_dir():
-        from ..train.data import list_imagefolder
+        from ..train.images import list_imagefolder
         return sum(len(files) for files in list_imagefolder(root)["train"].values()), f"counted in {root}"
     if family == "imagenet":
         return IMAGENET_TRAIN, f"{root} is not here: ImageNet's {IMAGENET_TRAIN:,} assumed"
@@ -69,7 +69,7 @@ def estimate(spec: StudySpec, tflops: float | None = None, launch_ms: float = LA
 
     from models import ResNet
 
-    from ..train.trainer import Plan
+    from ..train.schedule import Plan
     rows, counted = [], {}  # (dataset name, subset, family) -> (images, source): a folder is listed once
     stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
     for v in spec.variants:

@@ -79,7 +79,7 @@ class StudyRunner:
         cfg = self.spec.data_of(stage)
         if cfg not in self._datasets:
             from ..train.data import load_dataset
-            from ..train.trainer import resolve_device
+            from ..train.execution import resolve_device
             self._datasets[cfg] = load_dataset(cfg, resolve_device(device or self.device))
         return self._datasets[cfg]
 

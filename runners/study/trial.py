@@ -158,7 +158,8 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
     """Train the cell `attrs` describes (every rank of a group calls this together; `trial` and
     `tracker` only on rank 0); search trials draw their hyperparameters from `trial`."""
     from ..train import distributed
-    from ..train.trainer import Plan, train
+    from ..train.schedule import Plan
+    from ..train.trainer import train
     stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
     if distributed.current().distributed:
         from optuna_integration import TorchDistributedTrial

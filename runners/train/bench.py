@@ -32,7 +32,8 @@ from models.spec import ArchSpec
 
 from .config import TrainConfig
 from .data import Dataset
-from .trainer import Run, Tally, runtime, sync
+from .execution import runtime, sync
+from .trainer import Run, Tally
 
 PREFETCH = 2  # the DataLoader's prefetch_factor: batches queued per worker
 

@@ -32,7 +32,7 @@ BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an I
 # the error plateaus, and the models are trained for up to 60 x 10^4 iterations. ... weight decay
 # of 0.0001 and a momentum of 0.9. We do not use dropout." The plateau rule is given here in its
 # common fixed form, /10 at epochs 30 and 60 of 90 (fb.resnet.torch, torchvision's references);
-# `train.schedule: plateau` is the rule as stated (runners/train/trainer.py LRSchedule).
+# `train.schedule: plateau` is the rule as stated (runners/train/schedule.py LRSchedule).
 # [21] is AlexNet's PCA lighting. fb.resnet.torch adds ColorJitter(0.4, 0.4, 0.4), which the paper
 # does not name: `dataset.color_jitter: 0.4` turns it on (off in the preset).
 RECIPES: dict[str, dict[str, dict]] = {

@@ -28,15 +28,19 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
-
+from ..files import atomic_write
+from ..paths import results_dir
+from . import stream
 from .config import BUILTIN_DATASETS, DataConfig
+from .images import IMAGEFOLDER_HINT, epoch_permutation, list_imagefolder, shard, split_indices, statistics, undecodable
 
 TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SYNTHETIC_TRAIN = 10_000  # default size of the synthetic training set
 SYNTHETIC_CLASSES = 10
 PAD = 4  # He 2016a Sec. 4.2: "4 pixels are padded on each side"
@@ -119,7 +123,7 @@ class Dataset:
         streamed path's too; every rank draws the augmentation of the whole global batch from the
         same generator and keeps its own contiguous slice, so the ranks' slices put together are
         the single-process batch and the generators stay in step. The last partial batch is
-        dropped (see trainer.Plan).
+        dropped (see schedule.Plan).
         """
         n = len(self.train)
         perm = epoch_permutation(n, seed, epoch).to(self.device)
@@ -137,19 +141,6 @@ class Dataset:
     def summary(self) -> str:
         return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
                 f"{self.num_classes} classes, {self.input_size}x{self.input_size}, {self.config.normalize}")
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order of the training images in `epoch` (1-based): a function of (seed, epoch) alone,
-    so a resumed run, every rank and both data paths agree without sharing state."""
-    import numpy as np
-    mixed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-    return torch.randperm(n, generator=torch.Generator().manual_seed(mixed))
-
-
-def shard(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[lo, hi) of rank's contiguous share of n items; the shares differ by at most one."""
-    return n * rank // world, n * (rank + 1) // world
 
 
 # -- augmentation ---------------------------------------------------------------------------------
@@ -183,7 +174,7 @@ def _ranges(device: torch.device, n: int, c: int, h: int, w: int) -> tuple[torch
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> "Dataset | stream.StreamDataset":
+def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset | stream.StreamDataset:
     """Load, split and normalise `cfg`'s dataset and put it on `device`; ConfigError if impossible.
 
     An ImageFolder too large to hold, or one read with per-image resizing, is streamed instead
@@ -191,7 +182,6 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> "Datase
     """
     cfg.validate()
     if cfg.name not in BUILTIN_DATASETS and cfg.loader != "memory":
-        from . import stream
         listing = list_imagefolder(Path(cfg.name).expanduser())
         if cfg.loader == "stream" or cfg.streamed_only or stream.too_large(listing):
             return stream.load_stream(cfg, listing, device)
@@ -211,44 +201,9 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu") -> "Datase
     train = Split(train_x[train_idx], train_y[train_idx], train_idx)
     val = Split(train_x[val_idx], train_y[val_idx], val_idx)
     test = Split(test_x, test_y)
-    mean, std = _statistics(train.images, cfg.normalize)
+    mean, std = statistics(train.images, cfg.normalize)
     data = Dataset(name, train, val, test, classes, mean, std, cfg)
     return data.to(device)
-
-
-def split_indices(n: int, cfg: DataConfig, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) positions among a source's n training images, sorted: `subset` images drawn
-    and `val_size` of them held out, both by `split_seed` alone. The streamed path calls this
-    too, so both paths hold out exactly the same images."""
-    keep = n if cfg.subset is None else cfg.subset
-    if keep > n:
-        raise ConfigError(f"dataset.subset ({cfg.subset}) exceeds the {n} training images of {name}")
-    if cfg.val_size >= keep:
-        raise ConfigError(f"dataset.val_size ({cfg.val_size}) must be smaller than the {keep} training "
-                          f"images of {name}; lower --val-size")
-    g = torch.Generator().manual_seed(cfg.split_seed)
-    perm = torch.randperm(n, generator=g)[:keep]
-    return perm[cfg.val_size:].sort().values, perm[:cfg.val_size].sort().values
-
-
-def _statistics(images: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel mean (the paper's) or per-channel mean and std of uint8 images, in [0, 1] units.
-
-    Summed in float64 chunks: a float copy of all 45k CIFAR images would take 550 MB.
-    """
-    total = torch.zeros(images.shape[1:], dtype=torch.float64)
-    squares = torch.zeros(images.shape[1:], dtype=torch.float64)
-    for chunk in images.split(4096):
-        chunk = chunk.double() / 255
-        total += chunk.sum(0)
-        squares += chunk.square().sum(0)
-    n = images.shape[0]
-    if kind == "pixel_mean":
-        return (total / n).float(), torch.ones(3, 1, 1)
-    count = n * images.shape[2] * images.shape[3]
-    mean = total.sum((1, 2)) / count
-    std = (squares.sum((1, 2)) / count - mean.square()).clamp_min(1e-12).sqrt()
-    return mean.float().view(3, 1, 1), std.float().view(3, 1, 1)
 
 
 def synthetic(n_train: int, n_test: int, size: int = 32):
@@ -288,32 +243,6 @@ def _load_torchvision(name: str, root: str):
     return (*splits, list(ds.classes))
 
 
-IMAGEFOLDER_HINT = "an ImageFolder root holds train/<class>/<image> and test/<class>/<image>"
-
-
-def list_imagefolder(root: Path) -> dict[str, dict[str, list[Path]]]:
-    """{"train"|"test": {class: sorted image paths}}, classes sorted; ConfigError if malformed.
-    The order here (class, then file name) is the order of the training images both paths use."""
-    hint = IMAGEFOLDER_HINT
-    if not root.is_dir():
-        raise ConfigError(f"dataset path {root} does not exist; give cifar10, cifar100, synthetic or the "
-                          f"path of an ImageFolder root (it holds train/<class>/<image> and test/<class>/<image>)")
-    listing = {}
-    for split in ("train", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            raise ConfigError(f"{root} has no {split}/ folder; {hint}")
-        listing[split] = {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-                          for d in sorted(folder.iterdir()) if d.is_dir()}
-    classes = sorted(listing["train"])
-    if not classes or not any(listing["train"].values()):
-        raise ConfigError(f"{root / 'train'} holds no class folders with images; {hint}")
-    unknown = sorted(set(listing["test"]) - set(classes))
-    if unknown:
-        raise ConfigError(f"{root / 'test'} has classes missing from train/: {', '.join(unknown[:5])}")
-    return listing
-
-
 def _load_imagefolder(root: Path):
     """Decode an ImageFolder root once; later loads read the uint8 cache (keyed by path, names,
     sizes and modification times, so edited folders are decoded again)."""
@@ -326,7 +255,6 @@ def _load_imagefolder(root: Path):
             for f in files:
                 st = f.stat()
                 key.update(f"{split}/{cls_name}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    from ..paths import results_dir
     cache = results_dir() / "cache" / f"imagefolder-{root.name}-{key.hexdigest()[:16]}.pt"
     if cache.exists():
         try:
@@ -343,11 +271,8 @@ def _load_imagefolder(root: Path):
         raise ConfigError(f"{root}: train images are {tuple(train_x.shape[2:])}, test images "
                           f"{tuple(test_x.shape[2:])}; all images must have one size")
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y,
-                    "classes": classes}, tmp)
-        tmp.replace(cache)
+        atomic_write(cache, lambda f: torch.save({"train_x": train_x, "train_y": train_y, "test_x": test_x,
+                                                  "test_y": test_y, "classes": classes}, f), durable=False)
     except OSError:
         pass  # the cache is an optimisation: a read-only results/ must not stop training
     return train_x, train_y, test_x, test_y, classes
@@ -355,8 +280,6 @@ def _load_imagefolder(root: Path):
 
 def _decode(listing: dict[str, list[Path]], index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) uint8 and (N,) labels; PIL decodes (torchvision.io's decoders are deprecated)."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
     images, labels = [], []
     for cls_name, files in listing.items():
         for f in files:
@@ -364,7 +287,7 @@ def _decode(listing: dict[str, list[Path]], index: dict[str, int]) -> tuple[torc
                 with Image.open(f) as im:
                     img = np.asarray(im.convert("RGB"))  # (H, W, 3)
             except (OSError, UnidentifiedImageError) as e:
-                raise ConfigError(f"cannot decode {f}: {str(e).splitlines()[0][:120]}") from None
+                raise undecodable(f, e) from None
             if images and img.shape != images[0].shape:
                 raise ConfigError(f"{f} is {img.shape[1]}x{img.shape[0]}, other images are "
                                   f"{images[0].shape[1]}x{images[0].shape[0]}; all images must have one size")

@@ -7,7 +7,7 @@ The in-memory path (runners/train/data.py) decodes a folder once into one uint8 
 right for CIFAR and impossible for ImageNet's 1.28M images (~400 GB decoded). Here each worker
 opens, decodes (PIL) and crops its images and hands over uint8 crops in pinned memory; the
 device then converts, jitters the colours, adds the lighting noise and normalises the whole batch. The split is the
-in-memory path's (`data.split_indices`, the same listing order), so both hold out the same images,
+in-memory path's (`images.split_indices`, the same listing order), so both hold out the same images,
 and without augmentation both yield the same images in the same order.
 
 Determinism: an epoch's order is a permutation drawn from (seed, epoch), and every random choice
@@ -27,8 +27,12 @@ uniform in dataset.scale (bicubic, as fb.resnet.torch) and takes a random crop x
 random_resized is torchvision's RandomResizedCrop (area 8-100%, aspect 3/4-4/3, bilinear). Both
 flip half the images; lighting adds AlexNet's PCA noise with fb.resnet.torch's ImageNet
 eigenvectors; color_jitter is fb.resnet.torch's ColorJitter (its blends, unclamped, on [0, 1]
-pixels before the lighting), drawn per image in the worker and applied to the batch on the device. Evaluation resizes the shorter side to dataset.resize and takes the center crop,
+pixels before the lighting), drawn per image in the worker and applied to the batch on the device.
+Evaluation resizes the shorter side to dataset.resize and takes the center crop,
 or with ten_crop the four corners, the center and their flips (the paper's 10-crop testing).
+
+torchvision (2.5 s to import after torch) is imported where an image is decoded or resized, in the
+loader's workers: the in-memory path loads this module to choose a loader and needs none of it.
 """
 from __future__ import annotations
 
@@ -36,15 +40,19 @@ import dataclasses
 import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
+from ..files import atomic_write
+from ..paths import results_dir
 from .config import DataConfig
-from .data import _statistics, epoch_permutation, shard, split_indices
+from .images import epoch_permutation, list_imagefolder, shard, split_indices, statistics, undecodable
 
 MEMORY_LIMIT = 4 << 30  # decoded bytes above which `loader: auto` streams (CIFAR-10: 184 MB)
 MAX_WORKERS = 8  # per rank, when not given: enough to feed one GPU at 224 px on most CPUs
@@ -66,12 +74,11 @@ def too_large(listing: dict) -> bool:
 
 
 def _size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:  # reads the header only
             return im.size
     except (OSError, UnidentifiedImageError) as e:
-        raise ConfigError(f"cannot decode {path}: {str(e).splitlines()[0][:120]}") from None
+        raise undecodable(path, e) from None
 
 
 @dataclass
@@ -94,21 +101,18 @@ def _open(path: Path) -> torch.Tensor:
     for torchcodec; once they are gone, PIL does all of it."""
     if path.suffix.lower() in (".jpg", ".jpeg"):
         try:
-            import warnings
-
             from torchvision.io import ImageReadMode, decode_jpeg, read_file
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
         except (ImportError, RuntimeError):
             pass
-    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             # contiguous: torchvision's bicubic resize of the HWC-strided view is ~4x slower
             return torch.from_numpy(np.array(im.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
     except (OSError, UnidentifiedImageError) as e:
-        raise ConfigError(f"cannot decode {path}: {str(e).splitlines()[0][:120]}") from None
+        raise undecodable(path, e) from None
 
 
 def _resize_shorter(x: torch.Tensor, side: int, bicubic: bool = False) -> torch.Tensor:
@@ -240,8 +244,8 @@ class EvalImages(torch.utils.data.Dataset):
 class EpochBatches(torch.utils.data.Sampler):
     """Rank's share of each global batch of an epoch, as lists of (index, epoch).
 
-    The permutation is data.epoch_permutation(seed, epoch), the in-memory path's (and
-    DistributedSampler's rule, with each global batch split into contiguous rank slices); the last partial global batch is dropped, as trainer.Plan counts.
+    The permutation is images.epoch_permutation(seed, epoch), the in-memory path's (and
+    DistributedSampler's rule, with each global batch split into contiguous rank slices); the last partial global batch is dropped, as schedule.Plan counts.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
@@ -387,7 +391,6 @@ def _stream_statistics(cfg: DataConfig, train: StreamSplit, root: Path) -> tuple
     key = hashlib.sha1(repr((str(root.resolve()), len(train), str(train.files[0]), str(train.files[-1]), n,
                              cfg.split_seed, cfg.subset, cfg.val_size, cfg.resize, cfg.crop,
                              cfg.normalize)).encode()).hexdigest()[:16]
-    from ..paths import results_dir
     cache = results_dir() / "cache" / f"stream-stats-{root.name}-{key}.pt"
     if cache.exists():
         try:
@@ -405,12 +408,9 @@ def _stream_statistics(cfg: DataConfig, train: StreamSplit, root: Path) -> tuple
     except RuntimeError as e:  # torch.stack of images of different sizes
         raise ConfigError(f"{root}: images differ in size; set dataset.crop (and dataset.resize) to stream "
                           f"them ({str(e).splitlines()[0][:80]})") from None
-    mean, std = _statistics(images, cfg.normalize)
+    mean, std = statistics(images, cfg.normalize)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"mean": mean, "std": std}, tmp)
-        tmp.replace(cache)
+        atomic_write(cache, lambda f: torch.save({"mean": mean, "std": std}, f), durable=False)
     except OSError:
         pass  # an optimisation: a read-only results/ must not stop training
     return mean, std
@@ -422,8 +422,6 @@ def upscale_folder(src: str | Path, dst: str | Path, size: int, per_class: int |
     JPEG quality 95), keeping at most `per_class` images of each class and split. An existing
     complete copy is kept. For the CPU-scale ImageNet-recipe spec (ablations/he2016a-imagenet-cpu.yaml):
     the shared 32 px CIFAR JPEGs at 64-96 px exercise scaling, cropping and 10-crop testing."""
-    from PIL import Image
-    from .data import list_imagefolder
     src, dst = Path(src), Path(dst)
     done = dst / ".complete"
     if done.exists():

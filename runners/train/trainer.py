@@ -16,11 +16,8 @@ the initialisation draws on the CPU). A non-finite loss ends the run as
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,22 +31,16 @@ from torch import nn
 from models.network import ResNet
 from models.spec import ArchSpec
 
-from ..errors import ConfigError
 from ..tracking import runs as tracking
-from .config import DataConfig, TrainConfig
 from . import distributed
-from .data import Dataset, Split, load_dataset
+from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config_signature, generator_state,
+                         load_checkpoint, restore_generator, save_checkpoint)
+from .config import DataConfig, TrainConfig
+from .data import Dataset, load_dataset
+from .evaluation import evaluate, layer_responses
+from .execution import MixedPrecision, compile_forward, memory_format, resolve_device, runtime, sync, use_amp
+from .schedule import LRSchedule, Plan
 from .stream import StreamDataset, default_workers
-
-_log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
-# Fields that change how a run executes, not what it computes: they may differ on resume and do
-# not enter the default checkpoint directory's hash.
-RUNTIME_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "probe",
-                  "deterministic", "amp", "channels_last", "workers")
-WARMUP_EMA = 0.9  # the warm-up watches a running (bias-corrected EMA) training error, ~10 batches
-EVAL_BATCH = {"cpu": 250, "cuda": 1000}  # the default eval_batch_size per device type (README)
 
 
 @dataclass
@@ -60,209 +51,6 @@ class TrainResult:
     final: dict  # the last completed epoch's metrics ({} if none)
     best_val_error: float | None  # min validation error over epochs; None without a val split
     responses: list[dict] | None  # [{"index", "layer", "std"}], He 2016a Fig. 7; None if not probed
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto (CUDA if available, else CPU), cpu, cuda or cuda:N; ConfigError if unavailable."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name} requested but CUDA is not available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-# -- the run's length and lr ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Plan:
-    """How many steps: the last partial batch of an epoch is dropped (batches are randperm
-    slices, so every image is seen over the epochs); an iteration-length run ends mid-epoch."""
-
-    steps_per_epoch: int
-    epochs: int
-    iterations: int
-
-    @classmethod
-    def of(cls, cfg: TrainConfig, n_train: int) -> "Plan":
-        spe = max(1, n_train // cfg.batch_size)
-        n, unit = cfg.length
-        if unit == "epochs":
-            return cls(spe, n, n * spe)
-        return cls(spe, math.ceil(n / spe), n)
-
-    def steps_in(self, epoch: int) -> int:  # epoch is 1-based
-        return min(self.steps_per_epoch, self.iterations - (epoch - 1) * self.steps_per_epoch)
-
-
-class LRSchedule:
-    """The lr of iteration k (0-based): the recipe's schedule, behind the paper's warm-up.
-
-    step:     lr * gamma^(milestones passed); milestones in the run's unit, default 1/2 and 3/4
-              of it (He 2016a: 0.1, /10 at 32k and 48k of 64k iterations).
-    cosine:   lr * (1 + cos(pi k / K)) / 2.   constant: lr.
-    plateau:  lr * gamma^(drops), one drop each time the epochs' error stops improving (He 2016a
-              Sec. 3.4's ImageNet rule as stated; the preset's 30/60-of-90 milestones are the fixed
-              form fb.resnet.torch uses). Decided at epoch ends, on numbers every rank shares.
-    warm-up:  He 2016a Sec. 4.2 (ResNet-110): warmup_lr until the running training error falls
-              below warmup_until_error, then back to the schedule's lr for the current iteration
-              (so it composes with the milestones). It never raises the lr above the schedule and
-              never comes back. With warmup_iterations (He 2016b Appendix: 400), it ends after that
-              many iterations instead.
-    """
-
-    def __init__(self, cfg: TrainConfig, plan: Plan) -> None:
-        self.cfg, self.total = cfg, plan.iterations
-        n, unit = cfg.length
-        per_unit = plan.steps_per_epoch if unit == "epochs" else 1
-        milestones = cfg.milestones if cfg.milestones is not None else (n / 2, 3 * n / 4)
-        self.boundaries = sorted(round(m * per_unit) for m in milestones)
-        self.warming = cfg.warmup
-        self.ema, self.count = 0.0, 0
-        self.drops, self.best, self.stale = 0, math.inf, 0  # schedule=plateau
-
-    def base(self, k: int) -> float:
-        cfg = self.cfg
-        if cfg.schedule == "step":
-            return cfg.lr * cfg.gamma ** sum(k >= b for b in self.boundaries)
-        if cfg.schedule == "plateau":
-            return cfg.lr * cfg.gamma ** self.drops
-        if cfg.schedule == "cosine":
-            return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(k, self.total) / self.total))
-        return cfg.lr
-
-    def lr(self, k: int) -> float:
-        return min(self.cfg.warmup_lr, self.base(k)) if self.warming else self.base(k)
-
-    def observe(self, k: int, batch_error: float) -> None:
-        """Feed iteration k's training error; ends the warm-up when the running error is low
-        (He 2016a), or after warmup_iterations (He 2016b) when that is set."""
-        if not self.warming:
-            return
-        if self.cfg.warmup_iterations is not None:
-            self.warming = k + 1 < self.cfg.warmup_iterations
-            return
-        self.count += 1
-        self.ema = WARMUP_EMA * self.ema + (1 - WARMUP_EMA) * batch_error
-        if self.ema / (1 - WARMUP_EMA ** self.count) < self.cfg.warmup_until_error:
-            self.warming = False
-
-    def epoch_end(self, metrics: dict) -> None:
-        """schedule=plateau: feed an epoch's errors (never the test error); drop the lr after
-        plateau_patience epochs without an improvement of plateau_threshold on the best."""
-        if self.cfg.schedule != "plateau":
-            return
-        error = metrics.get("val_error", metrics["train_error"])
-        if error < self.best - self.cfg.plateau_threshold:
-            self.best, self.stale = error, 0
-            return
-        self.stale += 1
-        if self.stale >= self.cfg.plateau_patience:
-            self.drops, self.stale = self.drops + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"warming": self.warming, "ema": self.ema, "count": self.count,
-                "drops": self.drops, "best": self.best, "stale": self.stale}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.warming, self.ema, self.count = bool(state["warming"]), float(state["ema"]), int(state["count"])
-        self.drops, self.best, self.stale = int(state.get("drops", 0)), float(state.get("best", math.inf)), \
-            int(state.get("stale", 0))
-
-
-# -- execution settings ---------------------------------------------------------------------------
-# cuBLAS reads this at its first call: a process that may train deterministically on CUDA sets it
-# before then (runners/cli.py main does, for every command); setting it later has no effect.
-CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-@contextlib.contextmanager
-def runtime(cfg: TrainConfig, device: torch.device):
-    """Threads and determinism for the duration of a run; the process's settings are restored."""
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    det_warn, bench = torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
-    fill = _fill_uninitialized()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        os.environ.setdefault(*CUBLAS_WORKSPACE)  # in time only if CUDA has not run cuBLAS yet
-        # The head pools with a mean (AdaptiveAvgPool2d has no deterministic CUDA backward). Should
-        # some op of a future torch lack a deterministic CUDA kernel, warn rather than stop a long
-        # GPU run; on CPU every op is deterministic and resumes are bit-exact (tested).
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.benchmark = False
-        # Deterministic mode also NaN-fills every torch.empty by default: a kernel per allocation
-        # that buys nothing here (every buffer the trainer reads is written first).
-        _fill_uninitialized(False)
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det, warn_only=det_warn)
-        torch.backends.cudnn.benchmark = bench
-        _fill_uninitialized(fill)
-
-
-def _fill_uninitialized(value: bool | None = None) -> bool | None:
-    """torch.utils.deterministic.fill_uninitialized_memory (torch >= 2.1): read, or set if given."""
-    det = getattr(torch.utils, "deterministic", None)
-    if det is None or not hasattr(det, "fill_uninitialized_memory"):
-        return None
-    if value is not None:
-        det.fill_uninitialized_memory = value
-    return det.fill_uninitialized_memory
-
-
-def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast: by default on a CUDA device that supports bf16; off on CPU unless asked for
-    (slower there: README, Performance)."""
-    if cfg.amp == "bf16":
-        return True
-    return cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def memory_format(cfg: TrainConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-
-def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
-    return cfg.eval_batch_size or EVAL_BATCH.get(device.type, EVAL_BATCH["cpu"])
-
-
-class MixedPrecision(nn.Module):
-    """The network's body under bf16 autocast (when `amp`), its head (pooling and the linear
-    classifier) in fp32: logits and losses then carry no bf16 rounding, so CUDA (bf16) and CPU
-    (fp32) runs are compared on the same footing. Returns fp32 logits (N, classes)."""
-
-    def __init__(self, model: ResNet, amp: bool) -> None:
-        super().__init__()
-        self.model, self.amp = model, amp
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            features = m.stages(m.stem(x))  # (N, C, H', W')
-        return m.head(features.float())
-
-
-def compile_forward(net: nn.Module, mode: str = "default", backend: str | Callable = "inductor") -> nn.Module:
-    """torch.compile `net` for one run. Dynamo's code cache is per process and keyed on the code
-    object (ResNet.forward and the blocks' forwards are one code object for every architecture),
-    so a study worker's 9th architecture would hit the recompile limit and silently run eager:
-    reset it first. dynamic=False: the batch shape is fixed (the last partial batch is dropped)."""
-    torch._dynamo.reset()
-    if backend != "inductor":  # modes are inductor's
-        return torch.compile(net, dynamic=False, backend=backend)
-    return torch.compile(net, dynamic=False, mode=None if mode == "default" else mode)
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
@@ -285,126 +73,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, foreach=True)
 
 
-# -- evaluation -----------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: MixedPrecision, data: Dataset, split: Split, cfg: TrainConfig) -> tuple[float, float]:
-    """(mean loss, error) of `split`, in eval mode, without augmentation.
-
-    Each rank evaluates its shard and the sums are added up. Multi-crop batches (N, K, C, H, W)
-    (ten_crop) score the mean of the K crops' softmax (He 2016a Sec. 3.4, 10-crop testing)."""
-    ctx = distributed.current()
-    distributed.sync_buffers(model, ctx)  # every shard is scored by the model rank 0 checkpoints
-    model.eval()
-    loss = torch.zeros((), device=data.device, dtype=torch.float64)
-    wrong = torch.zeros((), device=data.device, dtype=torch.float64)
-    for x, y in data.eval_batches(split, eval_batch_size(cfg, data.device), ctx.rank, ctx.world):
-        crops = x.shape[1] if x.dim() == 5 else 0
-        out = model(x.flatten(0, 1) if crops else x.contiguous(memory_format=memory_format(cfg)))
-        if crops:
-            # log of the mean probability, as a logsumexp: a crop's underflowing softmax is no -inf
-            out = torch.logsumexp(out.view(len(y), crops, -1).log_softmax(-1), 1) - math.log(crops)
-            loss += F.nll_loss(out, y, reduction="sum")
-        else:
-            loss += F.cross_entropy(out, y, reduction="sum")
-        wrong += (out.argmax(1) != y).sum()
-    loss, wrong = distributed.all_sum(torch.stack([loss, wrong]), ctx).tolist()
-    return loss / len(split), wrong / len(split)
-
-
-@torch.no_grad()
-def layer_responses(model: ResNet, data: Dataset, split: Split, batch_size: int = 250) -> list[dict]:
-    """He 2016a Fig. 7: the std of each 3x3 layer's response (after BN, before the addition and
-    the nonlinearity) over `split`, in eval mode and fp32; the std is over all of a layer's
-    outputs (images, channels, positions). Statistics are taken inside the forward hook, before
-    any in-place ReLU that follows can overwrite the tensor."""
-    model.eval()
-    points = model.response_modules()
-    sums = torch.zeros(len(points), 2, dtype=torch.float64, device=data.device)
-    counts = [0] * len(points)
-
-    def hook(i: int):
-        def record(module, inputs, out):
-            sums[i, 0] += out.sum(dtype=torch.float64)
-            sums[i, 1] += out.double().square().sum()
-            counts[i] += out.numel()
-        return record
-
-    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(points)]
-    try:
-        for x, _ in data.eval_batches(split, batch_size):
-            model(x.flatten(0, 1) if x.dim() == 5 else x)  # ten_crop: every crop is a response
-    finally:
-        for h in handles:
-            h.remove()
-    sums = sums.cpu()
-    out = []
-    for i, (name, _) in enumerate(points):
-        mean, sq = sums[i, 0].item() / counts[i], sums[i, 1].item() / counts[i]
-        out.append({"index": i, "layer": name, "std": math.sqrt(max(sq - mean * mean, 0.0))})
-    return out
-
-
-# -- checkpoints ----------------------------------------------------------------------------------
-def config_signature(arch: ArchSpec, cfg: TrainConfig, data_cfg: DataConfig) -> dict:
-    """What a run computes: must match to resume; hashed into the CLI's default checkpoint dir."""
-    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
-    train["milestones"] = list(cfg.milestones) if cfg.milestones is not None else None
-    return {"arch": arch.as_dict(), "train": train, "data": dataclasses.asdict(data_cfg)}
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash leaves the previous checkpoint or the new one, never half of one.
-    A write that fails (a full disk) removes its temporary file and raises."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path` (tensors on the CPU), or None; weights_only, so no pickle code runs.
-
-    A checkpoint that cannot be used (truncated, garbled, of another format version) is moved
-    aside, kept for inspection and named in a warning, and None is returned: its run starts over
-    rather than stopping.
-    """
-    # A temporary file here is a write that died with its process (a kill -9 mid-write): this
-    # cell's directory belongs to one attempt at a time, so nothing is writing it now.
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        why = None if isinstance(state, dict) and state.get("version") == CHECKPOINT_VERSION else \
-            f"format version {state.get('version') if isinstance(state, dict) else '?'}, expected {CHECKPOINT_VERSION}"
-    except Exception as e:  # noqa: BLE001 - any unreadable file is handled the same way
-        why = type(e).__name__
-    if why is None:
-        return state
-    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    os.replace(path, aside)
-    _log.warning("checkpoint %s cannot be read (%s); kept as %s, starting this run from scratch", path, why, aside)
-    return None
-
-
-def check_signature(path: Path, saved: dict, current: dict) -> None:
-    for part in ("arch", "train", "data"):
-        for key in sorted(set(saved[part]) | set(current[part])):
-            a, b = saved[part].get(key), current[part].get(key)
-            if a != b:
-                raise ConfigError(f"checkpoint {path} is of another run ({part}.{key}: {a!r} there, "
-                                  f"{b!r} here); pass --fresh to discard it or use another checkpoint dir")
-
-
-# -- the training run -----------------------------------------------------------------------------
 def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamDataset, *,
           tracker: tracking.Tracker | None = None, checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
@@ -434,32 +102,6 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamD
     # kills rank 0 mid-write).
     distributed.barrier(ctx)
     return result
-
-
-def reseed(gen: torch.Generator, seed: int, epoch: int) -> torch.Generator:
-    """The augmentation generator of a run resumed after `epoch` on another device type: a CPU
-    generator's state (5,056 bytes) does not fit a CUDA one (16 bytes) nor the reverse, and the
-    two draw different streams anyway. Reseeding from (seed, epoch) keeps the resume
-    deterministic (the same checkpoint resumes the same way), though no longer identical to an
-    uninterrupted run on either device."""
-    return gen.manual_seed(seed * 2**20 + epoch)
-
-
-def generator_state(gen: torch.Generator) -> dict:
-    return {"device": gen.device.type, "state": gen.get_state()}
-
-
-def restore_generator(gen: torch.Generator, saved: dict | torch.Tensor, seed: int, epoch: int) -> bool:
-    """Restore `gen` from generator_state(); True if restored exactly, False if reseeded."""
-    if isinstance(saved, dict):
-        kind, state = saved["device"], saved["state"]
-    else:  # a bare state, from before the device type was saved: the state's size tells
-        kind, state = (gen.device.type if saved.numel() == gen.get_state().numel() else "other"), saved
-    if kind != gen.device.type:
-        reseed(gen, seed, epoch)
-        return False
-    gen.set_state(state)
-    return True
 
 
 @dataclass
@@ -675,9 +317,3 @@ class Run:
         return TrainResult(status=self.status, epochs=len(self.history), history=list(self.history),
                            final=dict(self.history[-1]) if self.history else {},
                            best_val_error=min(vals) if vals else None, responses=self.responses)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings must not stop before the kernels do)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

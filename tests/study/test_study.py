@@ -274,7 +274,7 @@ def test_checkpoint_writes_that_fail_leave_nothing_and_unreadable_ones_are_set_a
 
     import torch
 
-    from runners.train import trainer
+    from runners.train import checkpoint as trainer
     path = tmp_path / "c" / "checkpoint.pt"
     trainer.save_checkpoint(path, {"version": trainer.CHECKPOINT_VERSION, "x": torch.zeros(3)})
 

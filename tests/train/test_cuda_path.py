@@ -13,8 +13,9 @@ from models import ArchSpec, ResNet
 from runners.commands import run as run_cmd
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset
-from runners.train.trainer import (CHECKPOINT, MixedPrecision, compile_forward, eval_batch_size,
-                                   load_checkpoint, restore_generator, runtime, train, use_amp)
+from runners.train.checkpoint import CHECKPOINT, load_checkpoint, restore_generator
+from runners.train.execution import MixedPrecision, compile_forward, eval_batch_size, runtime, use_amp
+from runners.train.trainer import train
 
 TINY = ArchSpec(depth=8)
 

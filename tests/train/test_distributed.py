@@ -17,7 +17,10 @@ from runners.tracking import runs as tracking
 from runners.train import distributed
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset
-from runners.train.trainer import CHECKPOINT, MixedPrecision, evaluate, load_checkpoint, make_optimizer, train
+from runners.train.checkpoint import CHECKPOINT, load_checkpoint
+from runners.train.evaluation import evaluate
+from runners.train.execution import MixedPrecision
+from runners.train.trainer import make_optimizer, train
 
 TINY = ArchSpec(depth=8)
 DATA = DataConfig("synthetic", subset=180, val_size=60)  # 120 train: 3 steps of the global batch 40

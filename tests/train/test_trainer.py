@@ -11,7 +11,10 @@ from models import ArchSpec, ConfigError, ResNet
 from runners.tracking import runs as tracking
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset
-from runners.train.trainer import CHECKPOINT, LRSchedule, Plan, load_checkpoint, resolve_device, train
+from runners.train.checkpoint import CHECKPOINT, load_checkpoint
+from runners.train.execution import resolve_device
+from runners.train.schedule import LRSchedule, Plan
+from runners.train.trainer import train
 
 TINY = ArchSpec(depth=8)  # 3 stages of one basic block: 75k parameters
 DATA_CFG = DataConfig("synthetic", subset=600, val_size=100)  # 500 train, 100 val, 120 test
