@@ -24,7 +24,7 @@ def results(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def _empty_mlflow_store(tmp_path_factory) -> Path:
-    from runners.tracking.runs import client
+    from runners.tracking.store import client
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     client(f"sqlite:///{path}").search_experiments()  # MLflow creates and migrates its tables
     return path

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, redact
 from ..paths import default_tracking_uri, results_dir
+from ..tracking.links import DEFAULT_UI
 
-DEFAULT_UI_URL = "http://127.0.0.1:5000"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or "
                    "results/mlflow.db)")
-    p.add_argument("--ui-url", default=DEFAULT_UI_URL,
-                   help=f"where `mlflow ui` serves, for the printed link (default: {DEFAULT_UI_URL})")
+    p.add_argument("--ui-url", default=DEFAULT_UI,
+                   help=f"where `mlflow ui` serves, for the printed link (default: {DEFAULT_UI})")
     p.add_argument("--out", default=None, help="output folder (default: results/figures/<study>)")
     p.add_argument("--x", choices=("epoch", "iteration"), default="epoch",
                    help="x axis of the training curves (iteration: the `iteration` metric, as Fig. 6)")
@@ -34,7 +34,7 @@ def run(args) -> int:
     from ..report.figures import write_all
     from ..study.spec import load_spec
     from ..tracking.results import load_study
-    from ..tracking.runs import client
+    from ..tracking.store import client
     from ..tracking.view import comparison_link
 
     if bool(args.spec) == bool(args.experiment):

@@ -81,7 +81,7 @@ def run(args) -> int:
 
     from ..study.progress import StudyProgress
     from ..study.status import status
-    from ..tracking.runs import Terminated, sigterm_raises
+    from ..signals import Terminated, sigterm_raises
     from ..tracking.view import comparison_link
     from .study_options import make_runner
     gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0

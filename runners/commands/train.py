@@ -231,16 +231,18 @@ def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
                 f"{final.get('test_error', float('nan')):.4f}); pass --fresh to train again")
             return 0
         say(f"resuming from {path} after epoch {saved['epoch']}")
-    from ..tracking import runs as tracking
+    from ..tracking.links import experiment_link, run_link
+    from ..tracking.store import client as tracking_client
+    from ..tracking.tracker import Tracker, tracked_run
     uri = args.tracking_uri or default_tracking_uri()
-    client = tracking.client(uri) if ctx.is_main else None  # the first touch of the store
+    client = tracking_client(uri) if ctx.is_main else None  # the first touch of the store
 
     n, unit = train_cfg.length
     procs = f" x {ctx.world} processes" if ctx.distributed else ""
     say(f"{name}: {info['params']:,} params, {info['macs'] / 1e6:,.1f}M MACs | {data.summary()} | "
         f"recipe {train_cfg.recipe}: {n} {unit}, batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, {device}{procs}")
     run_name = args.run_name or f"{name}-{data.name}-s{train_cfg.seed}"
-    tracker = tracking.Tracker.start(client, args.experiment, run_name) if ctx.is_main else None
+    tracker = Tracker.start(client, args.experiment, run_name) if ctx.is_main else None
 
     def report(epoch: int, m: dict) -> None:
         val = f"val {m['val_loss']:.3f}/{m['val_error']:.4f}  " if "val_error" in m else ""
@@ -249,7 +251,7 @@ def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
                    f"{m['epoch_seconds']:.1f}s  {m['images_per_second']:,.0f} img/s", file=sys.stdout)
         sys.stdout.flush()
 
-    with tracking.tracked_run(tracker) if tracker is not None else contextlib.nullcontext():
+    with tracked_run(tracker) if tracker is not None else contextlib.nullcontext():
         result = train(arch, train_cfg, data, tracker=tracker, checkpoint_dir=ckpt_dir,
                        on_epoch=report if ctx.is_main else None, model_name=name, progress=ctx.is_main)
     if not ctx.is_main:
@@ -262,6 +264,6 @@ def _train(args, name, arch, train_cfg, data_cfg, ctx) -> int:
     exp_id = client.get_run(tracker.run_id).info.experiment_id
     print(f"MLflow run {tracker.run_id} in experiment {args.experiment!r} of {redact(uri)}")
     print(f"  view: mlflow ui --backend-store-uri {redact(uri)}   then open the run (its metrics, parameters, dataset):\n"
-          f"  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{tracker.run_id}\n"
-          f"  or the experiment's runs, to compare: http://127.0.0.1:5000/{tracking.ui_link(exp_id)}")
+          f"  {run_link(exp_id, tracker.run_id)}\n"
+          f"  or the experiment's runs, to compare: {experiment_link(exp_id)}")
     return 0

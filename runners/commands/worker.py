@@ -90,7 +90,7 @@ def _launch_group(group: int, argv: list[str], restarts: int) -> int:
 
 def _work(runner, args) -> int:
     from ..study.progress import StudyProgress
-    from ..tracking.runs import Terminated, sigterm_raises
+    from ..signals import Terminated, sigterm_raises
     runner.dataset()  # a missing dataset fails here, before anything is written
     runner.open()
     runner.setup(retry_failed=args.retry_failed)

@@ -1,7 +1,7 @@
 """`ablate figures`: He et al. 2016a/b's figures and tables regenerated from the MLflow store alone.
 
 Nothing is retrained and Optuna is not needed: every number comes from the runs' tags, params
-and metric histories (the contract in `runners.tracking.runs`), read by
+and metric histories (the contract in `runners.tracking.naming`), read by
 `runners.tracking.results`: FINISHED runs of the `confirm`/`train` stages, never `search`
 trials. Diverged runs are counted ("fail k/N") and drawn as x markers but kept out of means and
 tests, where one exploded run would otherwise set the result. Statistics live in

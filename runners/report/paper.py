@@ -2,7 +2,7 @@
 
 He et al. 2016a ("Deep Residual Learning", Table 6) and He et al. 2016b ("Identity Mappings in
 Deep Residual Networks", Tables 1-3). A number is found by `paper_key(params)`, a function of a
-run's params (`runners.tracking.runs.run_params`: the axes unprefixed, the rest of the
+run's params (`runners.tracking.naming.run_params`: the axes unprefixed, the rest of the
 architecture as `arch.*`, the data as `data.*`): the one place that maps the lab's names for a
 shortcut kind, an activation order or a block onto the papers' rows. None = the paper has no
 such row.

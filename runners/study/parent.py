@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 
 from ..errors import redact
-from ..tracking.runs import Tracker, fmt, git_commit, mark_superseded
+from ..tracking.naming import fmt
+from ..tracking.store import mark_superseded
+from ..tracking.tracker import Tracker, git_commit
 from ..tracking.view import publish_comparison_view, varying_axes
 from .layout import Layout
 

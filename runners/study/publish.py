@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 from ..tracking import view
-from ..tracking.runs import metric_key
+from ..tracking.links import DEFAULT_UI
+from ..tracking.naming import metric_key
 
 NOTE_TAG = "mlflow.note.content"
 PUBLISHED_TAG = "published_runs"  # a digest of the runs the parent's figures and metrics show
 
 
-def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str = view.DEFAULT_UI) -> dict:
+def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str = DEFAULT_UI) -> dict:
     """Log the study's result onto its parent run and describe the experiment; returns the
     metrics logged ({key: value})."""
     from mlflow.entities import Metric

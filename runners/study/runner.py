@@ -85,7 +85,7 @@ class StudyRunner:
 
     def open(self) -> Layout:
         """Connect both stores (creating their files); a store that fails leaves no empty file."""
-        from ..tracking.runs import client
+        from ..tracking.store import client
         db = Path(self.tracking_uri[len("sqlite:///"):]) if self.tracking_uri.startswith("sqlite:///") else None
         created = db is not None and not db.exists()
         try:

@@ -21,7 +21,7 @@ from models.spec import ArchSpec
 
 from ..errors import ConfigError, cut, reject_unknown, shown
 from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, apply_recipe, coerce, from_mapping
-from ..tracking.runs import fmt, variant_name
+from ..tracking.naming import fmt, variant_name
 from ..yaml_input import parse_override, read_yaml_file, set_path
 
 TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seeds", "attempts", "resources")

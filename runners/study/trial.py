@@ -17,7 +17,9 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import cut, redact
-from ..tracking.runs import Terminated, Tracker, label, run_name as arch_run_name, tracked_run
+from ..signals import Terminated
+from ..tracking.naming import label, run_name as arch_run_name
+from ..tracking.tracker import Tracker, tracked_run
 from . import optuna_private as private
 from . import parent
 from .layout import CONFIRM, SEARCH, Layout

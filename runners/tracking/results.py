@@ -1,6 +1,6 @@
 """What an ablation study's MLflow experiment holds: its usable runs, grouped by variant.
 
-Read through `MlflowClient` only, following the contract in `runners.tracking.runs`. Only FINISHED
+Read through `MlflowClient` only, following the contract in `runners.tracking.naming`. Only FINISHED
 runs of the `confirm` or `train` stage are used (a run without a stage tag is a plain
 `ablate train` run and counts as `train`); `search` trials are tuned on validation data with
 short budgets and never mix in. Every run left out is counted with its reason, so a partial
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import runs as tracking
+from .naming import AXES
 
 STAGES = ("confirm", "train")
 # Unprefixed params that are tags but not variant axes (seed: runs of a variant repeat over it).
@@ -35,7 +35,7 @@ class VariantAxes:
     shortcut: str
     preact: bool
     width: str
-    extra: tuple[tuple[str, str], ...] = ()  # (tag, value) of axes beyond runs.AXES, sorted
+    extra: tuple[tuple[str, str], ...] = ()  # (tag, value) of axes beyond naming.AXES, sorted
     detail: str = ""
 
     @property
@@ -137,9 +137,9 @@ def find_experiment(c, name: str):
 
 def axis_names(tags: dict, params: dict) -> tuple[str, ...]:
     """The axes a run is tagged with: every tag also logged as an unprefixed param (`run_params`
-    logs the axis tags so), plus the required `runs.AXES`, so a new axis needs no change here."""
+    logs the axis tags so), plus the required `naming.AXES`, so a new axis needs no change here."""
     found = {k for k in tags if k in params and "." not in k and k not in NOT_AXES}
-    return tuple(tracking.AXES) + tuple(sorted(found - set(tracking.AXES)))
+    return tuple(AXES) + tuple(sorted(found - set(AXES)))
 
 
 def load_study(c, name: str) -> Study:
@@ -166,7 +166,7 @@ def load_study(c, name: str) -> Study:
         if stage not in STAGES:
             ignored[f"stage {stage}"] += 1
             continue
-        if any(a not in tags for a in tracking.AXES):
+        if any(a not in tags for a in AXES):
             ignored["no axis tags (not a training run)"] += 1
             continue
         if status != "FINISHED":
@@ -205,7 +205,7 @@ def _variant(axes: tuple, key: str | None, keys: set) -> VariantAxes:
     tags = dict(axes)
     # `order` post/preact says again what `preact` says; only He 2016b's orders (b)-(d) are extra.
     extra = tuple((k, v) for k, v in axes
-                  if k not in tracking.AXES and not (k == "order" and v in ("post", "preact")))
+                  if k not in AXES and not (k == "order" and v in ("post", "preact")))
     detail = ""
     if len(keys) > 1 and key is None:
         detail = "(no variant tag)"

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
-from .runs import AXES, axis_tags
+from ..errors import ConfigError
+from ..paths import sqlite_path
+from .links import DEFAULT_UI, view_link
+from .naming import AXES, axis_tags
+from .store import client
 
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
-SHARE_URL_PARAM = "viewStateShareKey"
 # A pointer to the current comparison view, so `status` and `figures` print the same link.
 VIEW_TAG = "ablate.comparison_view"
 # MLflow 3 opens experiments in its GenAI layout unless the experiment says it trains models.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-DEFAULT_UI = "http://127.0.0.1:5000"
 
 RUN_FILTER = "tags.stage = 'confirm' AND attributes.status = 'FINISHED'"
 # The paper's figure first (He 2016a Fig. 6: training error dashed, test error solid), then the rest.
@@ -117,11 +118,6 @@ def publish_comparison_view(c, experiment_id: str, axes: list[str] | None = None
     return view_link(experiment_id, key, ui)
 
 
-def view_link(experiment_id: str, key: str, ui: str = DEFAULT_UI) -> str:
-    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{SHARE_URL_PARAM}={key}"
-            f"&compareRunsMode=CHART&workflowType=machine_learning")
-
-
 def comparison_link(c, experiment_name: str, ui: str = DEFAULT_UI) -> str | None:
     """The link of the experiment's comparison view (published now if it was never published);
     None when there is no such experiment."""
@@ -137,9 +133,8 @@ def comparison_link(c, experiment_name: str, ui: str = DEFAULT_UI) -> str | None
 def find_comparison_link(uri: str, experiment_name: str, ui: str = DEFAULT_UI) -> str | None:
     """`comparison_link` for a reader that must not create a store (`ablate status`): None when
     the store is missing or unreachable, or has no such experiment."""
-    from ..errors import ConfigError
-    from .runs import client
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
         return None
     try:
         return comparison_link(client(uri), experiment_name, ui)

@@ -7,7 +7,7 @@ The recipe is He et al. 2016a Sec. 4.2 (see runners/train/config.py). The whole 
 training device as uint8 and is augmented there in batches (runners/train/data.py). Every epoch
 records the training loss and error as measured on the fly (the augmented batches, in training
 mode, as the paper plots them), the validation and test loss and error, the lr, the time and
-the throughput; is logged to the tracker (the contract in runners/tracking/runs.py); and is
+the throughput; is logged to the tracker (the contract in runners/tracking/naming.py); and is
 checkpointed atomically with the model, optimizer, schedule and RNG states, so an interrupted run
 resumes exactly (bit-identical on CPU in deterministic mode). The CUDA generators are not saved:
 nothing in training draws from them (the data order and augmentation have their own generator,
@@ -31,7 +31,8 @@ from torch import nn
 from models.network import ResNet
 from models.spec import ArchSpec
 
-from ..tracking import runs as tracking
+from ..tracking.naming import axis_tags, run_name, run_params, variant_name
+from ..tracking.tracker import Tracker, git_commit
 from . import distributed
 from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config_signature, generator_state,
                          load_checkpoint, restore_generator, save_checkpoint)
@@ -74,7 +75,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamDataset, *,
-          tracker: tracking.Tracker | None = None, checkpoint_dir: str | Path | None = None,
+          tracker: Tracker | None = None, checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
           progress: bool = False) -> TrainResult:
     """Train `arch` with recipe `cfg` on `data`; log to `tracker` (without ending its run).
@@ -124,7 +125,7 @@ class Run:
 
     def __init__(self, arch, cfg, data, device, tracker, checkpoint_dir, model_name) -> None:
         self.arch, self.cfg, self.data, self.device, self.tracker = arch, cfg, data, device, tracker
-        self.model_name = model_name or tracking.variant_name(arch)
+        self.model_name = model_name or variant_name(arch)
         self.path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
         self.signature = config_signature(arch, cfg, data.config)
         self.plan = Plan.of(cfg, len(data.train))
@@ -172,12 +173,12 @@ class Run:
         t, cx = self.tracker, self.complexity
         if t is None:
             return
-        t.log_params(tracking.run_params(self.arch, self.cfg, self.data.config, model_name=self.model_name,
+        t.log_params(run_params(self.arch, self.cfg, self.data.config, model_name=self.model_name,
                                          params=cx.params, macs=cx.macs))
-        tags = {**tracking.axis_tags(self.arch, self.cfg.seed), "model": self.model_name}
+        tags = {**axis_tags(self.arch, self.cfg.seed), "model": self.model_name}
         if self.reseeded_at is not None:
             tags["augment_reseeded_at_epoch"] = str(self.reseeded_at)
-        sha = tracking.git_commit()
+        sha = git_commit()
         if sha:
             tags["mlflow.source.git.commit"] = sha
         t.set_tags(tags)
@@ -199,7 +200,7 @@ class Run:
             return
         if self.status == "finished":
             t.log_state_dict({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                             model_name=tracking.run_name(self.arch, self.cfg.seed), step=self.epoch)
+                             model_name=run_name(self.arch, self.cfg.seed), step=self.epoch)
             if self.responses is not None:
                 t.log_dict(self.responses, "layer_responses.json")
                 t.log_metric_series("layer_response_std", [r["std"] for r in self.responses])

@@ -1,7 +1,7 @@
 """`ablate figures` rebuilds the paper's figures and tables from an MLflow store alone.
 
 The store is written here directly with MlflowClient, following the contract in
-`runners.tracking.runs`: plain and residual nets at two depths with synthetic curves, a shortcut-B
+`runners.tracking.naming`: plain and residual nets at two depths with synthetic curves, a shortcut-B
 variant (the Table 3 comparison), a diverged run, and runs that must be ignored (RUNNING,
 FAILED, a `search` trial).
 """

@@ -21,7 +21,9 @@ from conftest import REPO, ablate
 from runners.study.progress import StudyProgress, duration
 from runners.tracking import view
 from runners.tracking.results import VariantAxes
-from runners.tracking.runs import Tracker, client, label, metric_key, run_name
+from runners.tracking.naming import label, metric_key, run_name
+from runners.tracking.store import client
+from runners.tracking.tracker import Tracker
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 # Every key the UI reads from a shared view state (mlflow/server/js: EXPERIMENT_PAGE_UI_STATE_FIELDS
@@ -135,7 +137,7 @@ def test_dataset_input_and_logged_model(store):
 
 
 def test_a_new_store_logs_no_mlflow_info_lines(tmp_path):
-    code = ("from runners.tracking.runs import Tracker, client\n"
+    code = ("from runners.tracking.store import client\nfrom runners.tracking.tracker import Tracker\n"
             f"c = client('sqlite:///{tmp_path / 'new.db'}')\n"
             "Tracker.start(c, 'e', 'r').end()\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

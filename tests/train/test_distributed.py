@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import ablate, rank_pid
 
 from models import ArchSpec, ResNet
-from runners.tracking import runs as tracking
+from runners.tracking import store as tracking
 from runners.train import distributed
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset

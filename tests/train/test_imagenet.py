@@ -10,7 +10,7 @@ from PIL import Image
 from models import ArchSpec
 from runners.errors import ConfigError
 from runners.study.spec import load_spec
-from runners.tracking import runs as tracking
+from runners.tracking import naming as tracking
 from runners.train.config import DataConfig, TrainConfig, apply_recipe, from_mapping
 from runners.train.data import Dataset, load_dataset
 from runners.train.stream import EpochBatches, StreamDataset, upscale_folder

@@ -8,7 +8,8 @@ import torch
 from conftest import ablate, assert_one_line_error
 
 from models import ArchSpec, ConfigError, ResNet
-from runners.tracking import runs as tracking
+from runners.tracking import naming, tracker as tracking
+from runners.tracking.store import client as store_client
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset
 from runners.train.checkpoint import CHECKPOINT, load_checkpoint
@@ -31,7 +32,7 @@ def data():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    return tracking.client(uri)
+    return store_client(uri)
 
 
 def recipe(**kw) -> TrainConfig:
@@ -170,10 +171,10 @@ def test_the_mlflow_store_holds_the_contract(data, store):
     run = store.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
     cx = ResNet(TINY).complexity()
-    expected = tracking.run_params(TINY, cfg, DATA_CFG, model_name="resnet8", params=cx.params, macs=cx.macs)
+    expected = naming.run_params(TINY, cfg, DATA_CFG, model_name="resnet8", params=cx.params, macs=cx.macs)
     assert run.data.params == expected
     tags = run.data.tags
-    assert {k: tags.get(k) for k in tracking.axis_tags(TINY, cfg.seed)} == tracking.axis_tags(TINY, cfg.seed)
+    assert {k: tags.get(k) for k in naming.axis_tags(TINY, cfg.seed)} == naming.axis_tags(TINY, cfg.seed)
     assert tags["model"] == "resnet8" and tags["diverged"] == "false"
     for key in CONTRACT_METRICS:
         history = store.get_metric_history(run.info.run_id, key)
@@ -214,7 +215,7 @@ def test_ablate_train_end_to_end(results, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "finished: 2 epochs" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     assert "#/experiments/" in out.stdout
-    c = tracking.client(uri)
+    c = store_client(uri)
     exp = c.get_experiment_by_name("ablate-train")
     runs = c.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -1,0 +1,136 @@
+"""What a training run is called and tagged in MLflow: the contract every producer and consumer shares.
+
+The contract every producer (trainer, study) and consumer (figures, status) relies on:
+
+* tags (strings; booleans as "true"/"false"): family, depth, block, shortcut, preact, width, seed,
+  model, plus from a study: ablation, study, stage (search | confirm | train), variant, trial;
+  diverged ("true"/"false") on every finished training run.
+* params (`run_params`): the axes and `model` unprefixed, then arch.*, train.*, data.*,
+  num_params and macs.
+* metrics with step = epoch (1-based): train_loss, train_error, val_loss, val_error, test_loss,
+  test_error, lr, epoch_seconds, images_per_second, iteration; errors are fractions in [0, 1].
+  layer_response_std with step = the 3x3 layer's index (He 2016a Fig. 7).
+* artifacts: config.json, complexity.json, layer_responses.json, model.pt (final state_dict).
+* run name (`run_name`): the figures' name of the architecture and the seed, "ResNet-20 (A) s0".
+* the dataset as a run input (name, digest, source, split sizes as its profile), and the final
+  weights as an MLflow logged model (`model.pt` in it), listed in the experiment's Models view.
+* `superseded=true` on an interrupted attempt whose retry exists (it ends KILLED).
+
+A run always ends FINISHED, FAILED or KILLED: `tracked_run` maps exceptions, Ctrl-C and SIGTERM
+to a terminal status, and the study runner closes runs of workers that died by SIGKILL.
+"""
+from __future__ import annotations
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from models.spec import SHORTCUT_FIELDS, ArchSpec
+
+AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed")  # on every run, old ones too
+# Also tagged: `order` (He 2016b Fig. 4; "post"/"preact" repeat `preact`), and only where they
+# matter the parameters of the shortcut kinds that use them (He 2016b
+# Table 1: scale factors, the gate's initial bias, the dropout rate, option A's padding) and
+# ghost BN's sub-batch. Runs differing in one of these are different variants.
+def fmt(value) -> str:
+    """The string form used for tags and params: lowercase booleans, compact numbers and lists."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return ",".join(fmt(v) for v in value)
+    return str(value)
+
+
+def axis_tags(spec: ArchSpec, seed: int) -> dict[str, str]:
+    """The axes every run is tagged with, so the MLflow UI can filter and group on them."""
+    values = {"family": spec.family, "depth": spec.total_depth, "block": spec.block,
+              "shortcut": spec.shortcut, "preact": spec.preact, "order": spec.order, "width": spec.width,
+              "seed": seed, **shortcut_parameters(spec)}
+    if spec.bn_batch is not None:
+        values["bn_batch"] = spec.bn_batch
+    return {k: fmt(v) for k, v in values.items()}
+
+
+def shortcut_parameters(spec: ArchSpec) -> dict:
+    """The fields that configure `spec`'s shortcut kind, where they differ from the defaults
+    (option A's padding) or always (the constants of scale, gate and dropout shortcuts)."""
+    out = {}
+    for name, kinds in SHORTCUT_FIELDS.items():
+        if spec.shortcut in kinds and (name != "pad" or spec.pad != "append"):
+            out[name] = getattr(spec, name)
+    return out
+
+
+def variant_name(spec: ArchSpec) -> str:
+    """A readable, unique name of an architecture, e.g. 'cifar-d20-basic-A-post-w1'."""
+    name = f"{spec.family}-d{spec.total_depth}-{spec.block}-{spec.shortcut}-{_ORDER_NAMES[spec.order]}-w{fmt(spec.width)}"
+    name += "".join(f"-{k}{fmt(v)}" for k, v in shortcut_parameters(spec).items())
+    if spec.bn_batch is not None:
+        name += f"-bn{spec.bn_batch}"
+    if spec.stages is not None and spec.family != "cifar":
+        name += "-s" + "x".join(map(str, spec.stage_depths))
+    if spec.downsample != "first":
+        name += f"-down{spec.downsample}"
+    if spec.zero_init_last:
+        name += "-zinit"
+    return name
+
+
+_ORDER_NAMES = {"post": "post", "preact": "pre", "bn-after-add": "bnadd", "relu-before-add": "reluadd",
+                "relu-preact": "relupre"}
+
+
+def label(spec: ArchSpec) -> str:
+    """The figures' name of an architecture (`results.VariantAxes.label`): 'plain-20', 'ResNet-20 (A)',
+    'pre-act ResNet-110 (B)'; a net off the CIFAR basic w1 line says how it differs."""
+    if spec.shortcut == "none":
+        name = f"plain-{spec.total_depth}" + (" (pre-act)" if spec.preact else "")
+    else:
+        name = ("pre-act " if spec.preact else "") + f"ResNet-{spec.total_depth} ({spec.shortcut})"
+    extra = [spec.order] if spec.order not in ("post", "preact") else []  # He 2016b Fig. 4 (b)-(d)
+    extra += [f"{k}={fmt(v)}" for k, v in shortcut_parameters(spec).items()]
+    extra += [spec.family] if spec.family != "cifar" else []
+    extra += [spec.block] if spec.block != "basic" else []
+    extra += [f"w{fmt(spec.width)}"] if spec.width != 1 else []
+    return " ".join([name, *extra])
+
+
+def run_name(spec: ArchSpec, seed: int) -> str:
+    """A run's name as the figures name its line, with the seed: 'ResNet-20 (A) s0'."""
+    return f"{label(spec)} s{seed}"
+
+
+def metric_key(name: str) -> str:
+    """`name` as a legal MLflow metric key (no parentheses): 'ResNet-20 (A)' -> 'ResNet-20 A'."""
+    return " ".join(re.sub(r"[^\w.\- :/]", " ", name).split())
+
+
+def run_params(spec: ArchSpec, train_cfg, data_cfg, *, model_name: str | None = None,
+               params: int | None = None, macs: int | None = None) -> dict[str, str]:
+    """The params of a training run: the axes and `model` unprefixed (as the tags), the rest of
+    the architecture as `arch.*`, the recipe as `train.*` and the data as `data.*`."""
+    arch = spec.as_dict()
+    out = dict(axis_tags(spec, train_cfg.seed))
+    out["model"] = model_name or variant_name(spec)
+    out.update(flatten({k: v for k, v in arch.items() if k not in AXES}, "arch."))
+    out.update(flatten({k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "seed"}, "train."))
+    out.update(flatten(dataclasses.asdict(data_cfg), "data."))
+    if params is not None:
+        out["num_params"] = str(params)
+    if macs is not None:
+        out["macs"] = str(macs)
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'} (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = fmt(v) if v is not None else "none"
+    return out

@@ -1,0 +1,149 @@
+"""One MLflow run, written through the client: params, tags, metrics, artifacts, the dataset and
+the final weights as a logged model; and the context that never leaves a run RUNNING."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param,
+                             RunTag)
+
+from ..signals import Terminated, sigterm_raises
+from .naming import fmt
+from .store import get_or_create_experiment
+
+
+def git_commit() -> str | None:
+    """The commit the code runs at (logged as MLflow's own `mlflow.source.git.commit` tag)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    """One MLflow run, written through the client (no global active run)."""
+
+    def __init__(self, c, run_id: str) -> None:
+        self.client, self.run_id = c, run_id
+
+    @classmethod
+    def start(cls, c, experiment: str, run_name: str, tags: dict | None = None,
+              parent_run_id: str | None = None) -> "Tracker":
+        exp_id = get_or_create_experiment(c, experiment)
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = c.create_run(exp_id, run_name=run_name, tags={k: fmt(v) for k, v in tags.items()})
+        return cls(c, run.info.run_id)
+
+    def log_params(self, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, fmt(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_metric_series(self, key: str, values: list[float]) -> None:
+        """One metric over steps 0..n-1 (e.g. the response std of each layer)."""
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, i) for i, v in enumerate(values)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_dict(self, obj, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
+
+    def log_state_dict(self, state_dict: dict, artifact_file: str = "model.pt", *,
+                       model_name: str | None = None, step: int = 0) -> str | None:
+        """The final weights: a run artifact, and with `model_name` also an MLflow logged model
+        (listed in the Models view, linked to this run at `step`); returns its model id.
+
+        Written through the client (create, upload, finalize, link): `mlflow.pytorch.log_model`
+        would pickle the module and infer pip requirements, seconds per trial on a CPU."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / artifact_file
+            torch.save(state_dict, path)
+            self.client.log_artifact(self.run_id, str(path))
+            if model_name is None:
+                return None
+            run = self.client.get_run(self.run_id)
+            model = self.client.create_logged_model(
+                run.info.experiment_id, name=re.sub(r"[/:.%\"']", "_", model_name), source_run_id=self.run_id,
+                model_type="pytorch-state-dict", tags={"run_name": run.info.run_name or ""})
+            try:
+                self.client.log_model_artifacts(model.model_id, tmp)
+            except BaseException:
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+                raise
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+            return model.model_id
+
+    def log_dataset(self, data) -> None:
+        """The training data as MLflow's run input (the UI's Datasets column and filter): name,
+        a digest of the split's labels and sizes, the source, the split sizes as its profile."""
+        cfg = dataclasses.asdict(data.config)
+        sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test),
+                 "classes": data.num_classes, "input_size": data.input_size}
+        h = hashlib.sha256(json.dumps({"config": cfg, "sizes": sizes}, sort_keys=True, default=str).encode())
+        for split in (data.train, data.val, data.test):  # labels are small; images would cost a pass
+            h.update(split.labels.detach().cpu().numpy().tobytes())
+        name = str(cfg.get("name"))
+        if Path(name).exists():  # an ImageFolder root
+            source_type, uri = "local", Path(name).resolve().as_uri()
+        elif name.startswith("cifar"):
+            source_type, uri = "code", f"torchvision.datasets.{name.upper()} (root {cfg.get('root')})"
+        else:
+            source_type, uri = "code", f"runners.train.data ({name}, generated)"
+        dataset = Dataset(name=data.name, digest=h.hexdigest()[:16], source_type=source_type,
+                          source=json.dumps({"uri": uri}),
+                          profile=json.dumps(sizes))
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])]
+        # Workers starting together race to insert the experiment's one dataset row (MLflow's
+        # SQL store checks, then inserts): the loser's retry finds the row and links to it.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except Exception:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
+    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM), never RUNNING."""
+    try:
+        with sigterm_raises():
+            yield tracker
+    except (KeyboardInterrupt, Terminated):
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    else:
+        tracker.end("FINISHED")
