@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ORDERS, PADDING_SHORTCUTS, SHORTCUTS
+from .spec import ORDERS, PADDING_SHORTCUTS, SHORTCUTS, ShortcutConfig
 
 EXPANSION = {"basic": 1, "bottleneck": 4, "single": 1}
 PRE_ORDERS = ("relu-preact", "preact")  # the orders with an activation before the split
@@ -141,9 +141,10 @@ class Projection(nn.Sequential):
             self.bn = norm(out_ch)
 
 
-def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, preact: bool, pad: str = "append",
+def make_shortcut(cfg: ShortcutConfig, in_ch: int, out_ch: int, stride: int, preact: bool,
                   norm: Norm = nn.BatchNorm2d) -> nn.Module | None:
-    """The shortcut h(x) of option `kind`; None for a plain block."""
+    """The shortcut h(x) of option `cfg.kind`; None for a plain block."""
+    kind = cfg.kind
     if kind not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {kind!r}")
     same_shape = in_ch == out_ch and stride == 1
@@ -154,7 +155,7 @@ def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, preact: bool,
     if same_shape:
         return nn.Identity()
     assert kind in PADDING_SHORTCUTS
-    return PadShortcut(in_ch, out_ch, stride, pad)
+    return PadShortcut(in_ch, out_ch, stride, cfg.pad)
 
 
 class ScaledSum(nn.Module):
@@ -231,16 +232,14 @@ class DroppedShortcutSum(nn.Module):
         return f"p={self.p}"
 
 
-def make_combine(kind: str, in_ch: int, out_ch: int, stride: int, *, shortcut_scale: float = 0.5,
-                 branch_scale: float = 0.5, gate_bias: float = -6.0,
-                 shortcut_dropout: float = 0.5) -> nn.Module | None:
+def make_combine(cfg: ShortcutConfig, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
     """How h(x) and F(x) combine; None for the plain sum (options A, B, C) or no shortcut."""
-    if kind == "scale":
-        return ScaledSum(shortcut_scale, branch_scale)
-    if kind in ("gate", "shortcut-gate"):
-        return GatedSum(in_ch, out_ch, stride, gate_bias, exclusive=kind == "gate")
-    if kind == "dropout":
-        return DroppedShortcutSum(shortcut_dropout)
+    if cfg.kind == "scale":
+        return ScaledSum(cfg.shortcut_scale, cfg.branch_scale)
+    if cfg.kind in ("gate", "shortcut-gate"):
+        return GatedSum(in_ch, out_ch, stride, cfg.gate_bias, exclusive=cfg.kind == "gate")
+    if cfg.kind == "dropout":
+        return DroppedShortcutSum(cfg.shortcut_dropout)
     return None
 
 
@@ -259,13 +258,10 @@ class Block(nn.Module):
     pre-activation.
     """
 
-    def __init__(self, kind: str, in_ch: int, out_ch: int, *, stride: int = 1, shortcut: str = "A",
-                 order: str | None = None, preact: bool = False, stride_on_first: bool = False,
-                 input_activated: bool = False, pad: str = "append", shortcut_scale: float = 0.5,
-                 branch_scale: float = 0.5, gate_bias: float = -6.0, shortcut_dropout: float = 0.5,
-                 norm: Norm = nn.BatchNorm2d) -> None:
+    def __init__(self, kind: str, in_ch: int, out_ch: int, *, stride: int = 1,
+                 shortcut: ShortcutConfig = ShortcutConfig.of("A"), order: str = "post",
+                 stride_on_first: bool = False, input_activated: bool = False, norm: Norm = nn.BatchNorm2d) -> None:
         super().__init__()
-        order = order or ("preact" if preact else "post")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         if kind == "basic":
@@ -287,18 +283,13 @@ class Block(nn.Module):
             elif not (i == 1 and self.input_activated):
                 setattr(self, f"bn{i}", norm(ci))  # ... or, in full pre-activation, its input
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, order == "preact", pad, norm)
-        self.combine = make_combine(shortcut, in_ch, out_ch, stride, shortcut_scale=shortcut_scale,
-                                    branch_scale=branch_scale, gate_bias=gate_bias,
-                                    shortcut_dropout=shortcut_dropout) if self.shortcut is not None else None
+        self.shortcut_config = shortcut
+        self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, order == "preact", norm)
+        self.combine = make_combine(shortcut, in_ch, out_ch, stride) if self.shortcut is not None else None
 
     @property
     def is_residual(self) -> bool:
         return self.shortcut is not None
-
-    @property
-    def preact(self) -> bool:
-        return self.order == "preact"
 
     def _layers(self):
         """[(conv_i, bn_i)]; bn1 is None in the first block of a full pre-activation net."""

@@ -13,9 +13,7 @@ import torch
 from torch import nn
 
 from .blocks import EXPANSION, PRE_ORDERS, Block, conv, norm_layer
-from .spec import ArchSpec
-
-BASE_WIDTH = {"cifar": 16, "imagenet": 64, "seed": 64}
+from .spec import BASE_WIDTH, ArchSpec
 
 
 class Stem(nn.Sequential):
@@ -78,6 +76,7 @@ def make_stages(spec: ArchSpec, in_ch: int) -> tuple[nn.Sequential, int]:
     expansion = EXPANSION[spec.block]
     depths = spec.stage_depths
     norm = norm_layer(spec.bn_batch)
+    shortcut = spec.shortcut_config()
     stages = []
     for i, n in enumerate(depths):
         out_ch = base * 2**i * expansion
@@ -87,11 +86,8 @@ def make_stages(spec: ArchSpec, in_ch: int) -> tuple[nn.Sequential, int]:
             strides = [1] * (n - 1) + [2 if i < len(depths) - 1 else 1]
         blocks = []
         for j, stride in enumerate(strides):
-            blocks.append(Block(spec.block, in_ch, out_ch, stride=stride, shortcut=spec.shortcut,
-                                order=spec.order, stride_on_first=spec.downsample == "last",
-                                input_activated=i == 0 and j == 0, pad=spec.pad,
-                                shortcut_scale=spec.shortcut_scale, branch_scale=spec.branch_scale,
-                                gate_bias=spec.gate_bias, shortcut_dropout=spec.shortcut_dropout,
+            blocks.append(Block(spec.block, in_ch, out_ch, stride=stride, shortcut=shortcut, order=spec.order,
+                                stride_on_first=spec.downsample == "last", input_activated=i == 0 and j == 0,
                                 norm=norm))
             in_ch = out_ch
         stages.append(nn.Sequential(*blocks))

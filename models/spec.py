@@ -9,8 +9,12 @@ and its residual twin provably differ only in the `shortcut` field, and every va
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from typing import Literal
+
+from .fields import fields_of, meta, option
 
 
 class ConfigError(ValueError):
@@ -18,17 +22,22 @@ class ConfigError(ValueError):
 
 
 Family = Literal["cifar", "imagenet", "seed"]
-BLOCKS = ("basic", "bottleneck", "single")
+BlockKind = Literal["basic", "bottleneck", "single"]
 # He 2016a Sec. 3.3 options, then the He 2016b Table 1 / Fig. 2 modified shortcuts.
-SHORTCUTS = ("none", "A", "B", "C", "scale", "gate", "shortcut-gate", "dropout")
+ShortcutKind = Literal["none", "A", "B", "C", "scale", "gate", "shortcut-gate", "dropout"]
+# He 2016b Fig. 4 (a)-(e): where BN and ReLU sit relative to the addition.
+Order = Literal["post", "bn-after-add", "relu-before-add", "relu-preact", "preact"]
+BLOCKS = typing.get_args(BlockKind)
+SHORTCUTS = typing.get_args(ShortcutKind)
+ORDERS = typing.get_args(Order)
+PADS = ("append", "split")
+FAMILIES = typing.get_args(Family)
+DOWNSAMPLE = ("first", "last")
 # The shortcuts that zero-pad where the shape changes (option A's `PadShortcut`); the Fig. 2
 # modifications act on that identity, as on the option-A ResNet-110 of He 2016b Table 1.
 PADDING_SHORTCUTS = ("A", "scale", "gate", "shortcut-gate", "dropout")
-# He 2016b Fig. 4 (a)-(e): where BN and ReLU sit relative to the addition.
-ORDERS = ("post", "bn-after-add", "relu-before-add", "relu-preact", "preact")
-PADS = ("append", "split")
-FAMILIES = ("cifar", "imagenet", "seed")
-DOWNSAMPLE = ("first", "last")
+ORDER_NAMES = {"post": "post", "preact": "pre", "bn-after-add": "bnadd", "relu-before-add": "reluadd",
+               "relu-preact": "relupre"}  # in variant names
 
 # He et al. 2016a, Table 1: stage counts of the ImageNet networks.
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
@@ -40,6 +49,7 @@ IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
 }
 CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3, "single": 1}
 INPUT_SIZE = {"cifar": 32, "imagenet": 224, "seed": 224}
+BASE_WIDTH = {"cifar": 16, "imagenet": 64, "seed": 64}  # filters of the stem and the first stage
 NUM_CLASSES = {"cifar": 10, "imagenet": 1000, "seed": 2}
 
 
@@ -47,59 +57,51 @@ NUM_CLASSES = {"cifar": 10, "imagenet": 1000, "seed": 2}
 class ArchSpec:
     """Everything that defines a network, and nothing else.
 
-    family:    "cifar" (He 2016a Sec. 4.2: 3 stages on 32/16/8 maps, 16w/32w/64w filters),
-               "imagenet" (Table 1: 7x7/2 stem, 4 stages) or "seed" (the tutorial's bottleneck net).
-    depth:     weighted layers. cifar: 6n+2 (basic) or 9n+2 (bottleneck); imagenet: 18..152.
-    stages:    blocks per stage; derived from depth unless given (imagenet/seed: any list).
-    block:     "basic" (two 3x3), "bottleneck" (1x1, 3x3, 1x1, expansion 4) or "single" (one
-               3x3: the "1-layer skip" unit of He 2016b Table 3; cifar depth 3n+2).
-    shortcut:  "none" (plain), "A" (zero-pad identity), "B" (projection where the shape
-               changes), "C" (projection everywhere: He 2016b Fig. 2e's "1x1 conv shortcut",
-               which the paper itself names option C), and He 2016b Table 1's modifications of
-               the identity (zero-padded where the shape changes, as A):
-               "scale" (Fig. 2b) shortcut_scale * h(x) + branch_scale * F(x);
-               "gate" (Fig. 2c, exclusive gating) (1 - g(x)) * h(x) + g(x) * F(x);
-               "shortcut-gate" (Fig. 2d) (1 - g(x)) * h(x) + F(x);
-               "dropout" (Fig. 2f) dropout(h(x)) + F(x).
-    order:     He 2016b Fig. 4: "post" (a, original), "bn-after-add" (b), "relu-before-add" (c),
-               "relu-preact" (d, ReLU-only pre-activation), "preact" (e, full pre-activation).
-    preact:    alias kept from before `order`: True means order="preact", False order="post".
-               Give either; given both, they must agree (preact=True with order="preact").
-    width:     multiplier on the family's base width (cifar 16, imagenet and seed 64).
-    downsample: which block of a stage strides: "first" (the papers) or "last" (the seed
-               tutorial's layout, with the stride on the block's first 1x1 conv).
-    zero_init_last: zero the last BN of each residual branch (Goyal et al. 2017); off in the paper.
-    pad:       where option A puts its zero channels: "append" after the input's (fb.resnet.torch,
-               the reference of both papers) or "split" half before, half after (akamaster's
-               pytorch_resnet_cifar10, whose checkpoints then load: `from_akamaster_state_dict`).
-    shortcut_scale, branch_scale: the constants of shortcut="scale" (paper: 0.5 and 0.5, 12.35%;
-               0.5 and 1 fails to converge; shortcut_scale=0 is the plain net).
-    gate_bias: the initial b_g of the gates g(x) = sigmoid(conv1x1(x) + b_g) (paper: -6).
-    shortcut_dropout: the drop probability of shortcut="dropout" (paper: 0.5).
-    bn_batch:  ghost batch norm: training-mode BN statistics over sub-batches of this many images
-               (None: the whole batch), so one GPU can match the papers' BN over each GPU's share.
-
-    The shortcut_* / branch_* / gate_* / pad fields configure shortcuts: a residual kind that does
-    not use one rejects a non-default value, a plain net ignores them all, so that a plain net
-    and each residual variant differ in `shortcut` alone.
+    Each field says what it is in its declaration (`option(help=...)`, models/fields.py), which is
+    also its command-line help. The shortcut fields (`group="shortcut"`) configure shortcut kinds:
+    a residual kind that does not use one rejects a non-default value, a plain net ignores them
+    all, so that a plain net and each residual variant differ in `shortcut` alone. The fields are
+    declared in the order a variant's name lists them.
     """
 
-    family: Family = "cifar"
-    depth: int | None = 20
-    block: str = "basic"
-    shortcut: str = "A"
-    preact: bool | None = None
-    width: float = 1
-    stages: tuple[int, ...] | None = None
-    downsample: str = "first"
-    zero_init_last: bool = False
-    order: str | None = None
-    pad: str = "append"
-    shortcut_scale: float = 0.5
-    branch_scale: float = 0.5
-    gate_bias: float = -6.0
-    shortcut_dropout: float = 0.5
-    bn_batch: int | None = None
+    family: Family = option("cifar", "cifar (He 2016a Sec. 4.2: 3 stages of 16w/32w/64w filters on 32/16/8 maps), "
+                            "imagenet (Table 1: 7x7/2 stem, 4 stages) or seed (the tutorial's bottleneck net)",
+                            tag="always", name="{}")
+    depth: int | None = option(20, "weighted layers; cifar: 6n+2 (basic), 9n+2 (bottleneck), 3n+2 (single); "
+                               "imagenet: 18, 34, 50, 101, 152", tag="always", name="d{}")
+    block: BlockKind = option("basic", "basic (3x3, 3x3), bottleneck (1x1, 3x3, 1x1, expansion 4) or single "
+                              "(one 3x3: He 2016b Table 3's 1-layer skip)", tag="always", name="{}")
+    shortcut: ShortcutKind = option("A", "none (plain), He 2016a's A (zero-pad identity), B (projection where "
+                                    "the shape changes), C (projection everywhere: He 2016b's 1x1 conv shortcut); "
+                                    "He 2016b Table 1's scale, gate, shortcut-gate, dropout", tag="always", name="{}")
+    preact: bool | None = option(None, "full pre-activation (He 2016b); the alias of --order preact "
+                                 "(false: post); give either, or both agreeing", tag="always", name=False)
+    order: Order | None = option(None, "He 2016b Fig. 4: post (a, original), bn-after-add (b), relu-before-add (c), "
+                                 "relu-preact (d, ReLU-only pre-activation), preact (e, full pre-activation)",
+                                 tag="always", name=lambda v: ORDER_NAMES[v])
+    width: float = option(1, "multiplier on the family's base width (cifar 16, imagenet and seed 64)",
+                          tag="always", name="w{}")
+    pad: Literal["append", "split"] = option("append", "option A's zero channels: appended after the input's "
+                                             "(fb.resnet.torch) or split before and after (akamaster's, whose "
+                                             "checkpoints then load)", group="shortcut", kinds=PADDING_SHORTCUTS)
+    shortcut_scale: float = option(0.5, "shortcut=scale: the shortcut's factor (paper: 0.5; 0 is the plain net)",
+                                   tag="used", group="shortcut", kinds=("scale",), low=0)
+    branch_scale: float = option(0.5, "shortcut=scale: the residual branch's factor (paper: 0.5; 0.5 and 1 "
+                                 "fails to converge)", tag="used", group="shortcut", kinds=("scale",), low=0)
+    gate_bias: float = option(-6.0, "shortcut=gate|shortcut-gate: the initial b_g of the gates "
+                              "sigmoid(conv1x1(x) + b_g) (paper: -6)", tag="used", group="shortcut",
+                              kinds=("gate", "shortcut-gate"))
+    shortcut_dropout: float = option(0.5, "shortcut=dropout: the drop probability (paper: 0.5)", tag="used",
+                                     group="shortcut", kinds=("dropout",), low=0, below=1)
+    bn_batch: int | None = option(None, "ghost BN: training-mode statistics over sub-batches of N images (the "
+                                  "papers' 64 per GPU, on one GPU); default: the whole batch", name="bn{}",
+                                  label=False, low=1)
+    stages: tuple[int, ...] | None = option(None, "blocks per stage (comma-separated); derived from depth "
+                                            "unless given", name=lambda v: "s" + "x".join(map(str, v)))
+    downsample: Literal["first", "last"] = option("first", "which block of a stage strides: first (the papers) "
+                                                  "or last (the seed tutorial's layout)", name="down{}")
+    zero_init_last: bool = option(False, "zero the last BN of each residual branch (Goyal et al. 2017; off in "
+                                  "the papers)", name=lambda v: "zinit")
 
     def __post_init__(self) -> None:
         if self.stages is not None and not isinstance(self.stages, tuple):
@@ -159,6 +161,10 @@ class ArchSpec:
         spec.validate()
         return spec
 
+    def shortcut_config(self) -> ShortcutConfig:
+        """The kind and every shortcut field: what each block's shortcut is built from."""
+        return ShortcutConfig(self.shortcut, tuple((f.name, getattr(self, f.name)) for f in fields_of(self, "shortcut")))
+
     def as_dict(self) -> dict:
         """Flat, JSON-able view with the derived depth and stages filled in (for logging)."""
         d = dataclasses.asdict(self)
@@ -168,29 +174,22 @@ class ArchSpec:
 
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> "ArchSpec":
-        _choice("family", self.family, FAMILIES)
-        _choice("block", self.block, BLOCKS)
         if self.shortcut not in SHORTCUTS:
             # The He 2016a options first: they are what most users mean.
             raise ConfigError(f"shortcut must be one of none, A, B, C, got {self.shortcut!r}; "
                               f"He 2016b Table 1 adds {', '.join(SHORTCUTS[4:])}")
-        _choice("downsample", self.downsample, DOWNSAMPLE)
-        _choice("order", self.order, ORDERS)
-        _choice("pad", self.pad, PADS)
         if not isinstance(self.preact, bool):
             raise ConfigError(f"preact must be true or false, got {self.preact!r}")
-        _number("shortcut_scale", self.shortcut_scale, low=0)
-        _number("branch_scale", self.branch_scale, low=0)
-        _number("gate_bias", self.gate_bias)
-        _number("shortcut_dropout", self.shortcut_dropout, low=0, below=1)
         if self.bn_batch is not None and (isinstance(self.bn_batch, bool) or not isinstance(self.bn_batch, int)
                                           or self.bn_batch < 1):
             raise ConfigError(f"bn_batch must be a positive integer or null, got {self.bn_batch!r}")
+        check_declared(self)
         if self.shortcut != "none":
-            for name, kinds in SHORTCUT_FIELDS.items():
-                if self.shortcut not in kinds and getattr(self, name) != _DEFAULTS[name]:
-                    raise ConfigError(f"{name} applies to shortcut {', '.join(kinds)}, "
-                                      f"not to shortcut={self.shortcut!r}; leave it at {_DEFAULTS[name]!r}")
+            for f in fields_of(self, "shortcut"):
+                kinds, default = meta(f, "kinds") or (), f.default
+                if self.shortcut not in kinds and getattr(self, f.name) != default:
+                    raise ConfigError(f"{f.name} applies to shortcut {', '.join(kinds)}, "
+                                      f"not to shortcut={self.shortcut!r}; leave it at {default!r}")
         if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or self.width <= 0:
             raise ConfigError(f"width must be a positive number, got {self.width!r}")
         if self.stages is not None:
@@ -223,23 +222,65 @@ class ArchSpec:
         return self
 
 
-# The fields that configure only some shortcut kinds, and those kinds.
-SHORTCUT_FIELDS = {"pad": PADDING_SHORTCUTS, "shortcut_scale": ("scale",), "branch_scale": ("scale",),
-                   "gate_bias": ("gate", "shortcut-gate"), "shortcut_dropout": ("dropout",)}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ArchSpec)}
 
 
-def _number(field: str, value, low: float | None = None, below: float | None = None) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    ok = ok and (low is None or value >= low) and (below is None or value < below)
+@dataclass(frozen=True)
+class ShortcutConfig:
+    """What a block builds its shortcut from: the kind and every `group="shortcut"` field of the
+    spec (read as attributes: `cfg.pad`, `cfg.gate_bias`), so a new shortcut field reaches the
+    blocks without another edit."""
+
+    kind: str = "A"
+    options: tuple[tuple[str, typing.Any], ...] = ()
+
+    @classmethod
+    def of(cls, kind: str = "A", spec_class: type | None = None, **options) -> "ShortcutConfig":
+        """The config of `kind` with `options` over the spec class's defaults."""
+        defaults = {f.name: f.default for f in fields_of(spec_class or ArchSpec, "shortcut")}
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown shortcut option(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
+        return cls(kind, tuple(sorted({**defaults, **options}.items())))
+
+    def __getattr__(self, name: str):
+        for key, value in object.__getattribute__(self, "options"):
+            if key == name:
+                return value
+        raise AttributeError(f"shortcut config has no option {name!r}")
+
+
+def check_declared(obj) -> None:
+    """What a field's declaration says of its value: one of a Literal's choices, a number for a
+    numeric field, within its declared bounds (models/fields.py `option`)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        literal = hint if typing.get_origin(hint) is Literal else next(
+            (a for a in args if typing.get_origin(a) is Literal), None)
+        if literal is not None:
+            if value not in typing.get_args(literal):
+                raise ConfigError(f"{f.name} must be one of {', '.join(map(str, typing.get_args(literal)))}, "
+                                  f"got {value!r}")
+            continue
+        if hint is float or float in args or meta(f, "low") is not None or meta(f, "below") is not None:
+            _number(f.name, value, meta(f, "low"), meta(f, "below"), meta(f, "high"))
+
+
+def _number(field: str, value, low: float | None = None, below: float | None = None,
+            high: float | None = None) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (low is None or value >= low) and (below is None or value < below) and (high is None or value <= high)
     if not ok:
-        bounds = " in [{}, {})".format(low, below) if below is not None else (f" >= {low}" if low is not None else "")
-        raise ConfigError(f"{field} must be a number{bounds}, got {value!r}")
-
-
-def _choice(field: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        if low is not None and below is not None:
+            bounds = f" in [{low}, {below})"
+        else:
+            bounds = "".join(f" {op} {b}" for op, b in ((">=", low), ("<", below), ("<=", high)) if b is not None)
+        raise ConfigError(f"{field} must be a {'finite ' if low is None and below is None and high is None else ''}"
+                          f"number{bounds}, got {value!r}")
 
 
 def _nearest(depth: int, per: int) -> tuple[int, ...]:

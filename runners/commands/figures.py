@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError, redact
-from ..paths import default_tracking_uri, results_dir
+from ..paths import default_tracking_uri, results_dir, sqlite_path
 from ..tracking.links import DEFAULT_UI
 
 
@@ -44,9 +44,10 @@ def run(args) -> int:
     # The spec is validated, not its data: figures outlive the dataset.
     name = args.experiment or load_spec(args.spec, args.overrides, check_data=False).name
     uri = args.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
         # A reader: opening a missing SQLite store would create an empty one.
-        raise ConfigError(f"no MLflow store at {uri[len('sqlite:///'):]}; run the study first "
+        raise ConfigError(f"no MLflow store at {db}; run the study first "
                           "(`ablate run SPEC`) or give --tracking-uri")
     c = client(uri)
     study = load_study(c, name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..paths import default_storage
 from .study_options import add_spec_arguments, print_status
 
 
@@ -16,20 +15,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..database import canonical_url
+    from ..paths import default_tracking_uri
     from ..study.spec import load_spec
     from ..study.status import open_layout, status
+    from ..tracking.view import find_comparison_link
     spec = load_spec(args.spec, args.overrides)
-    layout = open_layout(spec, canonical_url(args.storage) if args.storage else default_storage(spec.name),
-                         attempts=args.attempts)
-    rows = status(layout)
+    rows = status(open_layout(spec, args.storage, attempts=args.attempts))
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        from ..paths import default_tracking_uri
-        from ..tracking.view import find_comparison_link
-        print_status(rows)
-        link = find_comparison_link(args.tracking_uri or default_tracking_uri(), spec.name)
-        if link:
-            print(f"\nMLflow comparison: {link}")
+        return 0
+    print_status(rows)
+    link = find_comparison_link(args.tracking_uri or default_tracking_uri(), spec.name)
+    if link:
+        print(f"\nMLflow comparison: {link}")
     return 0

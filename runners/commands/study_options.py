@@ -1,4 +1,4 @@
-"""The options `ablate run`, `worker` and `status` share, the runner they build, the status table."""
+"""The options `ablate run`, `worker` and `status` share, and the status table they print."""
 from __future__ import annotations
 
 import argparse
@@ -28,16 +28,11 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
 
 
-def make_runner(args, **kw):
-    from ..database import canonical_url
-    from ..study.runner import StudyRunner
-    from ..study.spec import load_spec
-    spec = load_spec(args.spec, args.overrides)
-    tracking = getattr(args, "tracking_uri", None)
-    return StudyRunner(spec, storage=args.storage and canonical_url(args.storage),
-                       tracking_uri=tracking and canonical_url(tracking),
-                       device=args.device, checkpoint_root=args.checkpoint_dir, heartbeat=args.heartbeat,
-                       poll=args.poll, attempts=args.attempts, **kw)
+def runner_options(args) -> dict:
+    """The StudyRunner's keyword arguments from the shared options."""
+    return dict(storage=args.storage, tracking_uri=args.tracking_uri, device=args.device,
+                checkpoint_root=args.checkpoint_dir, heartbeat=args.heartbeat, poll=args.poll,
+                attempts=args.attempts)
 
 
 def print_status(rows: list[dict]) -> None:

@@ -67,7 +67,7 @@ def estimate(spec: StudySpec, tflops: float | None = None, launch_ms: float = LA
     image count; `tflops` None takes the family's default."""
     import torch
 
-    from models import ResNet
+    from models.network import ResNet
 
     from ..train.schedule import Plan
     rows, counted = [], {}  # (dataset name, subset, family) -> (images, source): a folder is listed once

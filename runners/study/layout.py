@@ -73,28 +73,30 @@ class Layout:
     def lock(self):
         return setup_lock(self.storage_url, self.spec.name)
 
-    # -- setup (idempotent, under the lock) --------------------------------------------------
-    def setup(self, retry_failed: bool = False) -> None:
-        with self.lock():
-            main = self.main(create=True)
-            fingerprint = main.user_attrs.get("fingerprint")
-            if fingerprint not in (None, self.spec.fingerprint):
-                raise ConfigError(f"study {self.spec.name!r} already exists in {redact(self.storage_url)} with a "
-                                  "different spec; rerun with the same spec and --set values, or rename the study")
-            if fingerprint is None:
-                main.set_user_attr("fingerprint", self.spec.fingerprint)
-                main.set_user_attr("spec", self.spec.resolved)
-            if self.spec.search is None:
-                for v in self.spec.variants:
-                    self._enqueue_cells(main, v, {})
-            else:
-                for v in self.spec.variants:
-                    study = self.search_study(v, create=True)
-                    originals = [t for t in study.get_trials(deepcopy=False) if "retry_of" not in t.user_attrs]
-                    for _ in range(self.spec.search.trials_per_variant - len(originals)):
-                        study.enqueue_trial({}, user_attrs={"stage": SEARCH, "variant": v.key,
-                                                            "seed": self.spec.seeds[0]})
-            self._retry_cells(main, reset=retry_failed)
+    # -- setup (idempotent; the caller holds `lock()`) ----------------------------------------
+    def setup(self, retry_failed: bool = False) -> optuna.Study:
+        """Create the study (or check it is the same spec), enqueue its grid or its searches,
+        and retry failed cells within their attempts; returns the main study."""
+        main = self.main(create=True)
+        fingerprint = main.user_attrs.get("fingerprint")
+        if fingerprint not in (None, self.spec.fingerprint):
+            raise ConfigError(f"study {self.spec.name!r} already exists in {redact(self.storage_url)} with a "
+                              "different spec; rerun with the same spec and --set values, or rename the study")
+        if fingerprint is None:
+            main.set_user_attr("fingerprint", self.spec.fingerprint)
+            main.set_user_attr("spec", self.spec.resolved)
+        if self.spec.search is None:
+            for v in self.spec.variants:
+                self._enqueue_cells(main, v, {})
+        else:
+            for v in self.spec.variants:
+                study = self.search_study(v, create=True)
+                originals = [t for t in study.get_trials(deepcopy=False) if "retry_of" not in t.user_attrs]
+                for _ in range(self.spec.search.trials_per_variant - len(originals)):
+                    study.enqueue_trial({}, user_attrs={"stage": SEARCH, "variant": v.key,
+                                                        "seed": self.spec.seeds[0]})
+        self._retry_cells(main, reset=retry_failed)
+        return main
 
     def _enqueue_cells(self, main: optuna.Study, v: Variant, hparams: dict) -> None:
         present = {t.user_attrs.get("cell") for t in main.get_trials(deepcopy=False)}
@@ -173,6 +175,10 @@ class Layout:
             return  # another process (a setup, or the one that failed it) enqueued it already
         attrs = {k: trial.user_attrs[k] for k in CELL_ATTRS if k in trial.user_attrs}
         study.enqueue_trial(trial.params, user_attrs={**attrs, "attempt": attempt, "retry_of": trial.number})
+
+    def trials_by_number(self) -> dict:
+        """Every trial of the study's Optuna studies, keyed (optuna study name, trial number)."""
+        return {(s.study_name, t.number): t for s in self.all_studies() for t in s.get_trials(deepcopy=False)}
 
     def is_done(self) -> bool:
         studies = self.all_studies()

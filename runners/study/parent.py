@@ -3,18 +3,21 @@
 One parent run per study (`stage=study`, the spec as `spec.json`): RUNNING while `ablate run`
 works, FINISHED when every trial has ended, KILLED or FAILED when the run stops before that. Its
 id is kept in the Optuna study (`mlflow_parent_run_id`); if the MLflow store lost it (a deleted
-`mlflow.db`), a new parent is created and the study goes on.
+`mlflow.db`), a new parent is created and the study goes on. These functions take what they act
+on (the client, the spec, the Optuna study); the runner (runners/study/runner.py) calls them.
 """
 from __future__ import annotations
 
 import logging
 
-from ..errors import redact
+from mlflow.exceptions import MlflowException
+
 from ..tracking.naming import fmt
 from ..tracking.store import mark_superseded
 from ..tracking.tracker import Tracker, git_commit
 from ..tracking.view import publish_comparison_view, varying_axes
-from .layout import Layout
+from .publish import refresh_study_results
+from .storage import worker_is_dead
 
 _log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -24,7 +27,6 @@ def run_status(mlflow, run_id: str | None) -> str | None:
     """The run's status, or None when the store has no such run."""
     if not run_id:
         return None
-    from mlflow.exceptions import MlflowException
     try:
         return mlflow.get_run(run_id).info.status
     except MlflowException as e:
@@ -33,53 +35,48 @@ def run_status(mlflow, run_id: str | None) -> str | None:
         raise
 
 
-def ensure_parent(mlflow, layout: Layout) -> str:
-    """The parent run's id, created (once, under the setup lock) if the study or the store lacks it."""
-    spec = layout.spec
-    with layout.lock():
-        main = layout.main()
-        run_id = main.user_attrs.get(PARENT_ATTR)
-        if run_id and run_status(mlflow, run_id) is not None:
-            return run_id
-        if run_id:
-            _log.warning("the MLflow store has no parent run %s of study %s (was the store deleted?); "
-                         "creating a new one; finished trials logged to the old store are not retrained",
-                         run_id, spec.name)
-        parent = Tracker.start(mlflow, spec.name, run_name=spec.name,
-                               tags={"ablation": spec.name, "study": spec.name, "stage": "study",
-                                     "storage": redact(layout.storage_url),
-                                     "mlflow.source.git.commit": git_commit() or "unknown"})
-        parent.log_params({"spec": spec.path, "variants": len(spec.variants),
-                           "seeds": fmt(list(spec.seeds)), "search": spec.search is not None,
-                           "fingerprint": spec.fingerprint})
-        parent.log_dict(spec.resolved, "spec.json")
-        main.set_user_attr(PARENT_ATTR, parent.run_id)
-        # The comparison view exists (and the printed link works) from the study's first run.
-        publish_comparison_view(mlflow, mlflow.get_run(parent.run_id).info.experiment_id,
-                                varying_axes([v.arch for v in spec.variants]))
-        return parent.run_id
+def ensure_parent(mlflow, spec, main, storage_label: str) -> str:
+    """The parent run's id, created if the study (`main`, its Optuna study) or the store lacks it.
+    The caller holds the study's setup lock, so workers started together create one parent."""
+    run_id = main.user_attrs.get(PARENT_ATTR)
+    if run_id and run_status(mlflow, run_id) is not None:
+        return run_id
+    if run_id:
+        _log.warning("the MLflow store has no parent run %s of study %s (was the store deleted?); "
+                     "creating a new one; finished trials logged to the old store are not retrained",
+                     run_id, spec.name)
+    parent = Tracker.start(mlflow, spec.name, run_name=spec.name,
+                           tags={"ablation": spec.name, "study": spec.name, "stage": "study",
+                                 "storage": storage_label, "mlflow.source.git.commit": git_commit() or "unknown"})
+    parent.log_params({"spec": spec.path, "variants": len(spec.variants),
+                       "seeds": fmt(list(spec.seeds)), "search": spec.search is not None,
+                       "fingerprint": spec.fingerprint})
+    parent.log_dict(spec.resolved, "spec.json")
+    main.set_user_attr(PARENT_ATTR, parent.run_id)
+    # The comparison view exists (and the printed link works) from the study's first run.
+    publish_comparison_view(mlflow, mlflow.get_run(parent.run_id).info.experiment_id,
+                            varying_axes([v.arch for v in spec.variants]))
+    return parent.run_id
 
 
-def reopen_parent(mlflow, layout: Layout) -> str:
-    run_id = ensure_parent(mlflow, layout)
+def reopen_parent(mlflow, run_id: str) -> None:
+    """RUNNING again while this command works on the study."""
     if run_status(mlflow, run_id) != "RUNNING":
         mlflow.update_run(run_id, status="RUNNING")
-    return run_id
 
 
-def end_parent(mlflow, layout: Layout, status: str) -> None:
-    """FINISHED only when every trial has ended; KILLED or FAILED when `ablate run` stops first."""
-    run_id = layout.main().user_attrs.get(PARENT_ATTR)
+def end_parent(mlflow, run_id: str, study_name: str, status: str, done: bool) -> None:
+    """FINISHED only when every trial has ended (`done`), with the study's results; KILLED or
+    FAILED when `ablate run` stops first."""
     current = run_status(mlflow, run_id)
     if current is None or current == status:
         return
-    if status == "FINISHED" and not layout.is_done():
+    if status == "FINISHED" and not done:
         if current == "RUNNING":  # stopped with work left for others: not running here any more
             mlflow.set_terminated(run_id, status="KILLED")
         return
     if status == "FINISHED":
-        from .publish import refresh_study_results
-        refresh_study_results(mlflow, layout.spec.name, run_id)
+        refresh_study_results(mlflow, study_name, run_id)
     mlflow.set_terminated(run_id, status=status)
 
 
@@ -99,20 +96,19 @@ def close_dead_attempt(mlflow, run_id: str | None) -> None:
         mlflow.set_terminated(run_id, status="KILLED")
 
 
-def close_orphans(mlflow, layout: Layout) -> None:
-    """End the RUNNING trial runs no attempt will ever close: their Optuna trial is no longer
-    RUNNING (it failed while the store was unwritable, or a crash lost the record naming the
-    run), or the worker that started them, on this host, is dead."""
-    from .storage import worker_is_dead
-    exp = mlflow.get_experiment_by_name(layout.spec.name)
+def close_orphans(mlflow, study_name: str, trials: dict) -> None:
+    """End the RUNNING trial runs no attempt will ever close: their Optuna trial (`trials`, keyed
+    (optuna study name, trial number)) is no longer RUNNING (it failed while the store was
+    unwritable, or a crash lost the record naming the run), or the worker that started them, on
+    this host, is dead."""
+    exp = mlflow.get_experiment_by_name(study_name)
     if exp is None:
         return
-    states = {(s.study_name, t.number): t for s in layout.all_studies() for t in s.get_trials(deepcopy=False)}
     for run in mlflow.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         if tags.get("stage") == "study":
             continue
-        trial = states.get((tags.get("optuna_study"), int(tags.get("trial", -1))))
+        trial = trials.get((tags.get("optuna_study"), int(tags.get("trial", -1))))
         alive = trial is not None and trial.state.name == "RUNNING" and not worker_is_dead(tags.get("worker"))
         if not alive:
             mlflow.set_tag(run.info.run_id, "killed", "its attempt ended without closing it")

@@ -8,8 +8,11 @@ by the workers sharing them; it is shown once one trial has finished.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, TextIO
+
+_log = logging.getLogger(__name__)
 
 
 def duration(seconds: float) -> str:
@@ -23,11 +26,14 @@ def duration(seconds: float) -> str:
 
 
 class StudyProgress:
-    """Progress lines for one process's share of a study, written to `stream`."""
+    """Progress lines for one process's share of a study, written to `stream`; warnings (a failed
+    trial, a restarted process group) to `errors`, each as one line starting with `prefix`."""
 
     def __init__(self, stream: TextIO, total: int, *, done: int = 0, workers: int = 1,
-                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic, width: int = 24) -> None:
+                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic, width: int = 24,
+                 errors: TextIO | None = None, prefix: str = "ablate") -> None:
         self.stream, self.total, self.done, self.workers = stream, total, done, max(1, workers)
+        self.errors, self.prefix = errors, prefix
         self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
         self.clock, self.width = clock, width
         self.started = clock()
@@ -68,6 +74,19 @@ class StudyProgress:
         self._line(f"{self._count(self.done)} {self.name}: {outcome} in {duration(took)}"
                    + (f"  {text}" if text else "") + self._eta())
 
+    def note(self, text: str) -> None:
+        """A line of its own (what the study is, what was found on a rerun)."""
+        self._line(text)
+
+    def warn(self, text: str) -> None:
+        """A line on the error stream, named for the command."""
+        if self._bar_open:
+            self.stream.write("\r\x1b[K")
+            self._bar_open = False
+        target = self.errors or self.stream
+        target.write(f"{self.prefix}: {text}\n")
+        target.flush()
+
     def close(self) -> str:
         """The total line (also returned)."""
         line = (f"{self.done}/{self.total} cells done; this process ran {len(self.durations)} trial(s) "
@@ -97,10 +116,13 @@ class StudyProgress:
 
 
 class NoProgress(StudyProgress):
-    """What a runner reports to when no command gave it a stream."""
+    """What a runner reports to when no command gave it a stream: nothing, but warnings are logged."""
 
     def __init__(self) -> None:
         super().__init__(_Discard(), 0)
+
+    def warn(self, text: str) -> None:
+        _log.warning("%s", text)
 
 
 class _Discard:

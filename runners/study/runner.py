@@ -11,21 +11,27 @@ re-enqueued with the same cell and checkpoint directory, so its retry resumes fr
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from ..database import check_database
-from ..errors import ConfigError, cut
-from ..paths import default_storage, default_tracking_uri, results_dir
+from ..database import canonical_url, check_database
+from ..errors import ConfigError, cut, redact
+from ..paths import default_storage, default_tracking_uri, journal_path, results_dir, sqlite_path
+from ..train import distributed
+from ..train.data import load_dataset
+from ..train.execution import resolve_device
+from ..tracking.store import client
 from . import parent
 from .layout import ACTIVE, Layout
 from .progress import NoProgress
-from .spec import StudySpec
+from .spec import StudySpec, load_spec
 from .storage import fail_stale_trials, is_database, open_storage
 from .trial import Worker, follow_trial, run_trial
 
+_log = logging.getLogger(__name__)
 # What rank 0 of a process group tells the other ranks, in StudyRunner.work() and follow().
 TRIAL, WAIT, DONE = "trial", "wait", "done"
 
@@ -66,11 +72,12 @@ class StudyRunner:
             check_database(self.storage_url, "the Optuna storage",
                            "check the host, the credentials and that the database exists")
         else:
-            check_writable(Path(self.storage_url.removeprefix("file://")).parent, "the Optuna journal's directory")
-        if self.tracking_uri.startswith("sqlite:///"):
-            check_writable(Path(self.tracking_uri[len("sqlite:///"):]).parent, "the MLflow store's directory")
+            check_writable(journal_path(self.storage_url).parent, "the Optuna journal's directory")
+        if sqlite_path(self.tracking_uri) is not None:
+            check_writable(sqlite_path(self.tracking_uri).parent, "the MLflow store's directory")
         self.mlflow = None
         self.layout: Layout | None = None
+        self.parent_run_id: str | None = None
         self._datasets: dict = {}  # DataConfig -> loaded Dataset
         self.progress = NoProgress()  # the command sets a StudyProgress that prints
 
@@ -78,15 +85,12 @@ class StudyRunner:
         """The data of a stage's trials, loaded once per worker onto its device."""
         cfg = self.spec.data_of(stage)
         if cfg not in self._datasets:
-            from ..train.data import load_dataset
-            from ..train.execution import resolve_device
             self._datasets[cfg] = load_dataset(cfg, resolve_device(device or self.device))
         return self._datasets[cfg]
 
     def open(self) -> Layout:
         """Connect both stores (creating their files); a store that fails leaves no empty file."""
-        from ..tracking.store import client
-        db = Path(self.tracking_uri[len("sqlite:///"):]) if self.tracking_uri.startswith("sqlite:///") else None
+        db = sqlite_path(self.tracking_uri)
         created = db is not None and not db.exists()
         try:
             self.mlflow = client(self.tracking_uri)
@@ -99,17 +103,37 @@ class StudyRunner:
         return self.layout
 
     def setup(self, retry_failed: bool = False) -> None:
-        self.layout.setup(retry_failed=retry_failed)
-        parent.ensure_parent(self.mlflow, self.layout)
+        """Under the study's setup lock, once: the Optuna layout and the MLflow parent run."""
+        with self.layout.lock():
+            main = self.layout.setup(retry_failed=retry_failed)
+            self.parent_run_id = parent.ensure_parent(self.mlflow, self.spec, main, redact(self.storage_url))
         for s in self.layout.all_studies():  # dead workers' trials first, so their runs are closed once
             fail_stale_trials(s, self._on_stale)
-        parent.close_orphans(self.mlflow, self.layout)
+        parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number())
+
+    @property
+    def storage_label(self) -> str:
+        """The Optuna storage as it may be shown: its password masked."""
+        return redact(self.storage_url)
+
+    @property
+    def tracking_label(self) -> str:
+        return redact(self.tracking_uri)
 
     def reopen_parent(self) -> None:
-        parent.reopen_parent(self.mlflow, self.layout)
+        parent.reopen_parent(self.mlflow, self.parent_run_id)
 
     def end_parent(self, status: str) -> None:
-        parent.end_parent(self.mlflow, self.layout, status)
+        parent.end_parent(self.mlflow, self.parent_run_id, self.spec.name, status,
+                          done=status == "FINISHED" and self.layout.is_done())
+
+    def close_parent(self, status: str) -> None:
+        """`end_parent` on the way out of a command: a failure to close is logged, never raised
+        over the error that got us here."""
+        try:
+            self.end_parent(status)
+        except Exception as e:  # noqa: BLE001 - never mask the error that got us here
+            _log.warning("could not close the MLflow parent run: %s", redact(e))
 
     def _on_stale(self, study, trial) -> None:
         """A dead worker's trial: close its MLflow run, enqueue its retry (same cell, checkpoint)."""
@@ -121,9 +145,8 @@ class StudyRunner:
 
         In a process group (resources.gpus_per_trial > 1) this runs on rank 0, which alone talks
         to the stores; it tells the other ranks, in `follow()`, what comes next."""
-        from ..train import distributed
         layout, failed, ctx = self.layout, 0, distributed.current()
-        worker = Worker(self.mlflow, parent.ensure_parent(self.mlflow, layout), lambda stage: self.dataset(stage=stage),
+        worker = Worker(self.mlflow, self.parent_run_id, lambda stage: self.dataset(stage=stage),
                         self.device, self.threads, self.progress)
         while True:
             studies = layout.all_studies()
@@ -150,7 +173,6 @@ class StudyRunner:
     def follow(self) -> int:
         """A rank other than 0 of a process group: train each trial rank 0 starts, until it is done.
         It connects no store (construction checked them; `dataset()` loads the data)."""
-        from ..train import distributed
         worker = Worker(None, "", lambda stage: self.dataset(stage=stage), self.device, self.threads)
         while (message := distributed.broadcast_object(None, distributed.current())) != DONE:
             if message == TRIAL:
@@ -161,3 +183,12 @@ class StudyRunner:
         """One line per cell that used up its attempts, with its last error."""
         return [f"{t.user_attrs['cell']}: failed {t.user_attrs.get('attempt', 1)} time(s), last: "
                 f"{cut(t.user_attrs.get('error', '?').splitlines()[0], 200)}" for t in self.layout.exhausted()]
+
+
+def make_runner(spec_path: str, overrides: list[str], *, storage: str | None = None, tracking_uri: str | None = None,
+                **options) -> StudyRunner:
+    """The runner of the spec at `spec_path` with `--set` overrides; store URLs as users write them
+    (a raw password is percent-encoded first, runners/database.py)."""
+    spec = load_spec(spec_path, overrides)
+    return StudyRunner(spec, storage=storage and canonical_url(storage),
+                       tracking_uri=tracking_uri and canonical_url(tracking_uri), **options)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from models.registry import resolve
-from models.spec import ArchSpec
+from models.spec import BASE_WIDTH, ArchSpec
 
 from ..errors import ConfigError, cut, reject_unknown, shown
-from ..train.config import BUILTIN_DATASETS, DataConfig, TrainConfig, apply_recipe, coerce, from_mapping
+from ..train.config import (BUILTIN_DATASETS, CONFIG_CLASSES, DataConfig, TrainConfig, apply_recipe, arch_of, coerce,
+                            from_mapping)
 from ..tracking.naming import fmt, variant_name
 from ..yaml_input import parse_override, read_yaml_file, set_path
 
@@ -28,7 +29,6 @@ TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seed
 NOT_IDENTITY = ("description", "attempts")  # may change between runs of one study
 DEFAULT_ATTEMPTS = 3
 MAX_NAME = 64
-ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ArchSpec))
 # Hyperparameters a search may tune: the recipe's numeric fields.
 SEARCHABLE = {"lr": float, "weight_decay": float, "momentum": float, "batch_size": int,
               "warmup_lr": float, "gamma": float}
@@ -198,7 +198,8 @@ def _parse_dataset(value, where: str, check_data: bool) -> DataConfig:
 
 def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
     """Every combination of the list-valued fields of one model grid."""
-    reject_unknown(grid, ("name",) + ARCH_FIELDS + ("train",), where)
+    arch_fields = tuple(f.name for f in dataclasses.fields(CONFIG_CLASSES["arch"]))
+    reject_unknown(grid, ("name",) + arch_fields + ("train",), where)
     overrides = _mapping(grid.get("train"), f"{where}.train")
     # Validate the overrides as a whole recipe, so a typo fails here and not mid-study.
     from_mapping(TrainConfig, {**_asdict_set(train), **overrides}, f"{where}.train")
@@ -217,7 +218,7 @@ def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
         fields = dict(zip(names, combo))
         base = fields.pop("name", None)
         try:
-            arch = resolve(base, **_typed(fields)) if base else ArchSpec(**_typed(fields)).validate()
+            arch = arch_of(base, fields)
         except ConfigError as e:
             shown = ", ".join(f"{k}={fmt(v)}" for k, v in fields.items())
             raise ConfigError(f"{where} ({shown}): {e}") from None
@@ -232,25 +233,9 @@ def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
 
 def _check_width(arch: ArchSpec, where: str) -> None:
     """At least one channel in the narrowest layer: a width the model code would round to 0."""
-    from models.network import BASE_WIDTH
     if round(BASE_WIDTH[arch.family] * arch.width) < 1:
         raise ConfigError(f"{where}: width {fmt(arch.width)} leaves the {arch.family} stem with no channel "
                           f"(base {BASE_WIDTH[arch.family]}); use width >= {1 / BASE_WIDTH[arch.family]:.3g}")
-
-
-def _typed(fields: dict) -> dict:
-    """ArchSpec fields from a grid cell, type-checked (the dataclass itself does not check).
-    Stages without a depth define the depth."""
-    hints = {"depth": int | None, "width": float, "preact": bool, "zero_init_last": bool, "order": str,
-             "pad": str, "shortcut_scale": float, "branch_scale": float, "gate_bias": float,
-             "shortcut_dropout": float, "bn_batch": int | None}
-    out = dict(fields)
-    for k, hint in hints.items():
-        if k in out:
-            out[k] = coerce(out[k], hint, k)
-    if "stages" in out and "depth" not in out:
-        out["depth"] = None
-    return out
 
 
 def _asdict_set(cfg: TrainConfig) -> dict:

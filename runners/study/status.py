@@ -7,14 +7,19 @@ from statistics import mean, stdev
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, redact
+from ..database import canonical_url
+from ..paths import default_storage, journal_path
 from .layout import FINISHED, Layout
 from .spec import StudySpec
-from .storage import is_database, open_storage
+from .storage import open_storage
 
 
-def open_layout(spec: StudySpec, storage_url: str, attempts: int | None = None) -> Layout:
-    """The layout of an existing study; ConfigError (and nothing created) when there is none."""
-    if not is_database(storage_url) and not Path(storage_url.removeprefix("file://")).exists():
+def open_layout(spec: StudySpec, storage: str | None = None, attempts: int | None = None) -> Layout:
+    """The layout of an existing study in `storage` (a URL as users write it; default: the study's
+    journal); ConfigError (and nothing created) when there is none."""
+    storage_url = canonical_url(storage) if storage else default_storage(spec.name)
+    journal = journal_path(storage_url)
+    if journal is not None and not journal.exists():
         raise ConfigError(f"no study storage at {storage_url}; start the study with `ablate run {spec.path}`")
     layout = Layout(spec, open_storage(storage_url), storage_url, checkpoint_root=Path("."), attempts=attempts)
     if not layout.exists():

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..database import advisory_lock, check_database
 from ..errors import ConfigError, first_line, redact
+from ..paths import journal_path, sqlite_path
 from . import optuna_private as private
 from .optuna_private import heartbeat_interval
 
@@ -45,14 +47,13 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def is_database(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
+    return journal_path(url) is None
 
 
 def open_storage(url: str, *, heartbeat: int = 30, on_stale: Callable | None = None):
     """An Optuna storage for `url` (a database URL or a journal file path), checked reachable."""
     if not is_database(url):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-        path = Path(url.removeprefix("file://"))
+        path = journal_path(url)
         created = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = JournalFlock(str(path))
@@ -147,11 +148,11 @@ def setup_lock(url: str, study_name: str) -> Iterator[None]:
         with advisory_lock(url, f"setup:{study_name}"):
             yield
         return
-    if is_database(url) and not url.startswith("sqlite:///"):
+    path = sqlite_path(url) or journal_path(url)
+    if path is None:
         # Other databases: no portable lock. Setup is still idempotent, only not race-free.
         yield
         return
-    path = Path(url.removeprefix("sqlite:///").removeprefix("file://"))
     lock = path.with_name(path.name + ".setup-lock")  # ".lock" is the journal's own lock file
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
@@ -89,15 +88,15 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
                 worker.mlflow.set_terminated(tracker.run_id, status="KILLED")
             _give_back(layout, worker, study, trial)
             raise
-        error = redact(cut(f"{type(e).__name__}: {e}", 500))
+        error = cut(redact(f"{type(e).__name__}: {e}"), 500)  # redacted first: a cut may split a secret
         trial.set_user_attr("error", error)
         study.tell(trial, state=TrialState.FAIL)
         worker.progress.finish(f"failed ({type(e).__name__})")
-        print(f"ablate: trial {trial.number} ({run_name}) failed (attempt {attrs.get('attempt', 1)} of "
-              f"{layout.attempts}): {error.splitlines()[0] if error else ''}", file=sys.stderr, flush=True)
+        worker.progress.warn(f"trial {trial.number} ({run_name}) failed (attempt {attrs.get('attempt', 1)} of "
+                             f"{layout.attempts}): {error.splitlines()[0] if error else ''}")
         if ctx.distributed:
             # The other ranks may be waiting in a collective this rank will never join: the
-            # group ends here, and the worker starts a new one (runners/commands/worker.py).
+            # group ends here, and the worker starts a new one (runners/study/group.py).
             raise
         return False
     if pruned:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from models.spec import SHORTCUT_FIELDS, ArchSpec
+from models.fields import fields_of, meta
+from models.spec import ArchSpec
 
 AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed")  # on every run, old ones too
-# Also tagged: `order` (He 2016b Fig. 4; "post"/"preact" repeat `preact`), and only where they
-# matter the parameters of the shortcut kinds that use them (He 2016b
-# Table 1: scale factors, the gate's initial bias, the dropout rate, option A's padding) and
-# ghost BN's sub-batch. Runs differing in one of these are different variants.
+
+
 def fmt(value) -> str:
     """The string form used for tags and params: lowercase booleans, compact numbers and lists."""
     if isinstance(value, bool):
@@ -43,43 +42,45 @@ def fmt(value) -> str:
     return str(value)
 
 
-def axis_tags(spec: ArchSpec, seed: int) -> dict[str, str]:
-    """The axes every run is tagged with, so the MLflow UI can filter and group on them."""
-    values = {"family": spec.family, "depth": spec.total_depth, "block": spec.block,
-              "shortcut": spec.shortcut, "preact": spec.preact, "order": spec.order, "width": spec.width,
-              "seed": seed, **shortcut_parameters(spec)}
-    if spec.bn_batch is not None:
-        values["bn_batch"] = spec.bn_batch
-    return {k: fmt(v) for k, v in values.items()}
-
-
-def shortcut_parameters(spec: ArchSpec) -> dict:
-    """The fields that configure `spec`'s shortcut kind, where they differ from the defaults
-    (option A's padding) or always (the constants of scale, gate and dropout shortcuts)."""
+def tagged_fields(spec: ArchSpec) -> dict:
+    """The architecture fields a run of `spec` is tagged with, and their values, by each field's
+    declared `tag` (models/fields.py): always; when it differs from its default; when its
+    shortcut kind uses it (the constants of He 2016b Table 1's scale, gate and dropout
+    shortcuts). Runs differing in one of these are different variants. Depth is the total depth."""
     out = {}
-    for name, kinds in SHORTCUT_FIELDS.items():
-        if spec.shortcut in kinds and (name != "pad" or spec.pad != "append"):
-            out[name] = getattr(spec, name)
+    for f in fields_of(spec):
+        value, tag = getattr(spec, f.name), meta(f, "tag")
+        kinds = meta(f, "kinds")
+        if kinds is not None and spec.shortcut not in kinds:
+            continue  # a field of another shortcut kind: not part of this net
+        if tag == "always" or (tag == "used" and kinds is not None) or (tag == "nondefault" and value != f.default):
+            out[f.name] = spec.total_depth if f.name == "depth" else value
     return out
 
 
+def axis_tags(spec: ArchSpec, seed: int) -> dict[str, str]:
+    """The axes every run is tagged with, so the MLflow UI can filter and group on them."""
+    return {k: fmt(v) for k, v in {**tagged_fields(spec), "seed": seed}.items()}
+
+
+def shortcut_parameters(spec: ArchSpec) -> dict:
+    """The tagged fields that configure `spec`'s shortcut kind (option A's padding where it is
+    not the default; the constants of scale, gate and dropout shortcuts always)."""
+    tagged = tagged_fields(spec)
+    return {f.name: tagged[f.name] for f in fields_of(spec, "shortcut") if f.name in tagged}
+
+
 def variant_name(spec: ArchSpec) -> str:
-    """A readable, unique name of an architecture, e.g. 'cifar-d20-basic-A-post-w1'."""
-    name = f"{spec.family}-d{spec.total_depth}-{spec.block}-{spec.shortcut}-{_ORDER_NAMES[spec.order]}-w{fmt(spec.width)}"
-    name += "".join(f"-{k}{fmt(v)}" for k, v in shortcut_parameters(spec).items())
-    if spec.bn_batch is not None:
-        name += f"-bn{spec.bn_batch}"
-    if spec.stages is not None and spec.family != "cifar":
-        name += "-s" + "x".join(map(str, spec.stage_depths))
-    if spec.downsample != "first":
-        name += f"-down{spec.downsample}"
-    if spec.zero_init_last:
-        name += "-zinit"
-    return name
-
-
-_ORDER_NAMES = {"post": "post", "preact": "pre", "bn-after-add": "bnadd", "relu-before-add": "reluadd",
-                "relu-preact": "relupre"}
+    """A readable, unique name of an architecture, e.g. 'cifar-d20-basic-A-post-w1': every tagged
+    field, formatted as its declaration says (its `name`), in declaration order."""
+    parts = []
+    for f in fields_of(spec):
+        tagged = tagged_fields(spec)
+        if f.name not in tagged or meta(f, "name") is False:
+            continue
+        form, value = meta(f, "name"), tagged[f.name]
+        parts.append(form(value) if callable(form) else (form or f.name + "{}").format(fmt(value)))
+    return "-".join(parts)
 
 
 def label(spec: ArchSpec) -> str:
@@ -90,7 +91,8 @@ def label(spec: ArchSpec) -> str:
     else:
         name = ("pre-act " if spec.preact else "") + f"ResNet-{spec.total_depth} ({spec.shortcut})"
     extra = [spec.order] if spec.order not in ("post", "preact") else []  # He 2016b Fig. 4 (b)-(d)
-    extra += [f"{k}={fmt(v)}" for k, v in shortcut_parameters(spec).items()]
+    shown = {f.name for f in fields_of(spec) if meta(f, "tag") != "always" and meta(f, "label", True)}
+    extra += [f"{k}={fmt(v)}" for k, v in tagged_fields(spec).items() if k in shown]
     extra += [spec.family] if spec.family != "cifar" else []
     extra += [spec.block] if spec.block != "basic" else []
     extra += [f"w{fmt(spec.width)}"] if spec.width != 1 else []

@@ -20,8 +20,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ConfigError, reject_unknown, shown
+from models.fields import option
+from models.registry import resolve
+from models.spec import ArchSpec, check_declared
 
+from ..errors import ConfigError, reject_unknown, shown
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an ImageFolder path
 
@@ -56,40 +59,40 @@ RECIPES: dict[str, dict[str, dict]] = {
 
 @dataclass(frozen=True)
 class DataConfig:
-    """name: cifar10 | cifar100 | synthetic | a path to an ImageFolder root with train/ and test/."""
+    """The data of a run. Each field's declaration says what it is (and is its command-line help)."""
 
-    name: str = "cifar10"
-    root: str = "data"  # where torchvision downloads CIFAR (ignored for an ImageFolder path)
-    val_size: int = 5000  # held out from the training set: the paper's 45k/5k
-    subset: int | None = None  # use only this many training images (before the val split)
-    normalize: Literal["pixel_mean", "channel"] = "pixel_mean"  # the paper subtracts the per-pixel mean
-    augment: bool = True  # pad 4, random 32x32 crop, horizontal flip
-    split_seed: int = 0  # the val split and subset are fixed by this, not by the training seed
-    # memory: decode everything once into one uint8 tensor on the device (CIFAR-sized data).
-    # stream: decode per batch in DataLoader workers (ImageNet-sized data, or images of many sizes).
-    # auto: stream when the folder would not fit (runners/train/stream.py) or a field below asks
-    # for per-image resizing; memory otherwise.
-    loader: Literal["auto", "memory", "stream"] = "auto"
+    name: str = option("cifar10", "cifar10, cifar100, synthetic, or an ImageFolder root with train/ and test/",
+                       flag="--dataset")
+    root: str = option("data", "where torchvision downloads CIFAR (ignored for an ImageFolder path)",
+                       flag="--data-root")
+    val_size: int = option(5000, "training images held out for validation (the paper's 45k/5k); 0: none", low=0)
+    subset: int | None = option(None, "use only this many training images (before the validation split)", low=1)
+    normalize: Literal["pixel_mean", "channel"] = option(
+        "pixel_mean", "subtract the per-pixel mean (the paper) or standardise per channel")
+    augment: bool = option(True, "pad 4, random crop, horizontal flip (He 2016a Sec. 4.2)")
+    split_seed: int = option(0, "fixes the subset and the validation split (not the training seed)")
+    loader: Literal["auto", "memory", "stream"] = option(
+        "auto", "memory: decode everything once into one uint8 tensor on the device (CIFAR-sized data); stream: "
+        "decode per batch in DataLoader workers (ImageNet-sized data, images of many sizes); auto: stream when the "
+        "folder would not fit (runners/train/stream.py) or a field below asks for per-image resizing")
     # The streamed path's geometry (ImageNet, He 2016a Sec. 3.4); None: images as they are.
-    crop: int | None = None  # training and evaluation crop side (224)
-    scale: tuple[int, ...] | None = None  # crop_mode scale: shorter side uniform in [lo, hi] (256, 480)
-    resize: int | None = None  # evaluation: shorter side resized to this, then a center crop (256)
-    crop_mode: Literal["scale", "random_resized"] = "scale"  # random_resized: torchvision's recipe
-    lighting: float = 0.0  # std of AlexNet's PCA lighting noise (fb.resnet.torch: 0.1)
-    # fb.resnet.torch's ColorJitter: brightness, contrast and saturation, each scaled by a factor
-    # uniform in [1 - v, 1 + v], in a random order per image (fb.resnet.torch: 0.4)
-    color_jitter: float = 0.0
-    ten_crop: bool = False  # evaluate on the 4 corners + center and their flips, averaging softmax
-    stats_images: int = 10_000  # training images the normalisation statistics are taken from
+    crop: int | None = option(None, "streamed: training and evaluation crop side (224)", low=1)
+    scale: tuple[int, ...] | None = option(None, "streamed, crop_mode scale: shorter side uniform in [lo, hi] "
+                                           "(256,480)")
+    resize: int | None = option(None, "streamed evaluation: shorter side resized to this, then a center crop (256)",
+                                low=1)
+    crop_mode: Literal["scale", "random_resized"] = option("scale", "scale: He 2016a's scale augmentation; "
+                                                           "random_resized: torchvision's RandomResizedCrop")
+    lighting: float = option(0.0, "std of AlexNet's PCA lighting noise (fb.resnet.torch: 0.1)", low=0)
+    color_jitter: float = option(0.0, "fb.resnet.torch's ColorJitter: brightness, contrast and saturation, each "
+                                 "scaled by a factor uniform in [1 - v, 1 + v], in a random order per image (0.4)",
+                                 low=0, below=1)
+    ten_crop: bool = option(False, "evaluate on 10 crops (corners, center, flips), He 2016a's testing")
+    stats_images: int = option(10_000, "training images the normalisation statistics are taken from", low=1)
 
     def __post_init__(self) -> None:
         if self.scale is not None and not isinstance(self.scale, tuple):
             object.__setattr__(self, "scale", tuple(self.scale))
-
-    @property
-    def resizes(self) -> bool:
-        """Whether images are resized or cropped per image (only the streamed path does that)."""
-        return self.crop is not None or self.scale is not None or self.resize is not None or self.ten_crop
 
     @property
     def streamed_only(self) -> list[str]:
@@ -127,53 +130,57 @@ class DataConfig:
             raise ConfigError("dataset.lighting must be >= 0 and dataset.stats_images positive")
         if not 0 <= self.color_jitter < 1:
             raise ConfigError(f"dataset.color_jitter must be in [0, 1), got {self.color_jitter}")
+        check_declared(self)  # what the declarations bound and the checks above do not name
         return self
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe. Give `epochs` or `iterations` (default: the paper's 64k iterations).
+    Each field's declaration says what it is (and is its command-line help)."""
 
-    milestones are in the unit of the run's length; None means the paper's 1/2 and 3/4 of it
-    (32k and 48k of 64k iterations).
-    """
-
-    epochs: int | None = None
-    iterations: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    schedule: Literal["step", "cosine", "constant", "plateau"] = "step"
-    milestones: tuple[float, ...] | None = None
-    gamma: float = 0.1
-    # schedule=plateau, He 2016a Sec. 3.4 ("divided by 10 when the error plateaus"): lr x gamma
-    # after `plateau_patience` epochs whose validation error (training error without a
-    # validation split) improved on the best by less than `plateau_threshold`.
-    plateau_patience: int = 5
-    plateau_threshold: float = 0.001
-    # He 2016a Sec. 4.2, ResNet-110: lr 0.01 until the training error is below 80%, then back.
-    warmup: bool = False
-    warmup_lr: float = 0.01
-    warmup_until_error: float = 0.8
-    # He 2016b Appendix: "warm up ... at the beginning 400 iterations" -- a fixed length instead.
-    warmup_iterations: int | None = None
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 where CUDA supports it; off on CPU
-    channels_last: bool = True  # the layout of tensor-core convolutions; faster on CPU too (README)
-    compile: bool = False
-    # torch.compile's mode; reduce-overhead replays CUDA graphs (`ablate doctor` measures both).
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    eval_batch_size: int | None = None  # None: 1000 on CUDA, 250 on CPU (README: Performance)
-    probe: bool = True  # layer-response std (Fig. 7) after training
-    threads: int | None = None  # CPU threads for this process; None: all cores (split among local ranks)
-    # The named preset laid under the explicit values (RECIPES); auto: by the model family.
-    recipe: Literal["auto", "he2016a-cifar", "he2016a-imagenet", "torchvision-imagenet"] = "auto"
-    sync_bn: bool = False  # distributed: BN statistics over the global batch instead of each rank's
-    workers: int | None = None  # streamed data: decoding processes per rank; None: cores per rank, at most 8
+    epochs: int | None = option(None, "the run's length in epochs")
+    iterations: int | None = option(None, "the run's length in iterations (default: the paper's 64k)")
+    batch_size: int = option(128, "the global batch (split among processes)")
+    lr: float = option(0.1, "the initial learning rate")
+    momentum: float = option(0.9, "SGD momentum", low=0)
+    weight_decay: float = option(1e-4, "on every parameter, BN included (the papers' recipe)", low=0)
+    nesterov: bool = option(False, "Nesterov momentum")
+    schedule: Literal["step", "cosine", "constant", "plateau"] = option(
+        "step", "step: lr x gamma at each milestone; plateau: divide by gamma when the validation error stops "
+        "improving (He 2016a Sec. 3.4)")
+    milestones: tuple[float, ...] | None = option(None, "step schedule, in the run's unit (comma-separated; "
+                                                  "default: 1/2 and 3/4 of the run, 32k and 48k of 64k)")
+    gamma: float = option(0.1, "lr factor at each milestone or plateau")
+    plateau_patience: int = option(5, "schedule plateau: epochs without an improvement before the lr drops",
+                                   low=1)
+    plateau_threshold: float = option(0.001, "schedule plateau: the improvement on the best error that counts "
+                                      "(validation error, else training error)", low=0, below=1)
+    warmup: bool = option(False, "He 2016a Sec. 4.2 (ResNet-110): lr warmup_lr until the training error is below "
+                          "warmup_until_error, then the schedule")
+    warmup_lr: float = option(0.01, "the warm-up's lr")
+    warmup_until_error: float = option(0.8, "the training error that ends the warm-up (an error rate in (0, 1])")
+    warmup_iterations: int | None = option(None, "He 2016b Appendix: warm up for this many iterations instead "
+                                           "(400)", low=1)
+    seed: int = option(0, "initialisation and data order")
+    deterministic: bool = option(False, "deterministic algorithms: a resumed run ends with the same numbers")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    amp: Literal["auto", "bf16", "off"] = option("auto", "bf16 autocast; auto: bf16 where CUDA supports it, "
+                                                 "off on CPU")
+    channels_last: bool = option(True, "the layout of tensor-core convolutions (faster on CPU too: README)")
+    compile: bool = option(False, "torch.compile the training forward")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = option(
+        "default", "torch.compile's mode; reduce-overhead replays CUDA graphs (`ablate doctor` measures both)")
+    eval_batch_size: int | None = option(None, "default: 1000 on CUDA, 250 on CPU (README: Performance)")
+    probe: bool = option(True, "the layer-response probe (He 2016a Fig. 7) after training")
+    threads: int | None = option(None, "CPU threads for this process (default: all cores, split among local "
+                                 "ranks)", low=1)
+    recipe: Literal["auto", "he2016a-cifar", "he2016a-imagenet", "torchvision-imagenet"] = option(
+        "auto", "the named preset laid under the explicit values (auto: he2016a-imagenet for the imagenet family, "
+        "he2016a-cifar otherwise)")
+    sync_bn: bool = option(False, "with several processes: BN statistics over the global batch")
+    workers: int | None = option(None, "streamed data: decoding processes per rank (default: cores per rank, "
+                                 "at most 8)", low=0)
 
     def __post_init__(self) -> None:
         if self.milestones is not None and not isinstance(self.milestones, tuple):
@@ -224,6 +231,7 @@ class TrainConfig:
         _check_literal(self, "recipe")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"train.workers must be >= 0, got {self.workers}")
+        check_declared(self)  # what the declarations bound and the checks above do not name
         return self
 
 
@@ -302,3 +310,27 @@ def _check_literal(obj, name: str) -> None:
     allowed = typing.get_args(hint)
     if getattr(obj, name) not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, got {shown(getattr(obj, name))}")
+
+
+# The configuration classes by section, as `--set SECTION.FIELD=V` and `ablate train`'s flags name
+# them; every flag, spec field and check is derived from these classes' declarations.
+CONFIG_CLASSES: dict[str, type] = {"arch": ArchSpec, "train": TrainConfig, "data": DataConfig}
+
+
+def arch_of(model: str | None, fields: dict) -> ArchSpec:
+    """The architecture of a registered `model` (or, without one, of the spec class's defaults)
+    with `fields` over it, each checked against its declared type. The class is the one in use
+    (CONFIG_CLASSES["arch"]): a subclass that declares more fields takes a preset's values too.
+    Stages given without a depth define the depth."""
+    cls = CONFIG_CLASSES["arch"]
+    hints = typing.get_type_hints(cls)
+    typed = {k: coerce(v, hints[k], k) if k in hints else v for k, v in fields.items()}
+    if model is None:
+        if "stages" in typed and "depth" not in typed:
+            typed["depth"] = None
+        reject_unknown(typed, [f.name for f in dataclasses.fields(cls)], "model")
+        return cls(**typed).validate()
+    preset = resolve(model)
+    if type(preset) is not cls:
+        preset = cls(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)})
+    return preset.replace(**typed) if typed else preset.validate()

@@ -10,6 +10,8 @@ from torch import nn
 
 import models
 from models import ArchSpec, ConfigError
+from models.blocks import PadShortcut
+from models.network import from_torchvision_state_dict
 
 # He 2016a Table 6 (0.27M .. 19.4M), exact counts of the option-A nets.
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
@@ -41,7 +43,7 @@ def test_torchvision_weights_load_and_outputs_match(depth):
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
     ours = models.build(f"resnet{depth}").eval()
-    ours.load_state_dict(models.from_torchvision_state_dict(ref.state_dict()), strict=True)
+    ours.load_state_dict(from_torchvision_state_dict(ref.state_dict()), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
@@ -99,7 +101,7 @@ def test_plain_and_residual_twins_differ_only_in_shortcuts():
 
 
 def test_option_a_pads_zero_channels_and_subsamples():
-    pad = models.PadShortcut(16, 32, stride=2)
+    pad = PadShortcut(16, 32, stride=2)
     x = torch.randn(1, 16, 8, 8)
     y = pad(x)
     assert y.shape == (1, 32, 4, 4)

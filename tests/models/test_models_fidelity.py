@@ -10,6 +10,9 @@ from torch import nn
 
 import models
 from models import ArchSpec, ConfigError
+from models.blocks import Block, DroppedShortcutSum, GhostBatchNorm2d, PadShortcut, Projection
+from models.network import from_akamaster_state_dict
+from models.spec import ShortcutConfig
 
 NEW_SHORTCUTS = ["scale", "gate", "shortcut-gate", "dropout"]
 ORDERS = ["post", "bn-after-add", "relu-before-add", "relu-preact", "preact"]
@@ -93,7 +96,7 @@ def test_every_variant_builds_runs_backward_and_is_counted_on_meta(block, shortc
 def test_pad_split_and_ghost_bn_build_and_run():
     net = models.build("resnet20", pad="split", bn_batch=2, shortcut="gate", order="relu-preact")
     net(torch.randn(4, 3, 32, 32)).sum().backward()
-    assert all(isinstance(m, models.GhostBatchNorm2d) for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(isinstance(m, GhostBatchNorm2d) for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     assert net.complexity().params == models.describe("resnet20", shortcut="gate")["params"]
 
 
@@ -145,9 +148,9 @@ def _random_bn(module: nn.Module, shift: float) -> nn.Module:
     return module.eval()
 
 
-def _eval_block(**kw):
+def _eval_block(shortcut: str, order: str, **options):
     torch.manual_seed(0)
-    return _random_bn(models.Block("basic", 4, 4, **kw), 0.5)
+    return _random_bn(Block("basic", 4, 4, shortcut=ShortcutConfig.of(shortcut, **options), order=order), 0.5)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -180,14 +183,14 @@ def test_shortcut_kinds_are_table1():
             torch.testing.assert_close(gated(x), (g if kind == "gate" else 1) * branch + (1 - g) * x)
         dropped = _eval_block(shortcut="dropout", shortcut_dropout=0.5, order="relu-before-add")
         torch.testing.assert_close(dropped(x), branch + 0.5 * x)  # eval: the expected scale 0.5
-    drop = models.DroppedShortcutSum(0.5).train()
+    drop = DroppedShortcutSum(0.5).train()
     kept = drop(torch.zeros(10_000), torch.ones(10_000), None)
     assert set(kept.unique().tolist()) == {0.0, 1.0} and kept.mean().item() == pytest.approx(0.5, abs=0.03)
 
 
 def test_option_c_is_the_1x1_conv_shortcut_on_every_unit():
     net = models.build("resnet20", shortcut="C")
-    assert all(isinstance(b.shortcut, models.Projection) and b.shortcut.conv.kernel_size == (1, 1)
+    assert all(isinstance(b.shortcut, Projection) and b.shortcut.conv.kernel_size == (1, 1)
                for b in net.blocks())
 
 
@@ -247,7 +250,7 @@ def test_preact_first_activation_is_after_conv1_before_the_split(spec):
     first = net.stages[0][0]
     assert not hasattr(first, "bn1")  # the stem's BN-ReLU is this unit's pre-activation
     size = 32 if spec.family == "cifar" else 64
-    seen, hooks = _record_inputs(net, (nn.BatchNorm2d, nn.Conv2d, nn.Identity, models.Projection, models.PadShortcut))
+    seen, hooks = _record_inputs(net, (nn.BatchNorm2d, nn.Conv2d, nn.Identity, Projection, PadShortcut))
     stem_out = []
     hooks.append(net.stem.register_forward_hook(lambda m, a, out: stem_out.append(out.detach().clone())))
     net(torch.randn(2, 3, size, size))
@@ -316,18 +319,18 @@ def test_akamaster_checkpoint_round_trip(depth):
     # Their checkpoints hold {"state_dict": ...} saved from nn.DataParallel ("module." keys).
     checkpoint = {"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}, "best_prec1": 0.0}
     ours = models.build(f"resnet{depth}", pad="split").eval()
-    ours.load_state_dict(models.from_akamaster_state_dict(checkpoint), strict=True)
+    ours.load_state_dict(from_akamaster_state_dict(checkpoint), strict=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
         appended = models.build(f"resnet{depth}").eval()
-        appended.load_state_dict(models.from_akamaster_state_dict(ref.state_dict()), strict=True)
+        appended.load_state_dict(from_akamaster_state_dict(ref.state_dict()), strict=True)
         assert not torch.allclose(appended(x), ref(x), atol=1e-3)  # the placement matters
 
 
 def test_pad_split_places_zero_channels_on_both_sides():
     x = torch.randn(1, 16, 8, 8)
-    y = models.PadShortcut(16, 32, stride=2, pad="split")(x)
+    y = PadShortcut(16, 32, stride=2, pad="split")(x)
     torch.testing.assert_close(y[:, 8:24], x[:, :, ::2, ::2])
     assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
 
@@ -335,7 +338,7 @@ def test_pad_split_places_zero_channels_on_both_sides():
 # -- ghost batch norm --------------------------------------------------------------------------
 def test_ghost_bn_equals_separate_bn_passes_on_each_sub_batch():
     torch.manual_seed(0)
-    ghost = models.GhostBatchNorm2d(5, bn_batch=4)
+    ghost = GhostBatchNorm2d(5, bn_batch=4)
     ghost.weight.data.uniform_(0.5, 1.5)
     ghost.bias.data.uniform_(-0.5, 0.5)
     halves = [nn.BatchNorm2d(5), nn.BatchNorm2d(5)]

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from optuna.trial import TrialState
 
 from conftest import REPO, ablate, assert_one_line_error, rank_pid
-from runners.commands.run import worker_devices
+from runners.study.host import worker_devices
 from runners.train import distributed
 from test_study import SMOKE, _children, _trials
 
@@ -142,7 +142,11 @@ def test_a_worker_in_a_group_of_the_wrong_size_is_refused(results):
 
 
 def test_a_group_is_started_again_only_when_it_failed_not_when_its_study_had_failed_cells(monkeypatch, capsys):
-    from runners.commands import worker
+    import sys
+
+    from runners.study import group
+    from runners.study.progress import StudyProgress
+    progress = StudyProgress(sys.stdout, 0, errors=sys.stderr)
 
     def fake(outcomes):
         calls = []
@@ -151,18 +155,18 @@ def test_a_group_is_started_again_only_when_it_failed_not_when_its_study_had_fai
             code, status = outcomes[len(calls)]
             calls.append(argv)
             if status is not None:  # what rank 0 leaves when the group finished its loop
-                with open(os.environ[worker.GROUP_STATUS], "w") as f:
+                with open(os.environ[group.GROUP_STATUS], "w") as f:
                     f.write(str(status))
             return code
         monkeypatch.setattr(distributed, "launch", launch)
         return calls
 
     calls = fake([(0, 1)])  # finished, a cell failed: exit 1, no new group
-    assert worker._launch_group(2, ["worker", "s.yaml"], restarts=3) == 1 and len(calls) == 1
+    assert group.launch_group(2, ["worker", "s.yaml"], 3, progress) == 1 and len(calls) == 1
     calls = fake([(1, None), (1, None), (0, 0)])  # two crashed groups, then one that finished
-    assert worker._launch_group(2, ["worker", "s.yaml"], restarts=3) == 0 and len(calls) == 3
+    assert group.launch_group(2, ["worker", "s.yaml"], 3, progress) == 0 and len(calls) == 3
     assert capsys.readouterr().err.count("starting a new one") == 2
     calls = fake([(1, None)] * 3)
-    assert worker._launch_group(2, ["worker", "s.yaml"], restarts=2) == 1 and len(calls) == 3
+    assert group.launch_group(2, ["worker", "s.yaml"], 2, progress) == 1 and len(calls) == 3
     calls = fake([(143, None)])  # stopped: no new group
-    assert worker._launch_group(2, ["worker", "s.yaml"], restarts=3) == 143 and len(calls) == 1
+    assert group.launch_group(2, ["worker", "s.yaml"], 3, progress) == 143 and len(calls) == 1

@@ -246,8 +246,14 @@ def test_the_spec_loader_reads_floats_as_people_write_them(tmp_path):
 
 def test_one_set_grammar_for_train_and_run(tmp_path):
     from runners.cli import build_parser
-    from runners.commands.train import resolve_configs
+    from runners.commands.fields import field_values
     from runners.errors import ConfigError
+    from runners.train.config import CONFIG_CLASSES
+    from runners.train.job import assemble
+
+    def resolve_configs(args):
+        job = assemble(args.model, {s: field_values(args, s, cls) for s, cls in CONFIG_CLASSES.items()}, args.set)
+        return job.model, job.arch, job.train, job.data
     from runners.study.spec import load_spec
     args = build_parser("train").parse_args(
         ["train", "resnet20", "--dataset", "synthetic", "--set", "width=2", "--set", "arch.preact=true",

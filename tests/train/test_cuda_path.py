@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import REPO
-from models import ArchSpec, ResNet
-from runners.commands import run as run_cmd
+from models import ArchSpec
+from models.network import ResNet
+from runners.study import host
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset
 from runners.train.checkpoint import CHECKPOINT, load_checkpoint, restore_generator
@@ -156,7 +157,7 @@ def test_the_cli_sets_the_cublas_workspace_before_any_command_runs():
     ("3,7,bogus,9", 2, ["3", "7", "3", "7"]),  # torch stops at an invalid entry
 ])
 def test_workers_index_into_the_parents_visible_devices(visible, gpus, expected):
-    assert run_cmd.worker_devices(4, gpus, visible) == expected
+    assert host.worker_devices(4, gpus, visible) == expected
 
 
 def test_spawned_workers_get_their_device_and_a_share_of_the_cores(monkeypatch):
@@ -168,26 +169,26 @@ def test_spawned_workers_get_their_device_and_a_share_of_the_cores(monkeypatch):
 
         def wait(self):
             return 0
-    monkeypatch.setattr(run_cmd.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(host.subprocess, "Popen", FakePopen)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-
-    class Args:
-        spec, heartbeat, poll, overrides, checkpoint_dir, device, attempts = "s.yaml", 30, 2.0, [], None, "auto", None
-    assert run_cmd._spawn_workers(Args, 4, 2, 4, "journal", "sqlite:///x", 1) == 0
+    command = host.WorkerCommand("s.yaml")
+    assert host.spawn_workers(host.WorkerPlan(workers=4, gpus=2, group=1, threads=4), command,
+                              "journal", "sqlite:///x") == 0
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4", "5", "4", "5"]
     assert all(cmd[cmd.index("--threads") + 1] == "4" and cmd[cmd.index("--device") + 1] == "cuda"
                for cmd, _ in launched)
     # Trials on 2 GPUs each (resources.gpus_per_trial): each worker, a process group, gets its own pair.
     launched.clear()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    assert run_cmd._spawn_workers(Args, 2, 4, 8, "journal", "sqlite:///x", 2) == 0
+    assert host.spawn_workers(host.WorkerPlan(workers=2, gpus=4, group=2, threads=8), command,
+                              "journal", "sqlite:///x") == 0
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4,5", "6,7"]
 
 
 def test_default_workers_per_gpu_follows_the_model_size_and_the_cores():
-    assert run_cmd.default_workers_per_gpu(41_000_000, cores=16, gpus=1) == 4  # ResNet-20
-    assert run_cmd.default_workers_per_gpu(253_000_000, cores=16, gpus=1) == 4  # ResNet-110
-    assert run_cmd.default_workers_per_gpu(1_490_000_000, cores=16, gpus=1) == 2  # ResNet-1001
-    assert run_cmd.default_workers_per_gpu(4_090_000_000, cores=16, gpus=1) == 1  # ResNet-50
-    assert run_cmd.default_workers_per_gpu(41_000_000, cores=8, gpus=4) == 2  # a core per worker
-    assert run_cmd.default_workers_per_gpu(41_000_000, cores=2, gpus=4) == 1
+    assert host.default_workers_per_gpu(41_000_000, cores=16, gpus=1) == 4  # ResNet-20
+    assert host.default_workers_per_gpu(253_000_000, cores=16, gpus=1) == 4  # ResNet-110
+    assert host.default_workers_per_gpu(1_490_000_000, cores=16, gpus=1) == 2  # ResNet-1001
+    assert host.default_workers_per_gpu(4_090_000_000, cores=16, gpus=1) == 1  # ResNet-50
+    assert host.default_workers_per_gpu(41_000_000, cores=8, gpus=4) == 2  # a core per worker
+    assert host.default_workers_per_gpu(41_000_000, cores=2, gpus=4) == 1

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import ablate, rank_pid
 
-from models import ArchSpec, ResNet
+from models import ArchSpec
+from models.network import ResNet
 from runners.tracking import store as tracking
 from runners.train import distributed
 from runners.train.config import DataConfig, TrainConfig

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import ablate, assert_one_line_error
 
-from models import ArchSpec, ConfigError, ResNet
+from models import ArchSpec, ConfigError
+from models.network import ResNet
 from runners.tracking import naming, tracker as tracking
 from runners.tracking.store import client as store_client
 from runners.train.config import DataConfig, TrainConfig

@@ -1,0 +1,70 @@
+"""Declaring a configuration field once: its default, its help, and where it shows.
+
+Every field of `ArchSpec` (models/spec.py) and of the recipe and data configs
+(runners/train/config.py) is declared with `option(...)`; the rest is derived from the dataclass
+field and this metadata, so adding a field is one edit:
+
+* the command line (`ablate train --help`): one flag per field, typed by its annotation
+  (bool: --x/--no-x; a Literal: its choices; a tuple: comma-separated), `help` as its help;
+* the spec grid of a study (runners/study/spec.py): values checked against the annotation;
+* validation: `low`, `below` and `high` bound a number (runners/typed.py);
+* for the architecture, the MLflow tags, the variant's name and its label in figures
+  (runners/tracking/naming.py), and, for `group="shortcut"`, the shortcut config a block is
+  built with (models/blocks.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+# When an architecture field is tagged on a run (and so is an axis of the figures): always, when
+# it differs from its default, when its shortcut kind uses it (`kinds`), or never.
+TAGS = ("always", "nondefault", "used", "never")
+
+
+def option(default: Any = None, help: str = "", *, flag: str | bool | None = None, tag: str = "nondefault",
+           name: str | Callable[[Any], str] | bool | None = None, label: bool = True, group: str | None = None,
+           kinds: tuple[str, ...] | None = None, low: float | None = None, below: float | None = None,
+           high: float | None = None) -> dataclasses.Field:
+    """A dataclass field with the metadata above.
+
+    flag:  the command-line flag (default --field-name), False for none.
+    tag:   one of TAGS (architecture fields).
+    name:  how the field shows in a variant's name when tagged: a format with one {} or a
+           function of the value (default "-<field><value>"); False to leave it out.
+    label: whether a figure's label names it when tagged (k=v).
+    group: "shortcut": part of the config every block's shortcut is built from.
+    kinds: the shortcut kinds the field applies to (a kind that does not use it rejects a value
+           other than the default; a plain net ignores it).
+    low/below/high: numeric bounds, low <= x (< below) (<= high).
+    """
+    if tag not in TAGS:
+        raise ValueError(f"tag must be one of {', '.join(TAGS)}, got {tag!r}")
+    meta = {"help": help, "flag": flag, "tag": tag, "name": name, "label": label, "group": group,
+            "kinds": kinds, "low": low, "below": below, "high": high}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def meta(field: dataclasses.Field, key: str, default: Any = None) -> Any:
+    return field.metadata.get(key, default)
+
+
+def fields_of(cls_or_obj, group: str | None = None) -> list[dataclasses.Field]:
+    """The dataclass fields (of `group`, if given), in declaration order."""
+    fs = dataclasses.fields(cls_or_obj)
+    return [f for f in fs if group is None or meta(f, "group") == group]
+
+
+def bound_violation(obj) -> str | None:
+    """The first field of `obj` whose number breaks its declared bounds, as a message; None if none."""
+    for f in fields_of(obj):
+        value = getattr(obj, f.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, below, high = meta(f, "low"), meta(f, "below"), meta(f, "high")
+        ok = (low is None or value >= low) and (below is None or value < below) and (high is None or value <= high)
+        if not ok:
+            parts = ([f">= {low:g}"] if low is not None else []) + ([f"< {below:g}"] if below is not None else []) \
+                + ([f"<= {high:g}"] if high is not None else [])
+            return f"{f.name} must be {' and '.join(parts)}, got {value!r}"
+    return None

@@ -1,0 +1,140 @@
+"""One `ablate train` run as library calls: its configs assembled from field values and `--set`
+overrides (`assemble`), its data, size and checkpoint found (`prepare`), then trained with its
+MLflow run (`train_tracked`). The command parses the flags into field values and prints.
+
+Everything is validated, the data loaded and the model sized before an MLflow run exists, so
+bad input leaves the store untouched. The checkpoint directory defaults to
+results/checkpoints/<model>-<hash of the resolved config>/, so the same command resumes.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from models.network import ResNet
+from models.registry import describe
+from models.spec import ArchSpec
+
+from ..errors import ConfigError, shown
+from ..paths import default_tracking_uri, results_dir
+from ..tracking.store import client
+from ..tracking.tracker import Tracker, tracked_run
+from ..yaml_input import parse_override, set_path
+from . import distributed
+from .checkpoint import CHECKPOINT, check_signature, config_signature, load_checkpoint
+from .config import BUILTIN_DATASETS, CONFIG_CLASSES, DataConfig, TrainConfig, apply_recipe, arch_of, from_mapping
+from .data import load_dataset
+from .execution import resolve_device
+from .trainer import TrainResult, train
+
+DEFAULT_EXPERIMENT = "ablate-train"
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str  # the name given: a registered model or [preact-](resnet|plain)<depth>
+    arch: ArchSpec
+    train: TrainConfig
+    data: DataConfig
+
+
+def assemble(model: str, values: dict[str, dict], sets: list[str] | tuple[str, ...] = ()) -> Job:
+    """The job of `model` with field `values` ({"arch"|"train"|"data": {field: value}}, None
+    ignored) and `--set` overrides (`arch.F=V` or bare `F=V`, `train.F=V`, `data.F=V`: the grammar
+    of `ablate run --set`) over them; the recipe preset (train.recipe) lies underneath.
+    ConfigError on any bad value."""
+    sections = {s: {k: v for k, v in values.get(s, {}).items() if v is not None} for s in CONFIG_CLASSES}
+    for item in sets:
+        parts, value = parse_override(item)
+        if len(parts) == 1:
+            parts = ["arch", *parts]
+        if parts[0] not in sections:
+            raise ConfigError(f"--set {shown(item)}: the key must be arch.FIELD (or FIELD), train.FIELD or data.FIELD")
+        set_path(sections, parts, value, item)
+    dataset = sections["data"].get("name")
+    if isinstance(dataset, str) and dataset not in BUILTIN_DATASETS:
+        # a path: absolute, so the config (and its hash) does not depend on the working directory
+        sections["data"]["name"] = str(Path(dataset).expanduser().resolve())
+    if sections["train"].get("epochs") is not None and sections["train"].get("iterations") is not None:
+        raise ConfigError("give --epochs or --iterations, not both")
+    arch = arch_of(model, sections["arch"])
+    train_map, data_map = apply_recipe(arch.family, sections["train"], sections["data"])
+    return Job(model, arch, from_mapping(CONFIG_CLASSES["train"], train_map, "train"),
+               from_mapping(CONFIG_CLASSES["data"], data_map, "dataset"))
+
+
+def default_checkpoint_dir(job: Job) -> Path:
+    key = json.dumps(config_signature(job.arch, job.train, job.data), sort_keys=True, default=str)
+    return results_dir() / "checkpoints" / f"{job.model}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class Prepared:
+    data: object  # the loaded Dataset (or StreamDataset)
+    info: dict  # models.describe of the net at the data's size and classes
+    checkpoint_dir: Path | None
+    saved: dict | None  # the checkpoint found there, if any
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.checkpoint_dir / CHECKPOINT if self.checkpoint_dir is not None else None
+
+    @property
+    def done(self) -> bool:
+        """The checkpoint is of a finished (or diverged) run: nothing to train."""
+        return self.saved is not None and self.saved["status"] in ("finished", "diverged")
+
+
+def prepare(job: Job, ctx: distributed.Context, *, checkpoint_dir: str | None = None, fresh: bool = False,
+            keep: bool = True) -> Prepared:
+    """The data loaded, the net sized and the checkpoint found, all validated. `fresh` deletes the
+    checkpoint (on rank 0, before any rank reads it); `keep` False keeps none."""
+    data = load_data(job)
+    with torch.device("meta"):  # shapes only: the size report costs no memory or initialisation
+        info = describe(ResNet(job.arch, num_classes=data.num_classes))
+    if not keep:
+        return Prepared(data, info, None, None)
+    folder = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(job)
+    path = folder / CHECKPOINT
+    if fresh and ctx.is_main and path.exists():
+        path.unlink()
+    distributed.barrier(ctx)
+    saved = load_checkpoint(path)
+    if saved is not None:
+        check_signature(path, saved["signature"], config_signature(job.arch, job.train, job.data))
+    return Prepared(data, info, folder, saved)
+
+
+def load_data(job: Job):
+    return load_dataset(job.data, resolve_device(job.train.device))
+
+
+@dataclass
+class Tracked:
+    result: TrainResult
+    run_id: str | None  # None on ranks other than 0
+    experiment_id: str | None
+    tracking_uri: str
+
+
+def train_tracked(job: Job, prepared: Prepared, ctx: distributed.Context, *, experiment: str = DEFAULT_EXPERIMENT,
+                  run_name: str | None = None, tracking_uri: str | None = None,
+                  on_epoch: Callable[[int, dict], None] | None = None) -> Tracked:
+    """Train the job into one MLflow run (rank 0 opens it; the others train without one)."""
+    uri = tracking_uri or default_tracking_uri()
+    tracker = None
+    if ctx.is_main:
+        c = client(uri)  # the first touch of the store
+        tracker = Tracker.start(c, experiment, run_name or f"{job.model}-{prepared.data.name}-s{job.train.seed}")
+    with tracked_run(tracker) if tracker is not None else contextlib.nullcontext():
+        result = train(job.arch, job.train, prepared.data, tracker=tracker, checkpoint_dir=prepared.checkpoint_dir,
+                       on_epoch=on_epoch if ctx.is_main else None, model_name=job.model, progress=ctx.is_main)
+    if tracker is None:
+        return Tracked(result, None, None, uri)
+    return Tracked(result, tracker.run_id, tracker.client.get_run(tracker.run_id).info.experiment_id, uri)
