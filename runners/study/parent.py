@@ -12,9 +12,9 @@ import logging
 
 from mlflow.exceptions import MlflowException
 
-from ..tracking.naming import fmt
+from ..tracking.naming import fmt, git_commit
 from ..tracking.store import mark_superseded
-from ..tracking.tracker import Tracker, git_commit
+from ..tracking.tracker import Tracker
 from ..tracking.view import publish_comparison_view, varying_axes
 from .publish import refresh_study_results
 from .storage import worker_is_dead

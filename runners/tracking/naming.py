@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+from pathlib import Path
 
 from models.fields import fields_of, meta
 from models.spec import ArchSpec
@@ -136,3 +138,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = fmt(v) if v is not None else "none"
     return out
+
+
+def git_commit() -> str | None:
+    """The commit the code runs at (logged as MLflow's own `mlflow.source.git.commit` tag)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

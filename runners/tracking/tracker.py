@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,16 +19,6 @@ from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelOutput,
 from ..signals import Terminated, sigterm_raises
 from .naming import fmt
 from .store import get_or_create_experiment
-
-
-def git_commit() -> str | None:
-    """The commit the code runs at (logged as MLflow's own `mlflow.source.git.commit` tag)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class Tracker:

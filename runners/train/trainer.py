@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,7 @@ from torch import nn
 from models.network import ResNet
 from models.spec import ArchSpec
 
-from ..tracking.naming import axis_tags, run_name, run_params, variant_name
-from ..tracking.tracker import Tracker, git_commit
+from ..tracking.naming import axis_tags, git_commit, run_name, run_params, variant_name
 from . import distributed
 from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config_signature, generator_state,
                          load_checkpoint, restore_generator, save_checkpoint)
@@ -42,6 +41,9 @@ from .evaluation import evaluate, layer_responses
 from .execution import MixedPrecision, compile_forward, memory_format, resolve_device, runtime, sync, use_amp
 from .schedule import LRSchedule, Plan
 from .stream import StreamDataset, default_workers
+
+if TYPE_CHECKING:  # the trainer writes to any tracker; only rank 0 of a run has one, and `ablate doctor` none
+    from ..tracking.tracker import Tracker
 
 
 @dataclass
