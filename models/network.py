@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .blocks import EXPANSION, PRE_ORDERS, Block, conv, norm_layer
+from .complexity import Complexity, complexity
 from .spec import BASE_WIDTH, ArchSpec
 
 
@@ -140,8 +141,7 @@ class ResNet(nn.Module):
             out.extend((names[m], m) for m in block.response_modules())
         return out
 
-    def complexity(self, input_size: int | None = None):
-        from .complexity import complexity
+    def complexity(self, input_size: int | None = None) -> Complexity:
         return complexity(self, input_size)
 
 

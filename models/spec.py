@@ -163,7 +163,8 @@ class ArchSpec:
 
     def shortcut_config(self) -> ShortcutConfig:
         """The kind and every shortcut field: what each block's shortcut is built from."""
-        return ShortcutConfig(self.shortcut, tuple((f.name, getattr(self, f.name)) for f in fields_of(self, "shortcut")))
+        options = tuple((f.name, getattr(self, f.name)) for f in fields_of(self, "shortcut"))
+        return ShortcutConfig(self.shortcut, options)
 
     def as_dict(self) -> dict:
         """Flat, JSON-able view with the derived depth and stages filled in (for logging)."""

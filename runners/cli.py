@@ -40,7 +40,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         if name == chosen:
             command = importlib.import_module(f"runners.commands.{name}")
             command.add_arguments(p)
-            p.set_defaults(_run=command.run)
+            p.set_defaults(handler=command.run)
     return parser
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
     args.argv = argv  # a command that relaunches itself under torchrun passes the same arguments on
     try:
-        return int(args._run(args) or 0)
+        return int(args.handler(args) or 0)
     except ConfigError as e:
         print(f"ablate {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ import hashlib
 from typing import Iterator
 from urllib.parse import quote, unquote
 
+import sqlalchemy
+
 from .errors import ConfigError, first_line, redact
 
 
@@ -33,7 +35,6 @@ def check_database(url: str, what: str, fix: str) -> None:
     MLflow retries a failing database with backoff for ~100 s; a researcher with a typo in the
     password should hear about it at once.
     """
-    import sqlalchemy
     try:
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=_timeout(url))
         with engine.connect():
@@ -54,7 +55,6 @@ def advisory_lock(url: str, name: str) -> Iterator[None]:
     Serialises what must happen once across every worker on every machine: creating the schema
     of an empty database, and setting a study up.
     """
-    import sqlalchemy
     key = int.from_bytes(hashlib.sha256(f"ablate:{name}".encode()).digest()[:8], "big", signed=True)
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=_timeout(url))
     try:

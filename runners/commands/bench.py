@@ -60,7 +60,8 @@ def run(args) -> int:
     name = args.dataset or default_dataset()
     data = load_dataset(DataConfig(name, val_size=0, subset=None if name != "synthetic" else 10_000), device)
     if len(data.train) < args.batch_size:
-        raise ConfigError(f"{data.name} has {len(data.train)} training images, fewer than --batch-size {args.batch_size}")
+        raise ConfigError(f"{data.name} has {len(data.train)} training images, fewer than "
+                          f"--batch-size {args.batch_size}")
     r = bench(arch, data, device=device, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
               warmup_steps=args.warmup_steps, workers=args.workers, threads=args.threads,
               compile=args.compile, utilization=args.utilization)
@@ -91,5 +92,6 @@ def print_bench(r: dict) -> None:
         mm = r["matmul"]
         print(f"dense matmul ({mm['n']}x{mm['n']}, {mm['dtype']}): {mm['flops_per_s'] / 1e9:.1f} GFLOP/s (median)")
         for k, u in r["utilization"].items():
-            print(f"{k}: {r['training_flops_per_s'][k] / 1e9:.1f} training GFLOP/s (6 x {r['macs_per_image'] / 1e6:.1f}M "
+            gflops, mmacs = r['training_flops_per_s'][k] / 1e9, r['macs_per_image'] / 1e6
+            print(f"{k}: {gflops:.1f} training GFLOP/s (6 x {mmacs:.1f}M "
                   f"MACs x images/s) = {100 * u:.1f}% of the matmul rate")

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the study's runs, their size and estimated GPU-hours; run and write nothing")
     p.add_argument("--tflops", type=float, metavar="R",
-                   help="with --dry-run: the sustained TFLOP/s per GPU assumed (default: 25 for CIFAR nets, 60 for ImageNet's)")
+                   help="with --dry-run: the sustained TFLOP/s per GPU assumed (default: 25 for CIFAR nets, "
+                        "60 for ImageNet's)")
 
 
 def run(args) -> int:

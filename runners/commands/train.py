@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any field: arch.F (or bare F), train.F or data.F; VALUE is YAML (repeatable)")
     m = p.add_argument_group("tracking and checkpoints")
-    m.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    m.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                   help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     m.add_argument("--run-name", help="default: <model>-<dataset>-s<seed>")
     m.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db")
     m.add_argument("--checkpoint-dir", metavar="DIR",

@@ -65,7 +65,8 @@ def check_nets_at_once(d: Doctor) -> Check:
     d.recommendation["workers_per_gpu" if d.device.type == "cuda" else "workers"] = best
     value = ", ".join(f"{k}: {v['images_per_second']:.0f}" for k, v in results.items())
     return d.add("several nets", "nets at once", "info",
-                 f"aggregate images/s (resnet20) {value}; best {best} ({results[best]['images_per_second'] / base:.2f}x one)",
+                 f"aggregate images/s (resnet20) {value}; best {best} "
+                 f"({results[best]['images_per_second'] / base:.2f}x one)",
                  results={str(k): v for k, v in results.items()}, best=best)
 
 

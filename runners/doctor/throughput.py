@@ -17,7 +17,8 @@ PROFILE_GROUPS = (  # op-name fragments -> where step time goes (first match; th
                   ("convolution", ("conv", "cudnn")), ("batch norm", ("batch_norm",)),
                   ("relu", ("relu", "threshold")), ("optimizer", ("_foreach", "sgd", "zero_")),
                   ("loss", ("cross_entropy", "nll_loss", "log_softmax")),
-                  ("data (index, augment, normalise)", ("index", "randint", "randperm", "addcmul", "pad", "where", "flip")),
+                  ("data (index, augment, normalise)",
+     ("index", "randint", "randperm", "addcmul", "pad", "where", "flip")),
                   )
 
 

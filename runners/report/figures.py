@@ -22,6 +22,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import seaborn as sns
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from ..tracking.results import RunRecord, Study, VariantAxes, parse_float
 from . import paper, stats, tables
@@ -29,7 +36,6 @@ from . import paper, stats, tables
 
 # -- drawing ------------------------------------------------------------------------------------
 def _rc() -> dict:
-    import seaborn as sns
     rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper")}
     # TrueType (Type 42) fonts: journals reject Type 3, and text stays selectable.
     rc.update({"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "legend.frameon": True,
@@ -79,13 +85,11 @@ BAND_TEXT = {"ci": "band: 95% t-interval of the mean over seeds",
 
 
 def _depth_colors(study: Study) -> dict[int, tuple]:
-    import seaborn as sns
     depths = sorted({v.depth for v in study.by_variant})
     return dict(zip(depths, sns.color_palette("colorblind", max(len(depths), 1))))
 
 
 def _kind_colors(study: Study) -> dict[tuple, tuple]:
-    import seaborn as sns
     kinds = sorted({v.kind for v in study.by_variant})
     return dict(zip(kinds, sns.color_palette("colorblind", max(len(kinds), 1))))
 
@@ -98,7 +102,6 @@ def _seeds_text(runs: list[RunRecord]) -> str:
 
 def _integer_ticks(axis) -> None:
     """Epochs and layer indices are counts: no 2.5 on their axes."""
-    from matplotlib.ticker import MaxNLocator
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -122,8 +125,6 @@ def _band_style(kind: str, color) -> dict:
 
 def _style_handles(band_kinds: set[str], diverged: bool) -> list:
     """Legend entries for what line styles mean: dashed = train, solid = test; the band; x."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
     out = [Line2D([], [], color="0.3", ls="--", lw=0.8, label="training error"),
            Line2D([], [], color="0.3", ls="-", lw=1.4, label="test error")]
     out += [Patch(**_band_style(b, "0.3"), label=BAND_TEXT[b]) for b in sorted(band_kinds)]
@@ -168,7 +169,6 @@ def _draw_variant_curves(ax, study: Study, v: VariantAxes, x: str, band: str, co
 def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path], list[str]]:
     """He 2016a Fig. 6, twice: one panel per kind of net (plain, each residual kind) with one line
     per depth (curves*), and one panel per depth overlaying the kinds (curves_by_depth*)."""
-    from matplotlib.figure import Figure
     depth_colors, kind_colors, paths, notes = _depth_colors(study), _kind_colors(study), [], []
     runs_all = [r for r in study.runs if r.converged]
     if x == "iteration" and any("iteration" not in r.curves for r in runs_all):
@@ -241,9 +241,6 @@ def _n_text(ns: list[int]) -> str:
 def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]:
     """Final training and test error against depth, one line per kind: mean and 95% t-interval
     (min..max below 3 seeds), n per depth in the legend, the papers' numbers as stars."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-    from matplotlib.transforms import ScaledTranslation, blended_transform_factory
     lines = study.lines()
     groups = [(line, kind, sorted((v for v in vs if v.kind == kind), key=lambda v: v.depth))
               for line, vs in lines.items() for kind in sorted({v.kind for v in vs})]
@@ -320,7 +317,6 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
 
 def plot_layer_responses(study: Study, out: Path) -> list[Path]:
     """He 2016a Fig. 7: std of each 3x3 layer's response, in layer order and sorted by magnitude."""
-    from matplotlib.figure import Figure
     colors = _depth_colors(study)
     styles = {}
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -363,7 +359,6 @@ def ablation_groups(study: Study) -> dict[tuple, list[VariantAxes]]:
 def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Path, band: str = "ci") -> list[Path]:
     """Error by variant at a fixed depth: points with 95% t-intervals (min..max below 3 seeds),
     the papers' test error as stars."""
-    from matplotlib.figure import Figure
     rows = max(len(vs) for vs in groups.values())
     refs = tables.paper_numbers(study)
     fig = Figure(figsize=(max(3.6 * len(groups) + 0.8, 5.0), 0.4 * rows + 1.9), layout="constrained")
@@ -423,7 +418,6 @@ def _no_ablation_reason(study: Study) -> str:
 
 def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
     """Every figure and table the data supports; returns (paths written, skipped + why, notes)."""
-    from matplotlib import rc_context
     written: list[Path] = []
     skipped: list[str] = []
     notes: list[str] = []

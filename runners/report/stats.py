@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6
@@ -75,7 +76,6 @@ def summarize(values, bounds: tuple[float, float] | None = None) -> Summary:
 
 
 def t_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
-    from scipy import stats
     if n < 2:
         return math.nan
     return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
@@ -120,7 +120,6 @@ NA = Comparison("n/a", 0, math.nan, math.nan, math.nan, math.nan, math.nan)
 
 def paired(a, b) -> Comparison:
     """a - b over pairs (a[i], b[i]); pairs with a non-finite side are dropped."""
-    from scipy import stats
     a, b = np.asarray(a, float), np.asarray(b, float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
@@ -143,7 +142,6 @@ def paired(a, b) -> Comparison:
 
 def welch(a, b) -> Comparison:
     """mean(a) - mean(b) for independent samples, Welch's t-interval and test."""
-    from scipy import stats
     a, b = _finite(a), _finite(b)
     n = min(len(a), len(b))
     if n == 0:

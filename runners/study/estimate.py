@@ -17,8 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from models.network import ResNet
+
 from ..errors import ConfigError
 from ..train.config import DataConfig
+from ..train.data import SYNTHETIC_TRAIN
+from ..train.images import list_imagefolder
+from ..train.schedule import Plan
 from .spec import StudySpec
 
 TFLOPS = {"cifar": 25.0, "imagenet": 60.0}  # assumed sustained bf16 rates per GPU, by family
@@ -50,11 +57,9 @@ def train_images(data: DataConfig, family: str) -> tuple[int, str]:
     if data.name in KNOWN_TRAIN:
         return KNOWN_TRAIN[data.name], data.name
     if data.name == "synthetic":
-        from ..train.data import SYNTHETIC_TRAIN
         return SYNTHETIC_TRAIN, "synthetic"
     root = Path(data.name).expanduser()
     if (root / "train").is_dir():
-        from ..train.images import list_imagefolder
         return sum(len(files) for files in list_imagefolder(root)["train"].values()), f"counted in {root}"
     if family == "imagenet":
         return IMAGENET_TRAIN, f"{root} is not here: ImageNet's {IMAGENET_TRAIN:,} assumed"
@@ -62,14 +67,10 @@ def train_images(data: DataConfig, family: str) -> tuple[int, str]:
                       "or give dataset.subset")
 
 
-def estimate(spec: StudySpec, tflops: float | None = None, launch_ms: float = LAUNCH_MS) -> tuple[list[VariantCost], str]:
+def estimate(spec: StudySpec, tflops: float | None = None,
+             launch_ms: float = LAUNCH_MS) -> tuple[list[VariantCost], str]:
     """Per-variant costs of `spec` (confirmation runs plus search trials), and the source of the
     image count; `tflops` None takes the family's default."""
-    import torch
-
-    from models.network import ResNet
-
-    from ..train.schedule import Plan
     rows, counted = [], {}  # (dataset name, subset, family) -> (images, source): a folder is listed once
     stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
     for v in spec.variants:

@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Callable, TextIO
 
+from optuna.trial import TrialState
+
 _log = logging.getLogger(__name__)
 
 
@@ -136,7 +138,6 @@ class _Discard:
 def cell_counts(spec, studies) -> tuple[int, int]:
     """(finished, planned) trials of a study across all workers: every grid cell, plus the search
     trials; an attempt interrupted and retried counts once, through its retry."""
-    from optuna.trial import TrialState
     planned = len(spec.variants) * len(spec.seeds)
     if spec.search:
         planned += len(spec.variants) * spec.search.trials_per_variant

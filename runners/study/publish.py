@@ -15,9 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlflow.entities import Metric
+
 from ..tracking import view
 from ..tracking.links import DEFAULT_UI
 from ..tracking.naming import metric_key
+from ..tracking.results import load_study
 
 NOTE_TAG = "mlflow.note.content"
 PUBLISHED_TAG = "published_runs"  # a digest of the runs the parent's figures and metrics show
@@ -26,9 +29,6 @@ PUBLISHED_TAG = "published_runs"  # a digest of the runs the parent's figures an
 def refresh_study_results(c, experiment_name: str, parent_run_id: str, ui: str = DEFAULT_UI) -> dict:
     """Log the study's result onto its parent run and describe the experiment; returns the
     metrics logged ({key: value})."""
-    from mlflow.entities import Metric
-
-    from ..tracking.results import load_study
     study = load_study(c, experiment_name)
     shown = hashlib.sha256(" ".join(sorted(r.run_id for r in study.runs)).encode()).hexdigest()[:16]
     if c.get_run(parent_run_id).data.tags.get(PUBLISHED_TAG) == shown:

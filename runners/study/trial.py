@@ -13,12 +13,16 @@ from typing import Callable
 from pathlib import Path
 
 import optuna
+import torch.distributed as dist
 from optuna.trial import TrialState
 
 from ..errors import cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
 from ..tracking.tracker import Tracker, tracked_run
+from ..train import distributed
+from ..train.schedule import Plan
+from ..train.trainer import train
 from . import optuna_private as private
 from . import parent
 from .layout import CONFIRM, SEARCH, Layout
@@ -47,7 +51,6 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     pruning decisions and stop go through optuna-integration's TorchDistributedTrial, and rank 0
     alone writes to Optuna, MLflow and the checkpoint.
     """
-    from ..train import distributed
     spec, ctx = layout.spec, distributed.current()
     attrs = dict(private.get_trial(study, private.trial_id(trial)).user_attrs)
     if attrs["stage"] == SEARCH and not attrs.get("checkpoint"):
@@ -138,7 +141,6 @@ def lost_peer(error: Exception) -> bool:
     """Whether `error` says another process of the group is gone: torch.distributed's own error
     types (NCCL's watchdog, the c10d store), or gloo's transport error, a bare RuntimeError
     whose message names its source file."""
-    import torch.distributed as dist
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo/transport" in str(error))
 
 
@@ -148,7 +150,6 @@ def follow_trial(spec, worker: Worker) -> None:
     It needs no Optuna or MLflow connection; a pruned trial returns, any other error propagates
     and ends the group (rank 0 then gives the trial back, and the worker starts a new group:
     runners/commands/worker.py)."""
-    from ..train import distributed
     attrs = distributed.broadcast_object(None, distributed.current())
     with contextlib.suppress(optuna.TrialPruned):
         _fit(spec, attrs, worker, None, None)
@@ -158,9 +159,6 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
          title: str = "", resumed: bool = False):
     """Train the cell `attrs` describes (every rank of a group calls this together; `trial` and
     `tracker` only on rank 0); search trials draw their hyperparameters from `trial`."""
-    from ..train import distributed
-    from ..train.schedule import Plan
-    from ..train.trainer import train
     stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
     if distributed.current().distributed:
         from optuna_integration import TorchDistributedTrial

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError
+from .view import CHART_METRICS, SECTION_TITLE
 
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -104,7 +105,6 @@ def settled_dom(url: str, ready: Callable[[str], bool], *, waits=(20000, 40000, 
 
 def charts_loaded(dom: str) -> bool:
     """The comparison's first chart is drawn, legend and all (not a loading placeholder)."""
-    from .view import CHART_METRICS, SECTION_TITLE
     return SECTION_TITLE in dom and f"({CHART_METRICS[0]})" in dom[dom.index(SECTION_TITLE):]
 
 

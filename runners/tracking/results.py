@@ -9,9 +9,14 @@ study says what it is missing.
 from __future__ import annotations
 
 import math
+import json
+import os
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mlflow.entities import ViewType
 
 from ..errors import ConfigError
 from .naming import AXES
@@ -126,7 +131,6 @@ def _seed_key(seed: str) -> tuple:
 
 
 def find_experiment(c, name: str):
-    from mlflow.entities import ViewType
     exp = c.get_experiment_by_name(name)
     if exp is None or exp.lifecycle_stage != "active":
         names = sorted(e.name for e in c.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000))
@@ -247,9 +251,6 @@ def _runtime(c, run_id: str, params: dict) -> tuple[str | None, bool | None]:
         return device, amp == "auto" and device.startswith("cuda")
     if amp is None:
         return None, None
-    import json
-    import os
-    import tempfile
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run otherwise
     try:
         with tempfile.TemporaryDirectory() as tmp:

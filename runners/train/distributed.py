@@ -25,7 +25,9 @@ import sys
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
 
@@ -57,7 +59,6 @@ def launched() -> bool:
 
 def current() -> Context:
     """The context of the initialised process group, or the single-process one."""
-    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return Context()
     return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
@@ -70,7 +71,6 @@ def init(device: torch.device) -> Context:
     On CUDA the local rank picks the GPU, so `cuda` means this process's GPU from here on; on
     the CPU the cores are shared among the node's processes (set before the first op).
     """
-    import torch.distributed as dist
     if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
         return Context()
     if not dist.is_initialized():
@@ -84,7 +84,6 @@ def init(device: torch.device) -> Context:
 
 
 def finish() -> None:
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -110,7 +109,6 @@ def wrap(model: nn.Module, ctx: Context, device: torch.device, sync_bn: bool = F
         converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if converted is not model:
             raise ConfigError("train.sync_bn: the network itself is a BatchNorm layer")
-    from torch.nn.parallel import DistributedDataParallel
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
@@ -119,7 +117,6 @@ def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     """`values` summed over the ranks (a copy; the input is unchanged)."""
     if not ctx.distributed:
         return values
-    import torch.distributed as dist
     out = values.clone()
     dist.all_reduce(out)
     return out
@@ -131,7 +128,6 @@ def sync_buffers(model: nn.Module, ctx: Context) -> None:
     checkpoint (rank 0's) must see the same ones."""
     if not ctx.distributed:
         return
-    import torch.distributed as dist
     for b in model.buffers():
         dist.broadcast(b, src=0)
 
@@ -140,7 +136,6 @@ def broadcast_object(obj, ctx: Context, src: int = 0):
     """`obj` of rank `src` on every rank (picklable objects: a claimed trial, a decision)."""
     if not ctx.distributed:
         return obj
-    import torch.distributed as dist
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
@@ -148,7 +143,6 @@ def broadcast_object(obj, ctx: Context, src: int = 0):
 
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
-        import torch.distributed as dist
         dist.barrier()
 
 

@@ -117,7 +117,7 @@ def compile_forward(net: nn.Module, mode: str = "default", backend: str | Callab
     object (ResNet.forward and the blocks' forwards are one code object for every architecture),
     so a study worker's 9th architecture would hit the recompile limit and silently run eager:
     reset it first. dynamic=False: the batch shape is fixed (the last partial batch is dropped)."""
-    torch._dynamo.reset()
+    torch.compiler.reset()
     if backend != "inductor":  # modes are inductor's
         return torch.compile(net, dynamic=False, backend=backend)
     return torch.compile(net, dynamic=False, mode=None if mode == "default" else mode)

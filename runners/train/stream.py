@@ -245,7 +245,8 @@ class EpochBatches(torch.utils.data.Sampler):
     """Rank's share of each global batch of an epoch, as lists of (index, epoch).
 
     The permutation is images.epoch_permutation(seed, epoch), the in-memory path's (and
-    DistributedSampler's rule, with each global batch split into contiguous rank slices); the last partial global batch is dropped, as schedule.Plan counts.
+    DistributedSampler's rule, with each global batch split into contiguous rank slices); the last
+    partial global batch is dropped, as schedule.Plan counts.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
@@ -331,7 +332,8 @@ class StreamDataset:
         loader.batch_sampler.set_epoch(epoch)
         for x, y, alpha, jitter in loader:
             x = x.to(self.device, non_blocking=True)
-            yield (self.normalize(x, alpha.to(self.device, non_blocking=True), jitter.to(self.device, non_blocking=True)),
+            alpha, jitter = alpha.to(self.device, non_blocking=True), jitter.to(self.device, non_blocking=True)
+            yield (self.normalize(x, alpha, jitter),
                    y.to(self.device, non_blocking=True))
 
     def eval_batches(self, split: StreamSplit, batch_size: int, rank: int = 0, world: int = 1):

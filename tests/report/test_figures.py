@@ -204,10 +204,12 @@ def test_outputs_are_byte_stable(outputs):
 
 def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     spec = tmp_path / "study.yaml"
-    spec.write_text(f"name: {EXP}\ndataset: {{name: /data/long/gone}}\nmodel: {{depth: [20, 32], shortcut: [none, A]}}\n")
+    spec.write_text(f"name: {EXP}\ndataset: {{name: /data/long/gone}}\n"
+                    "model: {depth: [20, 32], shortcut: [none, A]}\n")
     assert cli.main(["figures", str(spec), "--tracking-uri", store[0], "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
-    assert str(tmp_path / "o" / "curves.pdf") in printed and "MLflow comparison: http://127.0.0.1:5000/#/experiments/" in printed
+    assert str(tmp_path / "o" / "curves.pdf") in printed
+    assert "MLflow comparison: http://127.0.0.1:5000/#/experiments/" in printed
 
 
 def test_only_supported_figures_are_drawn(tmp_path, capsys):

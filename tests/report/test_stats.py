@@ -110,7 +110,8 @@ def test_recipe_differences_read_from_params():
         assert part in text, part
     # batch 64 on one device: BatchNorm sees 64 images, as on each of the paper's 2 GPUs
     assert not any("BatchNorm" in d for d in diffs)
-    assert any("BatchNorm statistics over 128" in d for d in paper.recipe_differences(_params(**{"train.batch_size": 128})))
+    differences = paper.recipe_differences(_params(**{"train.batch_size": 128}))
+    assert any("BatchNorm statistics over 128" in d for d in differences)
     assert not any("lr 0.1" in d or "warm-up" in d for d in diffs)  # same as the paper: not listed
     paper_like = _params(**{"train.iterations": 64000, "train.batch_size": 128, "train.warmup": "true",
                             "arch.bn_batch": 64, "data.val_size": 0})

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, ablate
 from runners.tracking import view
-from runners.tracking.browser import charts_loaded, find_chromium, render_dom, serve_ui, settled_dom
+from runners.tracking.browser import charts_loaded, find_chromium, serve_ui, settled_dom
 
 pytestmark = pytest.mark.browser
 

@@ -14,7 +14,8 @@ HIDE = "import sys; sys.modules.update(optuna=None, mlflow=None, tqdm=None); "
 
 def test_quick_cpu_doctor_runs_with_torch_alone_and_reports_json(results, tmp_path):
     out_file = tmp_path / "doctor.json"
-    code = HIDE + f"from runners.cli import main; sys.exit(main(['doctor', '--device', 'cpu', '--quick', '--json', {str(out_file)!r}]))"
+    code = HIDE + ("from runners.cli import main; "
+                   f"sys.exit(main(['doctor', '--device', 'cpu', '--quick', '--json', {str(out_file)!r}]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out_file.read_text())

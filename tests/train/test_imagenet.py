@@ -30,7 +30,8 @@ def _folder(root: Path, size=(20, 16), per_class=12, classes=("ant", "bee", "cat
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 w, h = size if not callable(size) else size(rng)
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i:03}{suffix}")
+                pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:03}{suffix}")
     return root
 
 
@@ -79,7 +80,8 @@ def test_streamed_augmentation_depends_on_seed_epoch_and_image_only(tmp_path):
     x10, _ = next(data.eval_batches(data.test, 4))
     assert x10.shape == (4, 10, 3, 16, 16)
     assert torch.equal(x10[:, 5:], x10[:, :5].flip(-1))
-    center = StreamDataset(**{**data.__dict__, "config": DataConfig(**{**cfg.__dict__, "ten_crop": False}), "_loaders": {}})
+    center_cfg = DataConfig(**{**cfg.__dict__, "ten_crop": False})
+    center = StreamDataset(**{**data.__dict__, "config": center_cfg, "_loaders": {}})
     assert torch.equal(next(center.eval_batches(center.test, 4))[0], x10[:, 4])
     rrc = load_dataset(DataConfig(str(root), val_size=6, crop=16, resize=18, crop_mode="random_resized"))
     assert _batches(rrc, 1, 0)[0][0].shape == (8, 3, 16, 16)
