@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..train import distributed
     from ..train.execution import resolve_device
-    from ..train.job import assemble, prepare
+    from ..train.config import assemble
+    from ..train.job import prepare
     job = assemble(args.model, {s: field_values(args, s, cls) for s, cls in CONFIG_CLASSES.items()}, args.set)
     options = dict(checkpoint_dir=args.checkpoint_dir, fresh=args.fresh, keep=not args.no_checkpoint)
     if args.nproc_per_node > 1 and not distributed.launched():

@@ -1,4 +1,5 @@
-"""Typed, frozen configuration of the data and the training recipe.
+"""Typed, frozen configuration of the data and the training recipe, and a run's whole configuration
+(`Job`) assembled from field values and `--set` overrides (`assemble`).
 
 The defaults are the paper's CIFAR recipe (He et al. 2016a, Sec. 4.2): SGD with momentum 0.9,
 weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k, on a
@@ -18,6 +19,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from models.fields import option
@@ -25,6 +27,7 @@ from models.registry import resolve
 from models.spec import ArchSpec, check_declared
 
 from ..errors import ConfigError, reject_unknown, shown
+from ..yaml_input import parse_override, set_path
 
 BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic")  # anything else is an ImageFolder path
 
@@ -334,3 +337,36 @@ def arch_of(model: str | None, fields: dict) -> ArchSpec:
     if type(preset) is not cls:
         preset = cls(**{f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)})
     return preset.replace(**typed) if typed else preset.validate()
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str  # the name given: a registered model or [preact-](resnet|plain)<depth>
+    arch: ArchSpec
+    train: TrainConfig
+    data: DataConfig
+
+
+def assemble(model: str, values: dict[str, dict], sets: list[str] | tuple[str, ...] = ()) -> Job:
+    """The job of `model` with field `values` ({"arch"|"train"|"data": {field: value}}, None
+    ignored) and `--set` overrides (`arch.F=V` or bare `F=V`, `train.F=V`, `data.F=V`: the grammar
+    of `ablate run --set`) over them; the recipe preset (train.recipe) lies underneath.
+    ConfigError on any bad value."""
+    sections = {s: {k: v for k, v in values.get(s, {}).items() if v is not None} for s in CONFIG_CLASSES}
+    for item in sets:
+        parts, value = parse_override(item)
+        if len(parts) == 1:
+            parts = ["arch", *parts]
+        if parts[0] not in sections:
+            raise ConfigError(f"--set {shown(item)}: the key must be arch.FIELD (or FIELD), train.FIELD or data.FIELD")
+        set_path(sections, parts, value, item)
+    dataset = sections["data"].get("name")
+    if isinstance(dataset, str) and dataset not in BUILTIN_DATASETS:
+        # a path: absolute, so the config (and its hash) does not depend on the working directory
+        sections["data"]["name"] = str(Path(dataset).expanduser().resolve())
+    if sections["train"].get("epochs") is not None and sections["train"].get("iterations") is not None:
+        raise ConfigError("give --epochs or --iterations, not both")
+    arch = arch_of(model, sections["arch"])
+    train_map, data_map = apply_recipe(arch.family, sections["train"], sections["data"])
+    return Job(model, arch, from_mapping(CONFIG_CLASSES["train"], train_map, "train"),
+               from_mapping(CONFIG_CLASSES["data"], data_map, "dataset"))

@@ -1,5 +1,5 @@
-"""One `ablate train` run as library calls: its configs assembled from field values and `--set`
-overrides (`assemble`), its data, size and checkpoint found (`prepare`), then trained with its
+"""One `ablate train` run as library calls (its configs are assembled by runners/train/config.py
+`assemble`): its data, size and checkpoint found (`prepare`), then trained with its
 MLflow run (`train_tracked`). The command parses the flags into field values and prints.
 
 Everything is validated, the data loaded and the model sized before an MLflow run exists, so
@@ -19,54 +19,18 @@ import torch
 
 from models.network import ResNet
 from models.registry import describe
-from models.spec import ArchSpec
 
-from ..errors import ConfigError, shown
 from ..paths import default_tracking_uri, results_dir
 from ..tracking.store import client
 from ..tracking.tracker import Tracker, tracked_run
-from ..yaml_input import parse_override, set_path
 from . import distributed
 from .checkpoint import CHECKPOINT, check_signature, config_signature, load_checkpoint
-from .config import BUILTIN_DATASETS, CONFIG_CLASSES, DataConfig, TrainConfig, apply_recipe, arch_of, from_mapping
+from .config import Job
 from .data import load_dataset
 from .execution import resolve_device
 from .trainer import TrainResult, train
 
 DEFAULT_EXPERIMENT = "ablate-train"
-
-
-@dataclass(frozen=True)
-class Job:
-    model: str  # the name given: a registered model or [preact-](resnet|plain)<depth>
-    arch: ArchSpec
-    train: TrainConfig
-    data: DataConfig
-
-
-def assemble(model: str, values: dict[str, dict], sets: list[str] | tuple[str, ...] = ()) -> Job:
-    """The job of `model` with field `values` ({"arch"|"train"|"data": {field: value}}, None
-    ignored) and `--set` overrides (`arch.F=V` or bare `F=V`, `train.F=V`, `data.F=V`: the grammar
-    of `ablate run --set`) over them; the recipe preset (train.recipe) lies underneath.
-    ConfigError on any bad value."""
-    sections = {s: {k: v for k, v in values.get(s, {}).items() if v is not None} for s in CONFIG_CLASSES}
-    for item in sets:
-        parts, value = parse_override(item)
-        if len(parts) == 1:
-            parts = ["arch", *parts]
-        if parts[0] not in sections:
-            raise ConfigError(f"--set {shown(item)}: the key must be arch.FIELD (or FIELD), train.FIELD or data.FIELD")
-        set_path(sections, parts, value, item)
-    dataset = sections["data"].get("name")
-    if isinstance(dataset, str) and dataset not in BUILTIN_DATASETS:
-        # a path: absolute, so the config (and its hash) does not depend on the working directory
-        sections["data"]["name"] = str(Path(dataset).expanduser().resolve())
-    if sections["train"].get("epochs") is not None and sections["train"].get("iterations") is not None:
-        raise ConfigError("give --epochs or --iterations, not both")
-    arch = arch_of(model, sections["arch"])
-    train_map, data_map = apply_recipe(arch.family, sections["train"], sections["data"])
-    return Job(model, arch, from_mapping(CONFIG_CLASSES["train"], train_map, "train"),
-               from_mapping(CONFIG_CLASSES["data"], data_map, "dataset"))
 
 
 def default_checkpoint_dir(job: Job) -> Path:

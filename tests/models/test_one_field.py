@@ -13,7 +13,7 @@ from runners.commands.fields import field_values
 from runners.study.spec import parse_spec
 from runners.tracking.naming import axis_tags, label, run_params, variant_name
 from runners.train.config import CONFIG_CLASSES, DataConfig, TrainConfig
-from runners.train.job import assemble
+from runners.train.config import assemble
 
 
 @dataclass(frozen=True)

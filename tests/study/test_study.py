@@ -249,7 +249,7 @@ def test_one_set_grammar_for_train_and_run(tmp_path):
     from runners.commands.fields import field_values
     from runners.errors import ConfigError
     from runners.train.config import CONFIG_CLASSES
-    from runners.train.job import assemble
+    from runners.train.config import assemble
 
     def resolve_configs(args):
         job = assemble(args.model, {s: field_values(args, s, cls) for s, cls in CONFIG_CLASSES.items()}, args.set)
