@@ -12,6 +12,7 @@ import os
 import sys
 
 from .errors import ConfigError
+from .signals import Terminated
 
 # name -> one-line help; the command's code is the module runners.commands.<name>.
 COMMANDS = {
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ablate {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:  # SIGTERM or SIGHUP: what was running is closed (KILLED); no traceback
+        print(f"ablate {args.command}: stopped by {e}", file=sys.stderr)
+        return e.exit_status
     except BrokenPipeError:  # `ablate models | head`: the reader left; no traceback, as `ls | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit
         return 141  # 128 + SIGPIPE

@@ -7,6 +7,7 @@ from pathlib import Path
 
 DEFAULT_RESULTS = "results"
 SQLITE = "sqlite:///"
+STORAGE_ENV = "ABLATE_STORAGE"  # the Optuna storage a worker process is handed (never on its command line)
 
 
 def results_dir() -> Path:
@@ -19,8 +20,9 @@ def default_tracking_uri() -> str:
 
 
 def default_storage(study_name: str) -> str:
-    """The single-host Optuna journal of a study."""
-    return str(results_dir() / "optuna" / f"{study_name}.journal")
+    """$ABLATE_STORAGE (how `ablate run` hands its workers a database URL), else the single-host
+    Optuna journal of the study."""
+    return os.environ.get(STORAGE_ENV) or str(results_dir() / "optuna" / f"{study_name}.journal")
 
 
 def sqlite_path(uri: str) -> Path | None:

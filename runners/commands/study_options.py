@@ -8,7 +8,8 @@ from .table import text_table
 
 def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the study spec, e.g. ablations/he2016a-fig6.yaml")
-    p.add_argument("--storage", help="Optuna storage: a journal file path (default: results/optuna/<name>.journal) "
+    p.add_argument("--storage", help="Optuna storage: a journal file path (default: $ABLATE_STORAGE, else "
+                                     "results/optuna/<name>.journal) "
                                      "or a database URL such as postgresql://user:pass@host/db")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.epochs=3 (repeatable)")

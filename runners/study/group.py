@@ -24,7 +24,7 @@ from ..signals import Terminated, sigterm_raises
 from ..train import distributed
 from ..train.execution import resolve_device
 from .progress import StudyProgress
-from .runner import StudyRunner
+from .runner import StudyRunner, store_environment, without_store_options
 from .trial import lost_peer
 
 GROUP_STATUS = "ABLATE_GROUP_STATUS"  # where rank 0 of a group this command launched leaves its exit status
@@ -55,7 +55,7 @@ def launch_group(group: int, argv: list[str], restarts: int, progress: StudyProg
             code = distributed.launch(group, argv)
             if code == 0:  # the group finished its loop: rank 0's own exit status
                 return int(status.read_text()) if status.exists() else 0
-        if code in (130, 143):
+        if code in (129, 130, 143):  # stopped (SIGHUP, Ctrl-C, SIGTERM): no new group
             return code
         if restart < restarts:
             progress.warn(f"the process group failed (exit status {code}); starting a new one "
@@ -66,13 +66,14 @@ def launch_group(group: int, argv: list[str], restarts: int, progress: StudyProg
 def run_worker(runner: StudyRunner, argv: list[str], *, threads: int | None, retry_failed: bool,
                progress: StudyProgress) -> int:
     """Work the study until no trial is left: this process alone, the launcher of a process
-    group, or one rank of a group. Returns the exit status (143 on SIGTERM; 1 when a cell failed
+    group, or one rank of a group. Returns the exit status (143 on SIGTERM, 129 on SIGHUP; 1 when a cell failed
     or a process of the group was lost)."""
     group = runner.spec.resources.gpus_per_trial
     if group > 1 and not distributed.launched():
         check_group_devices(runner.spec.path, group, runner.device)
         runner.dataset(device="cpu")  # a missing dataset fails here, before any process starts
-        return launch_group(group, argv, runner.attempts or runner.spec.attempts, progress)
+        os.environ.update(store_environment(runner.storage_url, runner.tracking_uri))  # not on command lines
+        return launch_group(group, without_store_options(argv), runner.attempts or runner.spec.attempts, progress)
     ctx = distributed.init(resolve_device(runner.device)) if group > 1 else distributed.Context()
     if ctx.world != group:
         raise ConfigError(f"{runner.spec.path}: resources.gpus_per_trial is {group} but this process group has "
@@ -106,5 +107,5 @@ def _work(runner: StudyRunner, retry_failed: bool, progress: StudyProgress) -> i
     with sigterm_raises():
         try:
             return runner.work()
-        except Terminated:
-            return 143
+        except Terminated as e:
+            return e.exit_status

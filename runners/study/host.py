@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..signals import Terminated, sigterm_raises
 from .group import check_group_devices
 from .progress import StudyProgress
-from .runner import StudyRunner
+from .runner import StudyRunner, store_environment
 from .spec import StudySpec
 
 # (MACs per image below which, workers per GPU), first match; else 1.
@@ -127,9 +127,11 @@ class WorkerCommand:
     heartbeat: int = 30
     poll: float = 2.0
 
-    def argv(self, storage: str, tracking_uri: str, gpus: int, threads: int) -> list[str]:
-        cmd = [sys.executable, "-m", "runners.cli", "worker", self.spec_path, "--storage", storage,
-               "--tracking-uri", tracking_uri, "--device", "cuda" if gpus else self.device,
+    def argv(self, gpus: int, threads: int) -> list[str]:
+        """The worker's command line. The stores are not on it (a command line is readable by any
+        local user, `ps`): they travel in the environment (`store_environment`)."""
+        device = "cuda" if gpus else self.device
+        cmd = [sys.executable, "-m", "runners.cli", "worker", self.spec_path, "--device", device,
                "--heartbeat", str(self.heartbeat), "--poll", str(self.poll)]
         cmd += [f"--set={o}" for o in self.overrides]
         if self.checkpoint_dir:
@@ -145,10 +147,10 @@ def spawn_workers(plan: WorkerPlan, command: WorkerCommand, storage: str, tracki
     procs = []
     devices = worker_devices(plan.workers, plan.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), plan.group)
     for i in range(plan.workers):
-        env = dict(os.environ)
+        env = {**os.environ, **store_environment(storage, tracking_uri)}
         if plan.gpus:
             env["CUDA_VISIBLE_DEVICES"] = devices[i]
-        procs.append(subprocess.Popen(command.argv(storage, tracking_uri, plan.gpus, plan.threads), env=env))
+        procs.append(subprocess.Popen(command.argv(plan.gpus, plan.threads), env=env))
     try:
         return max(p.wait() for p in procs)
     except BaseException:
@@ -169,7 +171,7 @@ def run_on_host(runner: StudyRunner, plan: WorkerPlan, command: WorkerCommand, *
                 progress: StudyProgress) -> HostOutcome:
     """Set the study up and work it with the planned workers; the parent run is RUNNING from the
     moment work starts and closed on every way out (FINISHED, KILLED when interrupted, FAILED on
-    an unexpected error). Ctrl-C exits 130 and SIGTERM 143, as a shell reports them."""
+    an unexpected error). Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, as a shell reports them."""
     runner.threads = plan.threads
     # A missing dataset (or a subset larger than it) fails here, before anything is written.
     # Spawned workers load their own copy, so this one stays on the CPU.
@@ -195,7 +197,7 @@ def run_on_host(runner: StudyRunner, plan: WorkerPlan, command: WorkerCommand, *
         ended = "FINISHED"
     except (KeyboardInterrupt, Terminated) as e:
         ended = "KILLED"
-        return HostOutcome(143 if isinstance(e, Terminated) else 130, interrupted=True)
+        return HostOutcome(e.exit_status if isinstance(e, Terminated) else 130, interrupted=True)
     finally:
         runner.close_parent(ended)
     if plan.in_process:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..database import canonical_url, check_database
 from ..errors import ConfigError, cut, redact
-from ..paths import default_storage, default_tracking_uri, journal_path, results_dir, sqlite_path
+from ..paths import STORAGE_ENV, default_storage, default_tracking_uri, journal_path, results_dir, sqlite_path
 from ..train import distributed
 from ..train.data import load_dataset
 from ..train.execution import resolve_device
@@ -60,7 +60,7 @@ class StudyRunner:
                  device: str = "auto", threads: int | None = None, checkpoint_root: str | None = None,
                  heartbeat: int = 30, poll: float = 2.0, attempts: int | None = None) -> None:
         self.spec = spec
-        self.storage_url = storage or default_storage(spec.name)
+        self.storage_url = canonical_url(storage or default_storage(spec.name))
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.device, self.threads, self.poll, self.heartbeat = device, threads, poll, heartbeat
         if attempts is not None and attempts < 1:
@@ -185,10 +185,32 @@ class StudyRunner:
                 f"{cut(t.user_attrs.get('error', '?').splitlines()[0], 200)}" for t in self.layout.exhausted()]
 
 
+def store_environment(storage: str, tracking_uri: str) -> dict[str, str]:
+    """The environment that hands a child process both stores: URLs may hold passwords, and a
+    process's environment, unlike its command line, is readable only by its own user."""
+    return {STORAGE_ENV: storage, "MLFLOW_TRACKING_URI": tracking_uri}
+
+
+def without_store_options(argv: list[str]) -> list[str]:
+    """`argv` without --storage and --tracking-uri (and their values), which `store_environment`
+    hands on instead."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--storage", "--tracking-uri"):
+            skip = True
+        elif not a.startswith(("--storage=", "--tracking-uri=")):
+            out.append(a)
+    return out
+
+
 def make_runner(spec_path: str, overrides: list[str], *, storage: str | None = None, tracking_uri: str | None = None,
                 **options) -> StudyRunner:
     """The runner of the spec at `spec_path` with `--set` overrides; store URLs as users write them
-    (a raw password is percent-encoded first, runners/database.py)."""
+    (a raw password is percent-encoded first, runners/database.py). Without `storage`, the one
+    the environment hands ($ABLATE_STORAGE), else the study's journal; without `tracking_uri`,
+    $MLFLOW_TRACKING_URI, else results/mlflow.db (runners/paths.py)."""
     spec = load_spec(spec_path, overrides)
     return StudyRunner(spec, storage=storage and canonical_url(storage),
                        tracking_uri=tracking_uri and canonical_url(tracking_uri), **options)

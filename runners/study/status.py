@@ -17,7 +17,7 @@ from .storage import open_storage
 def open_layout(spec: StudySpec, storage: str | None = None, attempts: int | None = None) -> Layout:
     """The layout of an existing study in `storage` (a URL as users write it; default: the study's
     journal); ConfigError (and nothing created) when there is none."""
-    storage_url = canonical_url(storage) if storage else default_storage(spec.name)
+    storage_url = canonical_url(storage or default_storage(spec.name))
     journal = journal_path(storage_url)
     if journal is not None and not journal.exists():
         raise ConfigError(f"no study storage at {storage_url}; start the study with `ablate run {spec.path}`")

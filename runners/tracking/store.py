@@ -15,6 +15,9 @@ def client(uri: str | None = None):
     """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line."""
     uri = uri or default_tracking_uri()
     quiet_mlflow()
+    # MLflow prints "View run ... at: <the tracking URI>" when a run ends, password and all; the
+    # lab prints its own links, redacted.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)

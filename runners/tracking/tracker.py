@@ -124,7 +124,7 @@ class Tracker:
 
 @contextlib.contextmanager
 def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
-    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM), never RUNNING."""
+    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), never RUNNING."""
     try:
         with sigterm_raises():
             yield tracker

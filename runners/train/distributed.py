@@ -148,7 +148,7 @@ def barrier(ctx: Context) -> None:
 
 def launch(nproc: int, argv: list[str], *, nnodes: int = 1) -> int:
     """Run `python -m runners.cli ARGV` as `nproc` processes under torch.distributed.run and
-    return its exit status (143 or 130 if this process was stopped by SIGTERM or Ctrl-C).
+    return its exit status (143, 129 or 130 if this process was stopped by SIGTERM, SIGHUP or Ctrl-C).
     Single node: --standalone (a free port, a local c10d store); for several nodes use torchrun
     directly (see the README's multi-node recipe)."""
     if nproc < 1:
@@ -165,10 +165,10 @@ def launch(nproc: int, argv: list[str], *, nnodes: int = 1) -> int:
 
     def stop(signum, frame):
         stopped.append(128 + signum)
-        if signum == signal.SIGTERM:  # Ctrl-C reaches torchrun from the terminal itself
-            proc.send_signal(signum)  # torchrun stops its processes; else they would outlive us
+        if signum != signal.SIGINT:  # Ctrl-C reaches torchrun from the terminal itself
+            proc.send_signal(signal.SIGTERM)  # torchrun stops its processes; else they would outlive us
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         code = proc.wait()
     finally:

@@ -175,6 +175,9 @@ def test_spawned_workers_get_their_device_and_a_share_of_the_cores(monkeypatch):
     assert host.spawn_workers(host.WorkerPlan(workers=4, gpus=2, group=1, threads=4), command,
                               "journal", "sqlite:///x") == 0
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launched] == ["4", "5", "4", "5"]
+    # The stores travel in the environment, never on a command line (any local user can read one).
+    assert all("journal" not in cmd and "sqlite:///x" not in cmd for cmd, _ in launched)
+    assert all((env["ABLATE_STORAGE"], env["MLFLOW_TRACKING_URI"]) == ("journal", "sqlite:///x") for _, env in launched)
     assert all(cmd[cmd.index("--threads") + 1] == "4" and cmd[cmd.index("--device") + 1] == "cuda"
                for cmd, _ in launched)
     # Trials on 2 GPUs each (resources.gpus_per_trial): each worker, a process group, gets its own pair.
