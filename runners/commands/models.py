@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..errors import ConfigError
 from .table import text_table
@@ -17,11 +18,16 @@ def run(args) -> int:
     import models
     names = models.list_models(args.pattern)
     if not names:
+        if Path(args.pattern).exists():
+            # `ablate models resnet*` unquoted: the shell replaced the pattern with a file's name.
+            raise ConfigError(f"{args.pattern!r} is a file here, not a model: the shell expanded an unquoted "
+                              "pattern; quote it: ablate models 'resnet*'")
         # A pattern without wildcards is a name: resolve it so unknown names explain themselves.
         if not any(c in args.pattern for c in "*?["):
             names = [args.pattern]
         else:
-            raise ConfigError(f"no registered model matches {args.pattern!r}; try 'resnet*' or 'plain*'")
+            raise ConfigError(f"no registered model matches {args.pattern!r}; try 'resnet*' or 'plain*' "
+                              "(quoted, so the shell leaves the pattern alone)")
     rows = [models.describe(n) for n in names]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -104,6 +104,9 @@ def _work(runner: StudyRunner, retry_failed: bool, progress: StudyProgress) -> i
     runner.open()
     runner.setup(retry_failed=retry_failed)
     runner.progress = progress
+    found = runner.found_line()
+    if found:
+        progress.note(found)
     with sigterm_raises():
         try:
             return runner.work()

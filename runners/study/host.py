@@ -184,6 +184,9 @@ def run_on_host(runner: StudyRunner, plan: WorkerPlan, command: WorkerCommand, *
                   + (f", search {spec.search.trials_per_variant} trials/variant" if spec.search else "")
                   + f"; {plan.workers} worker(s)" + (f" of {plan.group} processes" if plan.group > 1 else "")
                   + f"; storage {runner.storage_label}")
+    found = runner.found_line()
+    if found:
+        progress.note(found)
     runner.reopen_parent()
     ended = "FAILED"
     try:
@@ -197,6 +200,7 @@ def run_on_host(runner: StudyRunner, plan: WorkerPlan, command: WorkerCommand, *
         ended = "FINISHED"
     except (KeyboardInterrupt, Terminated) as e:
         ended = "KILLED"
+        progress.end_line()  # what the command says next starts a line of its own
         return HostOutcome(e.exit_status if isinstance(e, Terminated) else 130, interrupted=True)
     finally:
         runner.close_parent(ended)

@@ -157,8 +157,11 @@ class Layout:
 
     # -- claiming and requeuing --------------------------------------------------------------
     def claim(self, studies: list[optuna.Study]) -> tuple[optuna.Study, optuna.Trial] | None:
-        for study in studies:  # confirmation cells first: they are the results
-            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        """Claim a waiting trial: confirmation cells first (they are the results), and among
+        them those with a checkpoint to resume (an interrupted attempt's work) before fresh ones."""
+        for study in studies:
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            for t in sorted(waiting, key=lambda t: (not resumable(t), t.number)):
                 trial = private.claim(study, t)
                 if trial is not None:
                     trial.set_user_attr("worker", worker_id())  # how a dead worker's trial is found
@@ -180,6 +183,22 @@ class Layout:
         """Every trial of the study's Optuna studies, keyed (optuna study name, trial number)."""
         return {(s.study_name, t.number): t for s in self.all_studies() for t in s.get_trials(deepcopy=False)}
 
+    def found(self) -> dict[str, int]:
+        """What a rerun finds, per cell of the grid: finished, interrupted (waiting, with a
+        checkpoint to resume), waiting, running (elsewhere), and failed out of attempts."""
+        counts = dict.fromkeys(("finished", "interrupted", "waiting", "running", "failed"), 0)
+        exhausted = {t.number for t in self.exhausted()}
+        for t in self.latest_per_cell().values():
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                counts["finished"] += 1
+            elif t.state == TrialState.WAITING:
+                counts["interrupted" if resumable(t) else "waiting"] += 1
+            elif t.state == TrialState.RUNNING:
+                counts["running"] += 1
+            elif t.number in exhausted:
+                counts["failed"] += 1
+        return counts
+
     def is_done(self) -> bool:
         studies = self.all_studies()
         if any(s.get_trials(deepcopy=False, states=ACTIVE) for s in studies):
@@ -189,3 +208,9 @@ class Layout:
         present = {t.user_attrs.get("variant") for t in studies[0].get_trials(deepcopy=False)}
         return all(v.key in present or not any(t.state == TrialState.COMPLETE for t in self.search_study(v).trials)
                    for v in self.spec.variants)
+
+
+def resumable(trial: FrozenTrial) -> bool:
+    """Whether the trial's cell has a checkpoint to resume from (an interrupted attempt's work)."""
+    folder = trial.user_attrs.get("checkpoint")
+    return bool(folder) and (Path(folder) / "checkpoint.pt").exists()

@@ -80,6 +80,13 @@ class StudyProgress:
         """A line of its own (what the study is, what was found on a rerun)."""
         self._line(text)
 
+    def end_line(self) -> None:
+        """End an epoch bar's line (a terminal), so the next output starts a line of its own."""
+        if self._bar_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._bar_open = False
+
     def warn(self, text: str) -> None:
         """A line on the error stream, named for the command."""
         if self._bar_open:

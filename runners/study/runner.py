@@ -111,6 +111,23 @@ class StudyRunner:
             fail_stale_trials(s, self._on_stale)
         parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number())
 
+    def found_line(self) -> str | None:
+        """One line on what a rerun found (None for a study that has just been set up): how many
+        cells finished, how many interrupted ones resume first, how many wait, run elsewhere, or
+        failed out of their attempts."""
+        n = self.layout.found()
+        if not (n["finished"] or n["interrupted"] or n["failed"] or n["running"]):
+            return None
+        parts = [f"{n['finished']} finished"]
+        if n["interrupted"]:
+            parts.append(f"{n['interrupted']} interrupted, resuming first")
+        parts.append(f"{n['waiting']} waiting")
+        if n["running"]:
+            parts.append(f"{n['running']} running elsewhere")
+        if n["failed"]:
+            parts.append(f"{n['failed']} failed and out of attempts (--retry-failed tries them again)")
+        return f"found {self.spec.name}: " + ", ".join(parts)
+
     @property
     def storage_label(self) -> str:
         """The Optuna storage as it may be shown: its password masked."""

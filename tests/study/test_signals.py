@@ -1,6 +1,6 @@
 """Signals that stop a study: SIGHUP (a closed terminal or ssh session) is handled as SIGTERM:
-the runs are closed, the command exits 129, and a rerun resumes; and what a stopped or
-spawned command puts on a command line holds no store URL."""
+the runs are closed, the command exits 129, and the rerun says what it found and resumes the
+interrupted cell first; and what a spawned command puts on a command line holds no store URL."""
 import os
 import signal
 import subprocess
@@ -15,8 +15,8 @@ from runners.study.runner import without_store_options
 
 
 @pytest.mark.usefixtures("seeded_store")
-def test_sighup_closes_the_runs_and_exits_129(results):
-    args = ["--set", "train.epochs=6", "--set", "seeds=[0]", "--set", "model.shortcut=A"]
+def test_sighup_closes_the_runs_exits_129_and_the_rerun_resumes_the_interrupted_cell_first(results):
+    args = ["--set", "train.epochs=6", "--set", "seeds=[0,1]", "--set", "model.shortcut=A"]
     cmd = [sys.executable, "-m", "runners.cli", "run", str(REPO / "ablations" / "smoke.yaml"), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -31,6 +31,15 @@ def test_sighup_closes_the_runs_and_exits_129(results):
     c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
     assert runs and "RUNNING" not in {r.info.status for r in runs}
+
+    # The rerun says what it found, and the interrupted cell (seed 0, behind seed 1 in the queue)
+    # goes first, from its checkpoint.
+    again = subprocess.run(cmd, cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert "found smoke: 0 finished, 1 interrupted, resuming first, 1 waiting" in lines, lines[:5]
+    started = [line for line in lines if ": started" in line]
+    assert "s0" in started[0] and "(resuming)" in started[0], started
 
 
 def test_store_options_are_taken_off_a_command_line():
