@@ -7,9 +7,6 @@ FAILED, a `search` trial).
 """
 import csv
 import math
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +14,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import ablate, once
 from runners import cli
 
 EXP = "figs-test"
 EPOCHS = 8
 SEEDS = {("none", 20): 6, ("A", 20): 6, ("B", 20): 3, ("none", 56): 4, ("A", 56): 4}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINISHED",
@@ -65,12 +62,24 @@ def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINIS
     return rid
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, worker_id):
+    """The figures' store (above), and `ablate figures` drawn from it twice (`outputs`): once per
+    session, shared by the test workers (conftest.once)."""
     from mlflow.tracking import MlflowClient
-    tmp = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with once(tmp_path_factory, worker_id, "figures-store") as (tmp, build):
+        uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        if build:
+            _fill_store(MlflowClient(tracking_uri=uri), tmp)
+            for i in range(2):
+                out = tmp / f"figs{i}"
+                assert cli.main(["figures", "--experiment", EXP, "--tracking-uri", uri, "--out", str(out)]) == 0
+            (tmp / "done").touch()
     c = MlflowClient(tracking_uri=uri)
+    return uri, c, c.get_experiment_by_name(EXP).experiment_id
+
+
+def _fill_store(c, tmp):
     exp_id = c.create_experiment(EXP, artifact_location=(tmp / "artifacts").as_uri())
     rng = np.random.default_rng(0)
     for (shortcut, depth), n in SEEDS.items():
@@ -81,18 +90,12 @@ def store(tmp_path_factory):
     _log_run(c, exp_id, shortcut="A", depth=56, seed=7, status="RUNNING", rng=rng)
     _log_run(c, exp_id, shortcut="A", depth=56, seed=8, status="FAILED", rng=rng)
     _log_run(c, exp_id, shortcut="none", depth=20, seed=9, stage="search", rng=rng)
-    return uri, c, exp_id
 
 
-@pytest.fixture(scope="module")
-def outputs(store, tmp_path_factory):
-    uri = store[0]
-    outs = []
-    for i in range(2):
-        out = tmp_path_factory.mktemp(f"figs{i}")
-        assert cli.main(["figures", "--experiment", EXP, "--tracking-uri", uri, "--out", str(out)]) == 0
-        outs.append(out)
-    return outs
+@pytest.fixture(scope="session")
+def outputs(store):
+    folder = Path(store[0][len("sqlite:///"):]).parent
+    return [folder / "figs0", folder / "figs1"]
 
 
 def _used_runs(c, exp_id):
@@ -234,8 +237,7 @@ def test_only_supported_figures_are_drawn(tmp_path, capsys):
 
 
 def _ablate(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "runners.cli", "figures", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return ablate("figures", *args, env=env)
 
 
 @pytest.mark.parametrize("case", ["unknown experiment", "unreachable store", "missing spec", "garbled spec"])
@@ -381,7 +383,6 @@ def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys)
 
 def test_a_missing_store_is_one_line_and_is_not_created(tmp_path):
     db = tmp_path / "none" / "mlflow.db"
-    out = subprocess.run([sys.executable, "-m", "runners.cli", "figures", "--experiment", "x",
-                          "--tracking-uri", f"sqlite:///{db}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = ablate("figures", "--experiment", "x", "--tracking-uri", f"sqlite:///{db}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no MLflow store" in out.stderr
     assert not db.exists() and not db.parent.exists()
