@@ -17,6 +17,10 @@ from scipy import stats
 from conftest import ablate, once
 from runners import cli
 
+# Drawing the figures takes seconds a study (matplotlib's PDFs and PNGs): the tests that draw are
+# in the slow tier, and the two drawings of the shared store (`store`) may take a while on a busy CPU.
+pytestmark = pytest.mark.timeout(120)
+
 EXP = "figs-test"
 EPOCHS = 8
 SEEDS = {("none", 20): 6, ("A", 20): 6, ("B", 20): 3, ("none", 56): 4, ("A", 56): 4}
@@ -118,6 +122,7 @@ FILES = ["curves", "curves_by_depth", "final_error_vs_depth", "layer_responses",
 TABLES = ["variants", "plain_vs_residual", "degradation"]
 
 
+@pytest.mark.slow
 def test_writes_every_figure_and_table(outputs, capsys):
     out = outputs[0]
     expected = [f"{f}.{ext}" for f in FILES for ext in ("pdf", "png")]
@@ -129,6 +134,7 @@ def test_writes_every_figure_and_table(outputs, capsys):
     assert "1 run(s) with stage search" in summary and "1 diverged" in summary
 
 
+@pytest.mark.slow
 def test_variant_table_matches_mlflow(store, outputs):
     _, c, exp_id = store
     groups = {}
@@ -154,6 +160,7 @@ def test_variant_table_matches_mlflow(store, outputs):
     assert rows[("none", "20")]["paper_2016a_pct"] == ""
 
 
+@pytest.mark.slow
 def test_paired_test_matches_scipy(store, outputs):
     _, c, exp_id = store
     runs = [r for r in _used_runs(c, exp_id) if r.data.tags["diverged"] != "true"]
@@ -177,6 +184,7 @@ def test_paired_test_matches_scipy(store, outputs):
             assert row["test_used"] == "paired t" and row["test_p_wilcoxon"] == "n/a"
 
 
+@pytest.mark.slow
 def test_degradation_is_welch_on_training_error(store, outputs):
     _, c, exp_id = store
     runs = [r for r in _used_runs(c, exp_id) if r.data.tags["diverged"] != "true"]
@@ -191,12 +199,14 @@ def test_degradation_is_welch_on_training_error(store, outputs):
     assert float(rows["plain"]["train_change_pct"]) > 0 > float(rows["ResNet (A)"]["train_change_pct"])
 
 
+@pytest.mark.slow
 def test_pdfs_embed_truetype_not_type3(outputs):
     for f in FILES:
         pdf = (outputs[0] / f"{f}.pdf").read_bytes()
         assert b"/Type3" not in pdf and b"/FontFile2" in pdf, f
 
 
+@pytest.mark.slow
 def test_outputs_are_byte_stable(outputs):
     a, b = outputs
     names = sorted(p.name for p in a.iterdir())
@@ -205,6 +215,7 @@ def test_outputs_are_byte_stable(outputs):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     spec = tmp_path / "study.yaml"
     spec.write_text(f"name: {EXP}\ndataset: {{name: /data/long/gone}}\nmodel: {{depth: [20, 32], shortcut: [none, A]}}\n")
@@ -213,6 +224,7 @@ def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     assert str(tmp_path / "o" / "curves.pdf") in printed and "MLflow comparison: http://127.0.0.1:5000/#/experiments/" in printed
 
 
+@pytest.mark.slow
 def test_only_supported_figures_are_drawn(tmp_path, capsys):
     """A partial study with residual nets at one depth: no plain-vs-residual, no depth figure.
     Also: a run without a stage tag (plain `ablate train`) counts, and the curves can be drawn
@@ -240,6 +252,7 @@ def _ablate(*args, env=None):
     return ablate("figures", *args, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown experiment", "unreachable store", "missing spec", "garbled spec"])
 def test_bad_input_is_one_line_exit_2(store, tmp_path, case):
     uri = store[0]
@@ -260,6 +273,7 @@ def test_bad_input_is_one_line_exit_2(store, tmp_path, case):
     assert p.stderr.startswith("ablate figures: error:")
 
 
+@pytest.mark.slow
 def test_tables_show_paper_numbers_failures_and_holm(store, outputs):
     out = outputs[0]
     md = (out / "variants.md").read_text()
@@ -306,6 +320,7 @@ def _study(curves_by_variant):
     return Study("inproc", "0", by_variant)
 
 
+@pytest.mark.slow
 def test_figures_have_integer_ticks_and_bands_within_range(tmp_path, monkeypatch):
     from runners.report import figures
     figs = {}
@@ -372,6 +387,7 @@ def test_variants_keep_apart_by_every_axis_tag_and_variant_tag(tmp_path):
     assert labels == ["ResNet-20 (A)", "ResNet-20 (A) +warmup=true", "ResNet-20 (A) [order=b]"]
 
 
+@pytest.mark.slow
 def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys):
     spec = tmp_path / "study.yaml"
     spec.write_text("name: renamed\ndataset: {name: cifar10}\nmodel: {depth: 20, shortcut: [none, A]}\n")
