@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 import models
+from conftest import ablate
 from models import ArchSpec, ConfigError
 from models.blocks import PadShortcut
 from models.network import from_torchvision_state_dict
@@ -17,7 +18,12 @@ from models.network import from_torchvision_state_dict
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 
 
-@pytest.mark.parametrize("depth,params", CIFAR_PARAMS.items())
+def _deep_is_slow(depth: int, *values):
+    """The parameters of a case on a net of `depth` layers: in the slow tier from 1000 (seconds to build)."""
+    return pytest.param(*values, marks=pytest.mark.slow if depth >= 1000 else ())
+
+
+@pytest.mark.parametrize("depth,params", [_deep_is_slow(d, d, p) for d, p in CIFAR_PARAMS.items()])
 def test_cifar_parameter_counts(depth, params):
     assert models.describe(f"resnet{depth}")["params"] == params
     assert models.describe(f"plain{depth}")["params"] == params  # option A adds no parameters
@@ -185,28 +191,24 @@ def test_layer_response_points_are_the_3x3_layers():
     assert all(isinstance(m, nn.BatchNorm2d) for _, m in points)
 
 
-def _ablate(*args):
-    return subprocess.run([sys.executable, "-m", "runners.cli", *args], capture_output=True, text=True)
-
-
 def test_ablate_models_table_json_and_errors():
-    out = _ablate("models", "resnet2*")
+    out = ablate("models", "resnet2*")
     assert out.returncode == 0, out.stderr
     assert "resnet20" in out.stdout and "269,722" in out.stdout and "40.6M" in out.stdout
-    js = _ablate("models", "plain20", "--json")
+    js = ablate("models", "plain20", "--json")
     assert js.returncode == 0
     import json
     row = json.loads(js.stdout)[0]
     assert (row["name"], row["shortcut"], row["params"]) == ("plain20", "none", 269_722)
     for bad, msg in [("resnet21", "depth must be 6n+2 for basic blocks (nearest: 20, 26)"),
                      ("resnt20", "closest: resnet20")]:
-        out = _ablate("models", bad)
+        out = ablate("models", bad)
         assert out.returncode == 2
         assert msg in out.stderr and len(out.stderr.strip().splitlines()) == 1
         assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", [_deep_is_slow(models.resolve(n).total_depth, n) for n in models.list_models()])
 def test_golden_complexity_file_matches_the_live_count(name):
     """`ablate models` reads sizes from models/complexity.json; it must equal a fresh count.
     After changing a block or a preset: python -c "from models.registry import write_golden; write_golden()"."""

@@ -7,9 +7,6 @@ FAILED, a `search` trial).
 """
 import csv
 import math
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +14,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import ablate, once
 from runners import cli
+
+# Drawing the figures takes seconds a study (matplotlib's PDFs and PNGs): the tests that draw are
+# in the slow tier, and the two drawings of the shared store (`store`) may take a while on a busy CPU.
+pytestmark = pytest.mark.timeout(120)
 
 EXP = "figs-test"
 EPOCHS = 8
 SEEDS = {("none", 20): 6, ("A", 20): 6, ("B", 20): 3, ("none", 56): 4, ("A", 56): 4}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINISHED",
@@ -65,12 +66,24 @@ def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINIS
     return rid
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, worker_id):
+    """The figures' store (above), and `ablate figures` drawn from it twice (`outputs`): once per
+    session, shared by the test workers (conftest.once)."""
     from mlflow.tracking import MlflowClient
-    tmp = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with once(tmp_path_factory, worker_id, "figures-store") as (tmp, build):
+        uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        if build:
+            _fill_store(MlflowClient(tracking_uri=uri), tmp)
+            for i in range(2):
+                out = tmp / f"figs{i}"
+                assert cli.main(["figures", "--experiment", EXP, "--tracking-uri", uri, "--out", str(out)]) == 0
+            (tmp / "done").touch()
     c = MlflowClient(tracking_uri=uri)
+    return uri, c, c.get_experiment_by_name(EXP).experiment_id
+
+
+def _fill_store(c, tmp):
     exp_id = c.create_experiment(EXP, artifact_location=(tmp / "artifacts").as_uri())
     rng = np.random.default_rng(0)
     for (shortcut, depth), n in SEEDS.items():
@@ -81,18 +94,12 @@ def store(tmp_path_factory):
     _log_run(c, exp_id, shortcut="A", depth=56, seed=7, status="RUNNING", rng=rng)
     _log_run(c, exp_id, shortcut="A", depth=56, seed=8, status="FAILED", rng=rng)
     _log_run(c, exp_id, shortcut="none", depth=20, seed=9, stage="search", rng=rng)
-    return uri, c, exp_id
 
 
-@pytest.fixture(scope="module")
-def outputs(store, tmp_path_factory):
-    uri = store[0]
-    outs = []
-    for i in range(2):
-        out = tmp_path_factory.mktemp(f"figs{i}")
-        assert cli.main(["figures", "--experiment", EXP, "--tracking-uri", uri, "--out", str(out)]) == 0
-        outs.append(out)
-    return outs
+@pytest.fixture(scope="session")
+def outputs(store):
+    folder = Path(store[0][len("sqlite:///"):]).parent
+    return [folder / "figs0", folder / "figs1"]
 
 
 def _used_runs(c, exp_id):
@@ -115,6 +122,7 @@ FILES = ["curves", "curves_by_depth", "final_error_vs_depth", "layer_responses",
 TABLES = ["variants", "plain_vs_residual", "degradation"]
 
 
+@pytest.mark.slow
 def test_writes_every_figure_and_table(outputs, capsys):
     out = outputs[0]
     expected = [f"{f}.{ext}" for f in FILES for ext in ("pdf", "png")]
@@ -126,6 +134,7 @@ def test_writes_every_figure_and_table(outputs, capsys):
     assert "1 run(s) with stage search" in summary and "1 diverged" in summary
 
 
+@pytest.mark.slow
 def test_variant_table_matches_mlflow(store, outputs):
     _, c, exp_id = store
     groups = {}
@@ -151,6 +160,7 @@ def test_variant_table_matches_mlflow(store, outputs):
     assert rows[("none", "20")]["paper_2016a_pct"] == ""
 
 
+@pytest.mark.slow
 def test_paired_test_matches_scipy(store, outputs):
     _, c, exp_id = store
     runs = [r for r in _used_runs(c, exp_id) if r.data.tags["diverged"] != "true"]
@@ -174,6 +184,7 @@ def test_paired_test_matches_scipy(store, outputs):
             assert row["test_used"] == "paired t" and row["test_p_wilcoxon"] == "n/a"
 
 
+@pytest.mark.slow
 def test_degradation_is_welch_on_training_error(store, outputs):
     _, c, exp_id = store
     runs = [r for r in _used_runs(c, exp_id) if r.data.tags["diverged"] != "true"]
@@ -188,12 +199,14 @@ def test_degradation_is_welch_on_training_error(store, outputs):
     assert float(rows["plain"]["train_change_pct"]) > 0 > float(rows["ResNet (A)"]["train_change_pct"])
 
 
+@pytest.mark.slow
 def test_pdfs_embed_truetype_not_type3(outputs):
     for f in FILES:
         pdf = (outputs[0] / f"{f}.pdf").read_bytes()
         assert b"/Type3" not in pdf and b"/FontFile2" in pdf, f
 
 
+@pytest.mark.slow
 def test_outputs_are_byte_stable(outputs):
     a, b = outputs
     names = sorted(p.name for p in a.iterdir())
@@ -202,6 +215,7 @@ def test_outputs_are_byte_stable(outputs):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     spec = tmp_path / "study.yaml"
     spec.write_text(f"name: {EXP}\ndataset: {{name: /data/long/gone}}\n"
@@ -212,6 +226,7 @@ def test_spec_file_names_the_experiment(store, tmp_path, capsys):
     assert "MLflow comparison: http://127.0.0.1:5000/#/experiments/" in printed
 
 
+@pytest.mark.slow
 def test_only_supported_figures_are_drawn(tmp_path, capsys):
     """A partial study with residual nets at one depth: no plain-vs-residual, no depth figure.
     Also: a run without a stage tag (plain `ablate train`) counts, and the curves can be drawn
@@ -236,10 +251,10 @@ def test_only_supported_figures_are_drawn(tmp_path, capsys):
 
 
 def _ablate(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "runners.cli", "figures", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return ablate("figures", *args, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown experiment", "unreachable store", "missing spec", "garbled spec"])
 def test_bad_input_is_one_line_exit_2(store, tmp_path, case):
     uri = store[0]
@@ -260,6 +275,7 @@ def test_bad_input_is_one_line_exit_2(store, tmp_path, case):
     assert p.stderr.startswith("ablate figures: error:")
 
 
+@pytest.mark.slow
 def test_tables_show_paper_numbers_failures_and_holm(store, outputs):
     out = outputs[0]
     md = (out / "variants.md").read_text()
@@ -306,6 +322,7 @@ def _study(curves_by_variant):
     return Study("inproc", "0", by_variant)
 
 
+@pytest.mark.slow
 def test_figures_have_integer_ticks_and_bands_within_range(tmp_path, monkeypatch):
     from runners.report import figures
     figs = {}
@@ -372,6 +389,7 @@ def test_variants_keep_apart_by_every_axis_tag_and_variant_tag(tmp_path):
     assert labels == ["ResNet-20 (A)", "ResNet-20 (A) +warmup=true", "ResNet-20 (A) [order=b]"]
 
 
+@pytest.mark.slow
 def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys):
     spec = tmp_path / "study.yaml"
     spec.write_text("name: renamed\ndataset: {name: cifar10}\nmodel: {depth: 20, shortcut: [none, A]}\n")
@@ -383,7 +401,6 @@ def test_set_renames_the_study_and_ui_url_sets_the_link(store, tmp_path, capsys)
 
 def test_a_missing_store_is_one_line_and_is_not_created(tmp_path):
     db = tmp_path / "none" / "mlflow.db"
-    out = subprocess.run([sys.executable, "-m", "runners.cli", "figures", "--experiment", "x",
-                          "--tracking-uri", f"sqlite:///{db}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = ablate("figures", "--experiment", "x", "--tracking-uri", f"sqlite:///{db}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no MLflow store" in out.stderr
     assert not db.exists() and not db.parent.exists()

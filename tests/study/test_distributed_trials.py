@@ -4,8 +4,6 @@ every rank, and a group that loses a rank is started again and resumes the trial
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -15,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from optuna.trial import TrialState
 
-from conftest import REPO, ablate, assert_one_line_error, rank_pid
+from conftest import ablate, ablate_forked, assert_one_line_error, rank_pid
 from runners.study.host import worker_devices
 from runners.train import distributed
 from test_study import SMOKE, _children, _trials
@@ -23,6 +21,8 @@ from test_study import SMOKE, _children, _trials
 GROUP = ["--set", "resources.gpus_per_trial=2", "--set", "seeds=[0]", "--set", "model.shortcut=A"]
 
 
+@pytest.mark.timeout(200)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_a_searched_study_on_two_processes_records_each_trial_once(results):
     search = ["--set", "search={trials_per_variant: 2, space: {lr: {low: 0.01, high: 0.2, log: true}}}"]
@@ -44,11 +44,11 @@ def test_a_searched_study_on_two_processes_records_each_trial_once(results):
         assert len(c.get_metric_history(r.info.run_id, "val_error")) == 2  # logged by rank 0 alone
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_a_group_that_loses_a_rank_is_started_again_and_resumes_the_trial(results):
-    args = [sys.executable, "-m", "runners.cli", "run", str(SMOKE), *GROUP, "--set", "train.epochs=6"]
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = ablate_forked("run", SMOKE, *GROUP, "--set", "train.epochs=6")
     checkpoints = results / "checkpoints" / "smoke" / "confirm"
     deadline = time.time() + 120
     while time.time() < deadline and not any(checkpoints.rglob("*.pt")) and proc.poll() is None:
@@ -99,10 +99,15 @@ def _pruned_rank(rank: int, port: int, checkpoint: str, outcome) -> None:
             outcome.put((rank, "pruned", sorted(trial.study.trials[0].intermediate_values) if trial else None))
         else:
             outcome.put((rank, "trained", None))
+        # Both ranks here before either leaves the group: rank 0 hosts the group's store, and a
+        # rank still talking to it when it goes away aborts (SIGABRT, "terminate called ...").
+        torch.distributed.barrier()
     finally:
         distributed.finish()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_pruning_decision_reaches_every_rank_at_the_same_epoch(tmp_path):
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_pruned_rank, args=(_free_port(), str(tmp_path / "ckpt"), queue), nprocs=2, join=True)

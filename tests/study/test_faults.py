@@ -3,11 +3,11 @@ checkpoint. After each, one rerun of `ablate run` completes the study with every
 once and no MLflow run left RUNNING. Run alone with `pytest -m faults`.
 
 A kill lands at an exact moment by running the CLI under a small wrapper (INJECT) that patches
-the write in question to write part of its bytes and then SIGKILL its own process.
+the write in question to write part of its bytes and then SIGKILL its own process (a process
+forked from the test's: conftest.Forked).
 """
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,9 +18,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import REPO, ablate
+from conftest import REPO, Forked, ablate
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(180)]
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 # One variant, two seeds, two epochs on 128 images: two cells, a second each.
@@ -87,8 +87,9 @@ sys.exit(main(args))
 
 
 def _inject(fault: str, *args, env=None):
-    return subprocess.run([sys.executable, "-c", INJECT, fault, *map(str, args)], cwd=REPO,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+    proc = Forked(INJECT, fault, *args, env=env)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _assert_complete_once(results: Path):

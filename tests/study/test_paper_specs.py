@@ -38,11 +38,19 @@ def test_the_paper_specs_are_all_here():
             "ext-basic-vs-bottleneck.yaml"} <= set(PAPER_SPECS)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", PAPER_SPECS)
 @pytest.mark.usefixtures("seeded_store")
-def test_paper_spec_runs_to_the_end_at_cpu_scale(name, results):
+def test_paper_spec_runs_to_the_end_at_cpu_scale(name, results, monkeypatch):
+    """`ablate run` in this process (conftest.ablate). The parent run's figures and tables
+    (runners.report.figures.write_all, ~8 s a study) are not drawn here: patched to draw none,
+    as they are tested on their own (tests/report/test_figures.py, and on a real study in
+    tests/tracking/test_mlflow_view.py::test_parent_run_carries_the_study_result)."""
+    from runners.report import figures
+    monkeypatch.setattr(figures, "write_all", lambda *a, **k: ([], [], []))
     path = REPO / "ablations" / name
-    out = ablate("run", path, *COMMON, *shrink(path), "--device", "cpu", timeout=600)
+    out = ablate("run", path, *COMMON, *shrink(path), "--device", "cpu")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     study = yaml.safe_load(path.read_text())["name"]

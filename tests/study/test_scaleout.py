@@ -1,12 +1,10 @@
 """Scale-out: identical `ablate worker`s against PostgreSQL (Optuna) and a database MLflow store.
 
-Each worker is a separate process, as it would be on separate machines; they share only the two
-databases and the checkpoint directory.
+Each worker is a separate process (forked from the test's: conftest.Forked), as it would be on
+separate machines; they share only the two databases and the checkpoint directory.
 """
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -16,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import REPO, ablate, assert_one_line_error
+from conftest import REPO, ablate, ablate_forked, assert_one_line_error
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -52,10 +50,8 @@ def databases():
 
 
 def _worker(storage, tracking, *extra):
-    cmd = [sys.executable, "-m", "runners.cli", "worker", str(SMOKE), "--storage", storage,
-           "--tracking-uri", tracking, "--threads", "1", "--heartbeat", "1", "--poll", "0.3", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return ablate_forked("worker", SMOKE, "--storage", storage, "--tracking-uri", tracking, "--threads", "1",
+                         "--heartbeat", "1", "--poll", "0.3", *extra)
 
 
 def _runs(tracking):
@@ -66,6 +62,8 @@ def _runs(tracking):
         [r for r in runs if r.data.tags.get("stage") == "study"]
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_three_workers_started_at_once_run_every_trial_exactly_once(results, databases):
     storage, tracking = databases
     seeds = ["--set", "seeds=[0,1,2]"]
@@ -88,6 +86,8 @@ def test_three_workers_started_at_once_run_every_trial_exactly_once(results, dat
     assert "***" in parents[0].data.tags["storage"]
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_by_the_survivors(results, databases):
     storage, tracking = databases
     extra = ["--set", "seeds=[0,1]", "--set", "train.epochs=8"]

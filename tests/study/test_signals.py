@@ -14,6 +14,8 @@ from conftest import REPO
 from runners.study.runner import without_store_options
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.usefixtures("seeded_store")
 def test_sighup_closes_the_runs_exits_129_and_the_rerun_resumes_the_interrupted_cell_first(results):
     args = ["--set", "train.epochs=6", "--set", "seeds=[0,1]", "--set", "model.shortcut=A"]

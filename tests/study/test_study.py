@@ -1,9 +1,6 @@
 """`ablate run/worker/status`: trials run exactly once, resume after a kill, land in MLflow."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import REPO, ablate, assert_one_line_error
+from conftest import REPO, ablate, ablate_forked, assert_one_line_error, recorded_run
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 AXES = ("family", "depth", "block", "shortcut", "preact", "width", "seed", "stage", "variant")
@@ -38,9 +35,12 @@ def _children(results: Path, experiment: str = "smoke"):
     return c, parents, [r for r in runs if r.data.tags.get("stage") != "study"]
 
 
-@pytest.mark.usefixtures("seeded_store")
-def test_smoke_study_runs_every_cell_once_with_tagged_children(results, monkeypatch):
-    out = ablate("run", SMOKE)
+@pytest.mark.timeout(180)
+@pytest.mark.slow
+def test_smoke_study_runs_every_cell_once_with_tagged_children(smoke_study, smoke_results, monkeypatch):
+    """On a copy of the session's smoke study (conftest.smoke_study: `ablate run` of the shipped spec)."""
+    results = smoke_results
+    out = recorded_run(smoke_study)
     assert out.returncode == 0, out.stderr
     assert "workflowType=machine_learning" in out.stdout  # the link into MLflow's training view
     trials = _trials(results)
@@ -79,11 +79,12 @@ def test_smoke_study_runs_every_cell_once_with_tagged_children(results, monkeypa
     assert [r["complete"] for r in rows] == [2, 2] and all(r["n"] == 2 for r in rows)
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_sigkill_mid_trial_then_rerun_resumes_from_checkpoint(results):
     overrides = ["--set", "train.epochs=6", "--set", "seeds=[0]"]
-    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", "run", str(SMOKE), *overrides],
-                            cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = ablate_forked("run", SMOKE, *overrides)
     checkpoints = results / "checkpoints" / "smoke" / "confirm"
     deadline = time.time() + 120
     while time.time() < deadline and not any(checkpoints.rglob("*.pt")):
@@ -118,6 +119,8 @@ def test_sigkill_mid_trial_then_rerun_resumes_from_checkpoint(results):
     assert {r["attempts"] for r in rows} == {"1/3"}
 
 
+@pytest.mark.timeout(200)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_two_workers_on_one_host_run_every_cell_once(results):
     out = ablate("run", SMOKE, "--workers", "2", "--poll", "0.2", "--set", "seeds=[0,1,2]")
@@ -129,6 +132,8 @@ def test_two_workers_on_one_host_run_every_cell_once(results):
     assert len(_children(results)[2]) == 6
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_search_tunes_each_variant_then_confirms_at_its_best(results):
     search = ["--set", "search.trials_per_variant=3", "--set", "search.pruner=none",
@@ -150,6 +155,8 @@ def test_search_tunes_each_variant_then_confirms_at_its_best(results):
     assert Counter(r.data.tags["stage"] for r in children) == Counter({"search": 6, "confirm": 2})
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_search_selects_on_its_own_split_and_confirmations_train_on_all_images(results):
     """He 2016a: the 45k/5k split chose the recipe; the reported nets trained on all 50k."""
@@ -170,13 +177,15 @@ def test_search_selects_on_its_own_split_and_confirmations_train_on_all_images(r
     assert not (results / "optuna" / "nosplit.journal").exists()
 
 
-@pytest.mark.usefixtures("seeded_store")
-def test_a_changed_spec_does_not_silently_join_an_existing_study(results):
-    assert ablate("run", SMOKE, "--set", "seeds=[0]").returncode == 0
-    assert_one_line_error(ablate("run", SMOKE, "--set", "seeds=[0]", "--set", "train.epochs=3"),
-                          "different spec")
+@pytest.mark.timeout(180)
+@pytest.mark.slow
+def test_a_changed_spec_does_not_silently_join_an_existing_study(smoke_study, smoke_results):
+    assert recorded_run(smoke_study).returncode == 0
+    assert_one_line_error(ablate("run", SMOKE, "--set", "train.epochs=3"), "different spec")
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.slow
 @pytest.mark.usefixtures("seeded_store")
 def test_a_failed_cell_is_retried_on_the_next_run_until_its_attempts_run_out(results):
     one = ["--set", "model.shortcut=A", "--set", "seeds=[0]", "--set", "train.epochs=1", "--attempts", "2"]

@@ -1,10 +1,10 @@
 """The printed MLflow link, opened in a real (headless) browser, shows the comparison.
 
-Runs a small study (the smoke spec, synthetic data, 1 epoch), serves `mlflow ui` on its store,
-opens the link `ablate run` printed in headless Chromium, and reads the rendered page: every
-variant's runs are listed, grouped, under the train/test error charts; the same view as a table
-shows each run's final test_error. Needs Debian's `chromium`: skipped without it, except in CI
-(CI=true), where a missing browser is a failure.
+Takes the session's small study (conftest.smoke_study: the smoke spec, synthetic data), serves
+`mlflow ui` on a copy of its store, opens the link `ablate run` printed in headless Chromium, and
+reads the rendered page: every variant's runs are listed, grouped, under the train/test error
+charts; the same view as a table shows each run's final test_error. Needs Debian's `chromium`:
+skipped without it, except in CI (CI=true), where a missing browser is a failure.
 """
 import os
 import re
@@ -12,7 +12,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, ablate
+from conftest import recorded_run
 from runners.tracking import view
 from runners.tracking.browser import charts_loaded, find_chromium, serve_ui, settled_dom
 
@@ -27,10 +27,11 @@ def chromium():
         pytest.skip("no Chromium on PATH (apt-get install -y chromium) to open the MLflow UI in")
 
 
-def test_printed_link_opens_the_grouped_comparison(chromium, tmp_path):
-    results = tmp_path / "results"
-    out = ablate("run", REPO / "ablations" / "smoke.yaml", "--set", "train.epochs=1",
-                 env={"ABLATE_RESULTS": str(results), "MLFLOW_TRACKING_URI": ""})
+@pytest.mark.timeout(400)
+@pytest.mark.slow
+def test_printed_link_opens_the_grouped_comparison(chromium, smoke_study, smoke_results):
+    results = smoke_results  # a copy of the session's smoke study; `mlflow ui` serves the copy
+    out = recorded_run(smoke_study)
     assert out.returncode == 0, out.stderr
     [link] = re.findall(r"http://127\.0\.0\.1:5000/\S+", out.stdout)
     uri = f"sqlite:///{results / 'mlflow.db'}"

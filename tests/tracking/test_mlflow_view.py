@@ -6,7 +6,6 @@ mid-trial and resumed) is run through `ablate run` for what only a real study sh
 """
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import models
-from conftest import REPO, ablate
+from conftest import REPO, ablate, ablate_forked, once
 from runners.study.progress import StudyProgress, duration
 from runners.tracking import view
 from runners.tracking.results import VariantAxes
@@ -136,6 +135,8 @@ def test_dataset_input_and_logged_model(store):
     assert {a.path for a in store.list_artifacts(t.run_id)} == {"model.pt"}  # the contract's artifact stays
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_a_new_store_logs_no_mlflow_info_lines(tmp_path):
     code = ("from runners.tracking.store import client\nfrom runners.tracking.tracker import Tracker\n"
             f"c = client('sqlite:///{tmp_path / 'new.db'}')\n"
@@ -188,15 +189,23 @@ def test_progress_on_a_terminal_redraws_one_bar():
 
 
 # -- a real study: SIGTERM, resume, superseded attempt, the parent run's result -----------------------
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The smoke study (1 seed), SIGTERM'd during its first trial, then resumed to the end."""
-    results = tmp_path_factory.mktemp("study") / "results"
-    env = {**os.environ, "ABLATE_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+@pytest.fixture(scope="session")
+def study(tmp_path_factory, worker_id):
+    """The smoke study (1 seed), SIGTERM'd during its first trial, then resumed to the end: once
+    per session, shared by the test workers (conftest.once)."""
+    with once(tmp_path_factory, worker_id, "sigterm-study") as (folder, build):
+        if build:
+            _sigterm_study(folder)
+    r = json.loads((folder / "study.json").read_text())
+    second = subprocess.CompletedProcess(["ablate", "run"], *r["second"])
+    return {"results": folder / "results", "sigterm_code": r["sigterm_code"], "first_err": r["first_err"],
+            "second": second}
+
+
+def _sigterm_study(folder: Path) -> None:
+    results = folder / "results"
     args = ["run", SMOKE, "--set", "seeds=[0]", "--set", "train.epochs=3"]
-    proc = subprocess.Popen([sys.executable, "-m", "runners.cli", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = ablate_forked(*args, env={"ABLATE_RESULTS": str(results), "MLFLOW_TRACKING_URI": ""})
     checkpoint = results / "checkpoints" / "smoke" / "confirm"
     deadline = time.time() + 240
     while not any(checkpoint.rglob("checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
@@ -205,9 +214,13 @@ def study(tmp_path_factory):
     _, first_err = proc.communicate(timeout=120)
     second = ablate(*args, env={"ABLATE_RESULTS": str(results)})
     assert second.returncode == 0, second.stderr
-    return {"results": results, "sigterm_code": proc.returncode, "first_err": first_err, "second": second}
+    (folder / "study.json").write_text(json.dumps({"sigterm_code": proc.returncode, "first_err": first_err,
+                                                   "second": [second.returncode, second.stdout, second.stderr]}))
+    (folder / "done").touch()
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_sigterm_exits_143_and_the_rerun_prints_the_comparison_link(study):
     assert study["sigterm_code"] == 143, study["first_err"]
     out = study["second"].stdout
@@ -216,6 +229,8 @@ def test_sigterm_exits_143_and_the_rerun_prints_the_comparison_link(study):
     assert "INFO" not in study["second"].stderr, study["second"].stderr
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_superseded_attempt_is_tagged_and_out_of_the_view(study):
     c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
     exp = c.get_experiment_by_name("smoke")
@@ -229,6 +244,8 @@ def test_superseded_attempt_is_tagged_and_out_of_the_view(study):
     assert all(r.info.status == "FINISHED" for r in shown)
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_parent_run_carries_the_study_result(study):
     c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
     exp = c.get_experiment_by_name("smoke")

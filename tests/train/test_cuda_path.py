@@ -2,13 +2,10 @@
 with fewer GPUs, torch.compile in a long-lived worker, bf16 support, the fp32 head, deterministic
 mode's process settings, and workers placed on the GPUs the parent was given."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
 from models import ArchSpec
 from models.network import ResNet
 from runners.study import host
@@ -55,6 +52,7 @@ def test_the_checkpoint_holds_the_generator_with_its_device_type_and_no_cuda_sta
     assert saved["rng"]["augment"]["device"] == "cpu" and saved["rng"]["augment"]["state"].numel() == 5056
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("foreign", [
     {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)},  # a CUDA generator's state
     torch.zeros(16, dtype=torch.uint8),  # the same, as saved before the device type was stored
@@ -88,6 +86,7 @@ def test_restore_generator_sets_its_own_device_type_and_reseeds_another():
     assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(2**20 + 2)))
 
 
+@pytest.mark.slow
 def test_every_new_architecture_in_one_process_is_compiled():
     # A study worker trains variant after variant in one process; torch's recompile limit (8)
     # once made the 9th architecture run eager with only a warning.
@@ -139,12 +138,14 @@ def test_deterministic_mode_skips_filling_uninitialized_memory_and_restores_it()
     assert det.fill_uninitialized_memory == before and not torch.are_deterministic_algorithms_enabled()
 
 
-def test_the_cli_sets_the_cublas_workspace_before_any_command_runs():
-    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
-    code = ("import os, sys; from runners.cli import main; main(['bench', '--steps', '0']); "
-            "print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == ":4096:8", out.stderr
+def test_the_cli_sets_the_cublas_workspace_before_any_command_runs(monkeypatch, capsys):
+    from runners.cli import main
+    from runners.commands import bench
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []  # what the command finds when it starts
+    monkeypatch.setattr(bench, "run", lambda args: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG")) or 0)
+    assert main(["bench", "--steps", "0"]) == 0
+    assert seen == [":4096:8"] and os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
 
 
 # -- workers on the parent's GPUs ------------------------------------------------------------------

@@ -128,6 +128,7 @@ def test_imagefolder_is_decoded_exactly_and_cached(tmp_path, results, monkeypatc
     assert torch.equal(again.train.images, d.train.images) and torch.equal(again.test.labels, d.test.labels)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared cifar10-jpeg-subset is absent")
 def test_shared_jpeg_subset_loads_as_imagefolder():
     d = load_dataset(DataConfig(str(SHARED), val_size=1000))

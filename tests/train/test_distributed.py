@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import ablate, rank_pid
+from conftest import ablate, ablate_forked, rank_pid
 
 from models import ArchSpec
 from models.network import ResNet
@@ -46,6 +46,8 @@ def _rank(rank: int, world: int, port: int, checkpoint_dir: str) -> None:
         distributed.finish()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_two_ddp_processes_take_the_single_process_step_with_bn_over_each_half(tmp_path):
     """Without ghost BN (`bn_batch` is not in models/ yet) the single-process reference takes each
     step over the batch of 2B as two sub-batches of B (train-mode BN statistics over B, the
@@ -81,17 +83,14 @@ def test_two_ddp_processes_take_the_single_process_step_with_bn_over_each_half(t
     assert state["history"][0]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_a_killed_rank_is_resumed_from_the_checkpoint_with_one_mlflow_run_per_attempt(tmp_path, results):
-    import subprocess
-    import sys
-
-    from conftest import REPO
     ckpt, uri = tmp_path / "ckpt", f"sqlite:///{tmp_path}/mlflow.db"
     args = ["train", "resnet8", "--dataset", "synthetic", "--subset", "200", "--val-size", "40",
             "--epochs", "12", "--batch-size", "40", "--device", "cpu", "--no-probe", "--deterministic",
             "--nproc-per-node", "2", "--checkpoint-dir", ckpt, "--tracking-uri", uri, "--experiment", "ddp"]
-    first = subprocess.Popen([sys.executable, "-m", "runners.cli", *map(str, args)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = ablate_forked(*args)
     deadline = time.time() + 120
     while time.time() < deadline and not (ckpt / CHECKPOINT).exists() and first.poll() is None:
         time.sleep(0.05)

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, ablate, assert_one_line_error
 
 SECTIONS = ["environment", "data", "cuda path", "agreement", "throughput", "several nets"]
@@ -12,6 +14,8 @@ SECTIONS = ["environment", "data", "cuda path", "agreement", "throughput", "seve
 HIDE = "import sys; sys.modules.update(optuna=None, mlflow=None, tqdm=None); "
 
 
+@pytest.mark.timeout(200)
+@pytest.mark.slow
 def test_quick_cpu_doctor_runs_with_torch_alone_and_reports_json(results, tmp_path):
     out_file = tmp_path / "doctor.json"
     code = HIDE + ("from runners.cli import main; "

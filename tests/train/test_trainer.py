@@ -45,6 +45,7 @@ def numbers(history):
     return [{k: m[k] for k in RESULT_KEYS} for m in history]
 
 
+@pytest.mark.slow
 def test_a_small_net_learns_the_synthetic_task(data):
     result = train(TINY, recipe(epochs=4, schedule="step"), data)
     assert result.status == "finished" and result.epochs == 4
@@ -59,6 +60,7 @@ def test_a_small_net_learns_the_synthetic_task(data):
     assert all(0 < r["std"] < 100 for r in result.responses)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_numbers(data, tmp_path, store):
     cfg = recipe(epochs=3, schedule="step", warmup=True)
     whole = train(TINY, cfg, data)
@@ -103,6 +105,7 @@ def test_divergence_is_a_result_not_a_crash(data, store, tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT)["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_warmup_returns_to_the_base_lr_and_composes_with_the_steps(data):
     # 4 epochs of 15 steps, a step at epoch 3 by 0.5: on this task the running training error
     # falls below 80% in epoch 3 (the data order is a function of (seed, epoch)); each epoch's lr
@@ -164,6 +167,7 @@ def test_iteration_length_ends_mid_epoch(data):
     assert [m["iteration"] for m in result.history] == [7, 10] and result.responses is None
 
 
+@pytest.mark.slow
 def test_the_mlflow_store_holds_the_contract(data, store):
     cfg = recipe(epochs=2)
     tracker = tracking.Tracker.start(store, "contract", "tiny")
@@ -210,6 +214,7 @@ TINY_RUN = ("--dataset", "synthetic", "--subset", "300", "--val-size", "50", "--
             "--batch-size", "64", "--threads", "2")
 
 
+@pytest.mark.slow
 def test_ablate_train_end_to_end(results, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = ablate("train", "resnet8", *TINY_RUN, "--tracking-uri", uri)
