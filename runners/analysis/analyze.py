@@ -294,7 +294,7 @@ def analyze(spec_path: str, *, overrides=(), only: str | None = None, tracking_u
         state.update({"analysis": name, "paper": ANALYSES[name].PAPER, "options": options,
                       "options_digest": digest(options)})
         wanted = units(name, runs)
-        if state.get("runs_digest") == digest(run_ids) and state.get("logged", parent is None) \
+        if state.get("runs_digest") == digest(run_ids) and state.get("logged") \
                 and all(k in state["units"] for k, _, _ in wanted):
             skipped.append(f"{name}: already done for these {len(runs)} runs with these options ({path})")
             continue
@@ -315,7 +315,7 @@ def analyze(spec_path: str, *, overrides=(), only: str | None = None, tracking_u
         with style():
             table, files = ANALYSES[name].report(state["units"], runs, folder)
         state.update({"summary": _clean(table), "runs": run_ids, "runs_digest": digest(run_ids),
-                      "files": [p.name for p in files], "logged": False,
+                      "files": [p.name for p in files], "logged": parent is None,  # nothing to log to
                       "seconds": round(time.monotonic() - started, 1)})
         _write_json(path, state)
         if parent is not None:
