@@ -198,7 +198,7 @@ class Context:
     def checkpoint(self, run):
         """(epoch, state_dict) of the run's checkpoint, if the trial left one (usually not)."""
         import torch
-        key = run.config.get("_variant_tag")
+        key = run.variant_key
         if not key or not self.study:
             return None
         path = results_dir() / "checkpoints" / self.study / "confirm" / key / f"seed{run.seed}" / "checkpoint.pt"
@@ -244,7 +244,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _jsonable(x):
-    return None if isinstance(x, float) else str(x)
+    return x.item() if hasattr(x, "item") else str(x)  # numpy scalars
 
 
 def _clean(obj):
@@ -344,9 +344,5 @@ def _trained(name: str, tracking_uri: str | None, variants, seeds):
     records = [r for r in study.runs if r.converged]
     records = _select(records, variants, seeds, lambda r: (r.variant.label(), r.params.get("model", "")),
                       lambda r: int(r.seed) if r.seed.lstrip("-").isdigit() else None)
-    runs = []
-    for rec in records:
-        run = trained_run(c, rec)
-        run.config["_variant_tag"] = c.get_run(rec.run_id).data.tags.get("variant")
-        runs.append(run)
+    runs = [trained_run(c, rec) for rec in records]
     return runs, c, parent, {r.run_id: r for r in records}, notes

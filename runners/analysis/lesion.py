@@ -51,10 +51,8 @@ def deletable(net: ResNet) -> list[int]:
     return out
 
 
-def _zero_branch(block):
-    def branch(pre: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(pre)  # same-shape block: F(x) has x's shape
-    return branch
+def _zero_branch(pre: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(pre)  # a same-shape block: F(x) has x's shape
 
 
 @contextlib.contextmanager
@@ -68,7 +66,7 @@ def lesioned(net: ResNet, deleted):
         for i in deleted:
             b = blocks[i]
             if b.is_residual:
-                b._branch = _zero_branch(b)  # an instance attribute shadows the method
+                b._branch = _zero_branch  # an instance attribute shadows the method
                 saved.append((b, "_branch"))
             else:
                 b.forward = lambda x: x

@@ -38,6 +38,7 @@ class TrainedRun:
     data: DataConfig
     num_classes: int
     config: dict  # the whole config.json
+    variant_key: str | None = None  # the study's `variant` tag: where its checkpoints lived
 
     def build(self) -> ResNet:
         """The architecture, freshly initialised as the trainer does it (torch.manual_seed(seed)
@@ -75,7 +76,8 @@ def trained_run(c, record) -> TrainedRun:
         cfg = json.loads(_download(c, record.run_id, "config.json", tmp).read_text())
     classes = cfg.get("dataset", {}).get("classes")
     return TrainedRun(record.run_id, record.variant, int(cfg["train"]["seed"]), arch_from_dict(cfg["arch"]),
-                      data_from_dict(cfg["data"]), len(classes) if classes else None, cfg)
+                      data_from_dict(cfg["data"]), len(classes) if classes else None, cfg,
+                      c.get_run(record.run_id).data.tags.get("variant"))
 
 
 def load_weights(c, run: TrainedRun) -> ResNet:

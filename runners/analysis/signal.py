@@ -111,9 +111,9 @@ def _plot(res, runs, out) -> list:
                 xs = list(range(first, first + len(got[0][key])))
                 summary.band(ax, xs, [g[key] for g in got], colors[v], label if key == "var" else None,
                              marker=".")
-        for ax, what in zip(ax_row, ("average channel squared mean", "average channel variance",
-                                     "residual branch: avg channel variance")):
-            ax.set(xlabel="block (0 = stem)", ylabel=what, yscale="log", title=f"{name}: {what}")
+        for ax, what in zip(ax_row, ("avg channel squared mean", "avg channel variance",
+                                     "residual branch: avg channel var.")):
+            ax.set(xlabel="block (0 = stem)", ylabel=what, yscale="log", title=name)
             summary.integer_ticks(ax.xaxis)
         ax_row[1].legend(fontsize=5.5)
     fig.suptitle("Signal propagation at initialisation, Gaussian input, BN in training mode "
