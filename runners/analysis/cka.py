@@ -144,6 +144,7 @@ def report(done: dict, runs, out) -> tuple[dict, list]:
 def _heat(ax, m, title):
     im = ax.imshow(np.asarray(m, float), vmin=0, vmax=1, cmap="magma", origin="lower")
     ax.set_title(title, fontsize=6)
+    ax.grid(False)
     ax.tick_params(labelsize=5)
     summary.integer_ticks(ax.xaxis)
     summary.integer_ticks(ax.yaxis)
@@ -168,10 +169,10 @@ def _plot(res, runs, twins, out) -> list:
         im = _heat(ax, m, title)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("linear CKA, layer x layer (0 = stem, i = block i), mean over seeds; "
-                 "last panels: plain (rows) x residual (columns) twins", fontsize=7)
-    fig.tight_layout()
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01)
+    fig.suptitle("linear CKA, layer x layer (0 = stem, i = the i-th block), mean over seeds\n"
+                 "within each net; then plain (rows) x residual (columns) twins, same seed", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.92))
+    fig.colorbar(im, cax=fig.add_axes((0.94, 0.2, 0.012, 0.6)))
     paths = summary.save(fig, out, "cka")
     plt.close(fig)
     return paths
