@@ -8,6 +8,19 @@ import sys
 from ..study.progress import duration
 
 ANALYSES = ("lesion", "landscape", "cka", "gradients", "signal")  # runners.analysis.analyze.ANALYSES
+COST_HELP = {
+    "images": "test images of the lesion errors (and of a net's BN statistics at init, gradients)",
+    "draws": "random sets per k deleted blocks, and random reorderings per k swaps (lesion)",
+    "train_images": "training images the loss landscape is evaluated on",
+    "grid": "points of the 1D slice and of the interpolation between seeds (odd)",
+    "grid2d": "points per axis of the 2D slice (odd)",
+    "cka_images": "test images of CKA",
+    "cka_batch": "CKA minibatch; below --cka-images: minibatch CKA with unbiased HSIC",
+    "sweep_points": "points along each input sweep (gradients)",
+    "sweeps": "pairs of test images swept (gradients)",
+    "grad_batch": "training images of the per-layer gradient norms",
+    "signal_images": "Gaussian inputs of the signal propagation plots",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,10 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field as in `ablate run` (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: results/figures/<study>/analysis)")
-    cost = p.add_argument_group("cost (defaults: a few minutes per net on 2 CPU cores)")
+    cost = p.add_argument_group("cost (the defaults: seconds per CIFAR net on 2 CPU cores)")
     for f in dataclasses.fields(Options):
         cost.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, metavar="N",
-                          help=f"(default {f.default})")
+                          help=f"{COST_HELP.get(f.name, '')} (default {f.default})")
 
 
 def run(args) -> int:
