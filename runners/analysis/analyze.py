@@ -31,6 +31,7 @@ from . import cka, gradients, landscape, lesion, signal
 
 ANALYSES = OrderedDict((m.NAME, m) for m in (lesion, landscape, cka, gradients, signal))
 INIT_ONLY = ("signal",)  # the analyses that need no trained weights
+SAMPLING = 2
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class Options:
         return self
 
     def of(self, analysis: str) -> dict:
-        return {k: getattr(self, k) for k in ANALYSES[analysis].OPTIONS}
+        """The options an analysis' results depend on (its JSON is keyed on them), with the
+        version of the image sampling (v2: a fixed random draw of each split, not its first n)."""
+        return {**{k: getattr(self, k) for k in ANALYSES[analysis].OPTIONS}, "sampling": SAMPLING}
 
 
 class Progress:

@@ -15,7 +15,7 @@ activation), flattened per image (C*H*W), in eval mode. Computed layer x layer w
 twins (same depth, same seed; Kornblith Fig. 8 compares nets across initialisations).
 
 Differences: Kornblith et al. use 10,000 CIFAR-10 test images and Nguyen et al. 10,000 in
-minibatches of 256; here the first `cka_images` test images (default 256, one batch: plain
+minibatches of 256; here `cka_images` test images drawn at random (default 256, one batch: plain
 linear CKA). Summaries: the mean CKA of adjacent blocks within a net (residual nets are
 expected to keep neighbouring blocks alike), and the mean CKA of corresponding layers of twins.
 """

@@ -99,9 +99,20 @@ def compute(ctx, run) -> dict:
     out["norms"][str(epochs)] = layer_gradient_norms(end, xb, yb)
     missing = [e for e in range(1, epochs) if str(e) not in out["norms"]]
     if missing:
-        out["notes"].append(f"epochs {missing[0]}..{missing[-1]}: no checkpoint kept (deleted when the "
-                            "trial finished); gradient norms at init and the end only")
+        at = ", ".join("init" if k == "0" else f"epoch {k}" for k in sorted(out["norms"], key=int))
+        out["notes"].append(f"epochs {_ranges(missing)}: no checkpoint kept (deleted when the trial "
+                            f"finished); gradient norms at {at}")
     return out
+
+
+def _ranges(xs: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1..3, 5'."""
+    out, start = [], xs[0]
+    for a, b in zip(xs, xs[1:] + [None]):
+        if b != a + 1:
+            out.append(str(start) if start == a else f"{start}..{a}")
+            start = b
+    return ", ".join(out)
 
 
 # -- report ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ Nets* (tomgoldstein/loss-landscape), around a trained net's final weights.
   with the weights (the reference's `dir_type=states`).
 
 Differences: the reference evaluates on all 50,000 training images and a 51-point (1D) or
-51x51 (2D) grid; here the first `train_images` training images of the run (unaugmented,
+51x51 (2D) grid; here `train_images` training images of the run drawn at random (unaugmented,
 normalised as in training) and `grid` / `grid2d` points (odd, so the origin is on the grid),
 sized for a few minutes per net on 2 cores. Li et al. compare ResNet-56 with and without skip
 connections; here every plain/residual twin of the study. Summaries: the mean rise of the loss

@@ -16,7 +16,7 @@ Shallow Networks* (Sec. 4, Figs. 3-5), on a trained net's test images.
   the same dimensionality anywhere in the net; here within a stage, where "same shape" means it.
 
 Differences: Veit et al. use all 10,000 CIFAR-10 test images and ResNet-110 (54 deletable
-blocks); here the first `images` test images of the run's own test split (default 500) and the
+blocks); here `images` test images drawn at random from the run's own test split (default 500) and the
 study's nets. The scalar summary, paired plain vs residual by seed, is the mean increase of the
 test error over the intact net's across single-block lesions.
 """

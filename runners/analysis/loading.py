@@ -107,11 +107,17 @@ class DataCache:
         return self._loaded[key]
 
 
+SAMPLE_SEED = 0  # the same images for every run, so twins and seeds are compared on the same ones
+
+
 def images(data, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` images of a split, normalised as in training, unaugmented: (N, 3, H, W), (N,)."""
+    """`n` images of a split drawn at random (fixed by SAMPLE_SEED, not by the run), normalised
+    as in training, unaugmented: (N, 3, H, W), (N,). Not the first n: an ImageFolder's images
+    are stored class by class, so the first 500 test images would be two or three classes."""
     s = getattr(data, split)
     n = len(s) if n is None else min(n, len(s))
-    return data.normalize(s.images[:n]), s.labels[:n]
+    idx = torch.randperm(len(s), generator=torch.Generator().manual_seed(SAMPLE_SEED))[:n]
+    return data.normalize(s.images[idx]), s.labels[idx]
 
 
 @torch.no_grad()

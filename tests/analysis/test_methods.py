@@ -128,3 +128,25 @@ def test_signal_propagation_records_every_block_and_restores_the_net():
     assert all(math.isfinite(v) and v > 0 for v in out["var"])
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     assert not hasattr(net.blocks()[0], "_branch") or "_branch" not in vars(net.blocks()[0])
+
+
+def test_gradient_norms_read_a_checkpoint_left_behind_and_note_the_missing_epochs(tmp_path, monkeypatch):
+    from runners.analysis import gradients
+    from runners.analysis.analyze import Context, Options
+    from runners.analysis.loading import TrainedRun
+    from runners.train.config import DataConfig
+    monkeypatch.setenv("ABLATE_RESULTS", str(tmp_path))
+    arch = models.resolve("resnet8")
+    run = TrainedRun("r0", None, 0, arch, DataConfig("synthetic", subset=64, val_size=0), 10,
+                     {"train": {"epochs": 4}}, variant_key="cifar-d8")
+    ctx = Context(Options(images=8, sweep_points=4, sweeps=1, grad_batch=8), study="s")
+    ctx._nets["r0"] = _net(8)  # the run's final weights, without an MLflow store
+    folder = tmp_path / "checkpoints" / "s" / "confirm" / "cifar-d8" / "seed0"
+    folder.mkdir(parents=True)
+    torch.save({"epoch": 2, "model": _net(8, seed=1).state_dict()}, folder / "checkpoint.pt")
+    out = gradients.compute(ctx, run)
+    assert sorted(out["norms"], key=int) == ["0", "2", "4"]
+    assert len(out["norms"]["2"]) == len(out["layers"]) == 8  # 7 convs and the classifier
+    assert out["notes"] == ["epochs 1, 3: no checkpoint kept (deleted when the trial finished); "
+                            "gradient norms at init, epoch 2, epoch 4"]
+    assert gradients._ranges([1, 2, 3, 5, 7, 8]) == "1..3, 5, 7..8"
