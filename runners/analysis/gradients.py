@@ -57,12 +57,17 @@ def autocorrelation(c: np.ndarray) -> list[float]:
     return [float(np.mean(np.diagonal(c, lag))) for lag in range(len(c))]
 
 
-def shattering(net, x, y, points: int, sweeps: int) -> dict:
+def shattering(net, x, y, points: int, sweeps: int, keep_matrix: bool = True) -> dict:
+    """The autocorrelation over sweeps (mean over the image pairs) and, with `keep_matrix`, the
+    t x t correlation matrix to 3 decimals (points^2 numbers a net: kept for the figure's)."""
     mats = [correlations(sweep_gradients(net, x[2 * s], x[2 * s + 1], int(y[2 * s]), points))
             for s in range(min(sweeps, len(x) // 2))]
     c = np.mean(mats, axis=0)
     acf = autocorrelation(c)
-    return {"acf": acf, "corr": c.tolist(), "lag1": acf[1] if len(acf) > 1 else float("nan")}
+    out = {"acf": acf, "lag1": acf[1] if len(acf) > 1 else float("nan")}
+    if keep_matrix:
+        out["corr"] = np.round(c, 3).tolist()
+    return out
 
 
 def layer_gradient_norms(net, x, y) -> list[float]:
@@ -86,7 +91,7 @@ def compute(ctx, run) -> dict:
     init = calibrate_bn(run.build(), xt[:o.images])
     end = ctx.net(run)
     out = {"init": shattering(init, xt, yt, o.sweep_points, o.sweeps),
-           "end": shattering(end, xt, yt, o.sweep_points, o.sweeps),
+           "end": shattering(end, xt, yt, o.sweep_points, o.sweeps, keep_matrix=False),
            "layers": [n for n, _ in weights(end)],
            "norms": {"0": layer_gradient_norms(init, xb, yb)}, "notes": []}
     epochs = ctx.epochs(run)
