@@ -297,7 +297,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self._preactivate(x)
-        out = self._branch(pre)
+        out = self.branch(pre)
         if self.shortcut is not None:
             source = x if isinstance(self.shortcut, nn.Identity) else pre
             h = self.shortcut(source)
@@ -312,7 +312,8 @@ class Block(nn.Module):
             return self.relu(self.bn1(x))
         return F.relu(x)  # not in place: an identity shortcut still reads the raw x
 
-    def _branch(self, pre: torch.Tensor) -> torch.Tensor:
+    def branch(self, pre: torch.Tensor) -> torch.Tensor:
+        """The residual branch F of the (pre-activated) input, before the addition."""
         out = pre
         layers = self._layers()
         for i, (conv_i, bn_i) in enumerate(layers):

@@ -35,7 +35,7 @@ from . import paper, stats, tables
 
 
 # -- drawing ------------------------------------------------------------------------------------
-def _rc() -> dict:
+def paper_style() -> dict:
     rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper")}
     # TrueType (Type 42) fonts: journals reject Type 3, and text stays selectable.
     rc.update({"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "legend.frameon": True,
@@ -43,7 +43,7 @@ def _rc() -> dict:
     return rc
 
 
-def _save(fig, out: Path, stem: str) -> list[Path]:
+def save_figure(fig, out: Path, stem: str) -> list[Path]:
     paths = [out / f"{stem}.pdf", out / f"{stem}.png"]
     # No creation date: the same store gives the same bytes.
     fig.savefig(paths[0], metadata={"CreationDate": None, "ModDate": None})
@@ -100,7 +100,7 @@ def _seeds_text(runs: list[RunRecord]) -> str:
     return f"n={n}" + (f", fail {d}/{len(runs)}" if d else "")
 
 
-def _integer_ticks(axis) -> None:
+def integer_ticks(axis) -> None:
     """Epochs and layer indices are counts: no 2.5 on their axes."""
     axis.set_major_locator(MaxNLocator(integer=True))
 
@@ -116,7 +116,7 @@ def _fit_ylim(ax, lows: list[float], highs: list[float]) -> None:
     ax.set_ylim(max(0.0, a - pad), min(100.0, b + pad))
 
 
-def _band_style(kind: str, color) -> dict:
+def band_style(kind: str, color) -> dict:
     """A t-interval is a filled band; min..max (few seeds) is hatched, so the two never look alike."""
     if kind == "minmax":
         return {"facecolor": "none", "edgecolor": color, "hatch": "////", "alpha": 0.45, "lw": 0}
@@ -127,7 +127,7 @@ def _style_handles(band_kinds: set[str], diverged: bool) -> list:
     """Legend entries for what line styles mean: dashed = train, solid = test; the band; x."""
     out = [Line2D([], [], color="0.3", ls="--", lw=0.8, label="training error"),
            Line2D([], [], color="0.3", ls="-", lw=1.4, label="test error")]
-    out += [Patch(**_band_style(b, "0.3"), label=BAND_TEXT[b]) for b in sorted(band_kinds)]
+    out += [Patch(**band_style(b, "0.3"), label=BAND_TEXT[b]) for b in sorted(band_kinds)]
     if diverged:
         out.append(Line2D([], [], color="0.3", ls=":", marker="x", label="diverged run (not in mean)"))
     return out
@@ -148,7 +148,7 @@ def _draw_variant_curves(ax, study: Study, v: VariantAxes, x: str, band: str, co
         if metric == "test_error" and kind != band:
             label = label[:-1] + ", min..max band)"
         ax.plot(xs, 100 * mean, style, color=color, lw=width, label=label if metric == "test_error" else None)
-        ax.fill_between(xs, 100 * lo, 100 * hi, **_band_style(kind, color))
+        ax.fill_between(xs, 100 * lo, 100 * hi, **band_style(kind, color))
         # The first epochs sit near chance (90%); leave them out of the fitted top, as Fig. 6 does,
         # so the gaps that matter (a few points at the end) stay visible.
         late = xs >= xs.min() + 0.1 * (xs.max() - xs.min())
@@ -199,13 +199,13 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
                                          lows, highs, bands)
                 ax.set_title(title(vs))
                 ax.set_xlabel("iteration" if x == "iteration" else "epoch")
-                _integer_ticks(ax.xaxis)
+                integer_ticks(ax.xaxis)
                 ax.legend(loc="upper right")
             axes[0].set_ylabel("error (%)")
             _fit_ylim(axes[0], lows, highs)
             fig.legend(handles=_style_handles(bands, diverged), loc="outside lower center", ncol=4)
             fig.suptitle(f"{study.name}: mean over converged seeds (n in each legend)", fontsize=7.5)
-            paths += _save(fig, out, stem + _line_suffix(line, lines))
+            paths += save_figure(fig, out, stem + _line_suffix(line, lines))
     return paths, notes
 
 
@@ -312,7 +312,7 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
     fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 2))
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
     fig.suptitle(f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else ""), fontsize=7.5)
-    return _save(fig, out, "final_error_vs_depth")
+    return save_figure(fig, out, "final_error_vs_depth")
 
 
 def plot_layer_responses(study: Study, out: Path) -> list[Path]:
@@ -336,11 +336,11 @@ def plot_layer_responses(study: Study, out: Path) -> list[Path]:
     axes[1].set_xlabel("layer index (sorted by magnitude)")
     for ax in axes:
         ax.set_ylabel("std")
-        _integer_ticks(ax.xaxis)
+        integer_ticks(ax.xaxis)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3)
     fig.suptitle(f"{study.name}: std of each 3x3 layer's response (He 2016a Fig. 7), "
                  "mean over converged seeds", fontsize=7.5)
-    return _save(fig, out, "layer_responses")
+    return save_figure(fig, out, "layer_responses")
 
 
 def ablation_groups(study: Study) -> dict[tuple, list[VariantAxes]]:
@@ -405,7 +405,7 @@ def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Pat
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
     fig.suptitle(f"{study.name}: mean over converged seeds; x = diverged run"
                  + (f"\nbars = {what}" if what else ""), fontsize=7.5)
-    return _save(fig, out, "ablation")
+    return save_figure(fig, out, "ablation")
 
 
 def _no_ablation_reason(study: Study) -> str:
@@ -425,7 +425,7 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
     if not runs:
         skipped.append("every figure and table: no FINISHED confirm/train runs yet")
     else:
-        with rc_context(_rc()):
+        with rc_context(paper_style()):
             if any(r.converged and "test_error" in r.curves for r in runs):
                 paths, n = plot_curves(study, out, x, band)
                 written += paths

@@ -326,13 +326,13 @@ def _study(curves_by_variant):
 def test_figures_have_integer_ticks_and_bands_within_range(tmp_path, monkeypatch):
     from runners.report import figures
     figs = {}
-    save = figures._save
+    save = figures.save_figure
 
     def keep(fig, out, stem):
         figs[stem] = fig
         return save(fig, out, stem)
 
-    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(figures, "save_figure", keep)
     # Two seeds far apart (a 95% t-interval would pass 0 and 100) and three seeds near 0.
     wide = [{e: min(0.99, 0.5 + 0.45 * e / 7) for e in range(1, 8)}, {e: 0.05 for e in range(1, 8)}]
     low = [{e: 0.002 * s + 0.0005 * e for e in range(1, 8)} for s in range(3)]

@@ -229,12 +229,17 @@ def test_sigterm_exits_143_and_the_rerun_prints_the_comparison_link(study):
     assert "INFO" not in study["second"].stderr, study["second"].stderr
 
 
+def _smoke_runs(study):
+    """The client, the smoke experiment and all its runs in the SIGTERM'd-and-resumed study."""
+    c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("smoke")
+    return c, exp, c.search_runs([exp.experiment_id])
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.slow
 def test_superseded_attempt_is_tagged_and_out_of_the_view(study):
-    c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("smoke")
-    runs = c.search_runs([exp.experiment_id])
+    c, exp, runs = _smoke_runs(study)
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["superseded"] == "true"
     assert killed[0].info.run_name == "plain-8 s0"  # named as the figures name it
@@ -247,9 +252,7 @@ def test_superseded_attempt_is_tagged_and_out_of_the_view(study):
 @pytest.mark.timeout(180)
 @pytest.mark.slow
 def test_parent_run_carries_the_study_result(study):
-    c = MlflowClient(f"sqlite:///{study['results'] / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("smoke")
-    runs = c.search_runs([exp.experiment_id])
+    c, exp, runs = _smoke_runs(study)
     [parent] = [r for r in runs if r.data.tags.get("stage") == "study"]
     children = {r.data.tags["shortcut"]: r for r in runs if r.data.tags.get("stage") == "confirm"
                 and r.info.status == "FINISHED"}
