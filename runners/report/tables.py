@@ -122,7 +122,7 @@ def recipe_notes(runs) -> list[str]:
     """Every way these runs' recipe differs from the papers', with how many runs it applies to."""
     counts: dict[str, int] = {}
     for r in runs:
-        for d in paper.recipe_differences(r.params, iterations=_iterations(r), amp=r.amp, device=r.device):
+        for d in paper.recipe_differences(r.params, iterations=_iterations(r), precision=r.precision, device=r.device):
             counts[d] = counts.get(d, 0) + 1
     if not counts:
         return ["recipe vs the papers: no difference from their CIFAR recipe in the runs' params"]
