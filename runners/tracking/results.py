@@ -106,6 +106,7 @@ class Study:
     experiment_id: str
     by_variant: dict[VariantAxes, list[RunRecord]]  # sorted by VariantAxes.sort_key, runs by seed
     ignored: Counter = field(default_factory=Counter)  # reason -> runs not used
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # reason -> those runs' names, for the notes
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -163,18 +164,23 @@ def load_study(c, name: str) -> Study:
         if not token:
             break
     ignored: Counter = Counter()
+    left_out: dict[str, list[str]] = defaultdict(list)
+
+    def leave_out(reason: str, run) -> None:
+        ignored[reason] += 1
+        left_out[reason].append(run.info.run_name or run.info.run_id)
     usable = []  # (axes key, variant tag or None, seed, run), oldest first
     for run in runs:
         tags, status = run.data.tags, run.info.status
         stage = tags.get("stage", "train")
         if stage not in STAGES:
-            ignored[f"stage {stage}"] += 1
+            leave_out(f"stage {stage}", run)
             continue
         if any(a not in tags for a in AXES):
-            ignored["no axis tags (not a training run)"] += 1
+            leave_out("no axis tags (not a training run)", run)
             continue
         if status != "FINISHED":
-            ignored[f"status {status}"] += 1
+            leave_out(f"status {status}", run)
             continue
         axes = tuple((a, tags[a]) for a in axis_names(tags, run.data.params) if a != "seed")
         usable.append((axes, tags.get("variant"), tags["seed"], run))
@@ -188,7 +194,7 @@ def load_study(c, name: str) -> Study:
             key = next(iter(keys_of[axes]))
         # A seed re-run (e.g. confirm after train) replaces the earlier one: pairs stay one-to-one.
         if (axes, key, seed) in latest:
-            ignored["superseded by a later run of the same variant and seed"] += 1
+            leave_out("superseded by a later run of the same variant and seed", latest[(axes, key, seed)])
         latest[(axes, key, seed)] = run
     groups: dict[tuple, set] = defaultdict(set)  # axes -> the variant keys left after joining
     for axes, key, _ in latest:
@@ -200,7 +206,7 @@ def load_study(c, name: str) -> Study:
         by_variant[v].append(_record(c, run, v, seed))
     ordered = {v: sorted(by_variant[v], key=lambda r: _seed_key(r.seed))
                for v in sorted(by_variant, key=VariantAxes.sort_key)}
-    return Study(name, exp.experiment_id, ordered, ignored)
+    return Study(name, exp.experiment_id, ordered, ignored, dict(left_out))
 
 
 def _variant(axes: tuple, key: str | None, keys: set) -> VariantAxes:

@@ -35,6 +35,20 @@ def test_failed_runs_are_counted_not_averaged():
     assert stats.summarize([5.0, 6.0]).fail_text() == ""
     every = stats.summarize([math.nan, math.nan])
     assert every.fail_text() == "fail" and math.isnan(every.mean)  # as the papers write it
+    assert every.median == math.inf and every.best == math.inf
+
+
+def test_the_median_and_best_are_over_all_runs_a_fail_the_worst():
+    # He 2016b's fail: test error above 20% (or diverged), counted as the worst of the N runs.
+    s = stats.summarize([6.0, 25.0, math.nan, 7.0, 6.5], fail_above=100 * stats.FAIL_TEST_ERROR)
+    assert (s.n, s.failed, s.fails, s.runs) == (4, 1, 2, 5) and s.fail_text() == "fail 2/5"
+    assert s.median == 7.0 and s.best == 6.0  # the median of 5, ranked 6, 6.5, 7, fail, fail
+    assert s.mean == pytest.approx(np.mean([6.0, 25.0, 7.0, 6.5]))  # over the converged runs
+    lands = stats.summarize([6.0, 25.0, math.nan], fail_above=20.0)
+    assert lands.median == math.inf and lands.best == 6.0  # the median lands on a fail
+    assert stats.summarize([6.0, 25.0, 7.0, 30.0], fail_above=20.0).median == math.inf  # even N: a fail in the middle
+    assert stats.is_fail(0.25) and stats.is_fail(math.nan) and stats.is_fail(0.05, diverged=True)
+    assert not stats.is_fail(0.20)
 
 
 def test_intervals_are_clipped_to_the_metric_range():
