@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..train.config import DataConfig
+from ..train.config import DataConfig, TrainConfig
 
 # The shared CPU-scale subset (12k CIFAR-10 JPEGs) if this checkout sits beside it.
 SHARED_SUBSET = ("shared/data/cifar10-jpeg-subset", "../shared/data/cifar10-jpeg-subset")
@@ -31,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--utilization", action="store_true",
                    help="also the training FLOP/s as a fraction of this machine's dense matmul FLOP/s")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=typing.get_args(typing.get_type_hints(TrainConfig)["precision"]),
+                   default="fp32",
+                   help="the trainer's train.precision (default: fp32, the papers')")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -64,7 +68,7 @@ def run(args) -> int:
                           f"--batch-size {args.batch_size}")
     r = bench(arch, data, device=device, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
               warmup_steps=args.warmup_steps, workers=args.workers, threads=args.threads,
-              compile=args.compile, utilization=args.utilization)
+              compile=args.compile, utilization=args.utilization, precision=args.precision)
     r["model_name"] = args.model
     print_bench(r)
     if args.json:
@@ -75,7 +79,8 @@ def run(args) -> int:
 def print_bench(r: dict) -> None:
     dev = r["device"]
     labels = {"ours": f"ours (uint8 on {dev.split(':')[0]}, batched aug, "
-                      f"{'channels_last' if r['channels_last'] else 'NCHW'}{', bf16' if r['amp'] else ''}"
+                      f"{'channels_last' if r['channels_last'] else 'NCHW'}"
+                      f"{', ' + r['precision'] if r['precision'] != 'fp32' else ''}"
                       f"{', compiled' if r['compile'] else ''})",
               "conventional": f"conventional (DataLoader num_workers={r['workers']}, PIL transforms, eager NCHW)"}
     threads = f", {r['threads']} threads" if dev == "cpu" else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from ..errors import ConfigError
@@ -18,12 +19,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes per GPU (default: by the largest model's MACs, see `ablate doctor`)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the study's runs, their size and estimated GPU-hours; run and write nothing")
+    p.add_argument("--json", action="store_true",
+                   help="with --dry-run: print every variant's resolved architecture, training config, size, runs "
+                        "and estimate as one JSON document instead of the table")
     p.add_argument("--tflops", type=float, metavar="R",
                    help="with --dry-run: the sustained TFLOP/s per GPU assumed (default: 25 for CIFAR nets, "
                         "60 for ImageNet's)")
 
 
 def run(args) -> int:
+    if args.json and not args.dry_run:
+        raise ConfigError("--json needs --dry-run")
     if args.dry_run:
         return dry_run(args)
     # The spec is read and checked before torch, Optuna or MLflow is imported: bad input is quick.
@@ -53,12 +59,15 @@ def run(args) -> int:
 
 def dry_run(args) -> int:
     """`--dry-run`: the spec checked, its runs sized and costed (runners/study/estimate.py)."""
-    from ..study.estimate import LAUNCH_MS, TFLOPS, estimate
+    from ..study.estimate import LAUNCH_MS, TFLOPS, dry_run_document, estimate
     from ..study.spec import load_spec
     from .table import text_table
     if args.tflops is not None and args.tflops <= 0:
         raise ConfigError(f"--tflops must be positive, got {args.tflops}")
     spec = load_spec(args.spec, args.overrides, check_data=False)
+    if args.json:
+        print(json.dumps(dry_run_document(spec, args.tflops), indent=2))
+        return 0
     rows, source = estimate(spec, args.tflops)
     print(text_table(["variant", "params", "GMACs/img", "runs", "iterations", "images/run", "GPU-h/run", "bound"],
                      [[r.variant, f"{r.params / 1e6:.2f}M", f"{r.macs / 1e9:.3f}", str(r.runs), f"{r.iterations:,}",

@@ -1,30 +1,38 @@
-"""The CUDA path: the trainer's training (bf16 autocast, channels_last), compile, a bit-exact
-deterministic resume, a CPU checkpoint resumed on the GPU, divergence detection; and the
-agreement of fp32 and bf16 runs of the same short training."""
+"""The CUDA path: the trainer's training (bf16 autocast where the GPU has it, channels_last),
+compile, a bit-exact deterministic resume, a CPU checkpoint resumed on the GPU, divergence
+detection; and the agreement of true fp32 with tf32 and bf16 runs of the same short training."""
 from __future__ import annotations
 
 import dataclasses
 import tempfile
 import time
 
-from ..train.execution import use_amp
+import torch
+
+from ..train.execution import use_bf16
 from ..train.trainer import train
 from .context import TINY, Check, Doctor
 from .environment import compile_support
 
-# fp32 vs bf16: the same 3-epoch training's final training loss may differ by this much (absolute,
-# nats) and its test error by AGREE_ERROR; bf16 rounding changes the trajectory, not the level.
+# fp32 vs tf32 or bf16: the same 3-epoch training's final training loss may differ by this much
+# (absolute, nats) and its test error by AGREE_ERROR; rounding changes the trajectory, not the level.
 AGREE_LOSS, AGREE_ERROR = 0.15, 0.10
 
 
+def _bf16_here(d: Doctor) -> bool:
+    return d.device.type != "cuda" or torch.cuda.is_bf16_supported()
+
+
 def check_training(d: Doctor) -> Check:
-    cfg = d.recipe(epochs=2 if d.opts.quick else 3)
+    # The autocast path on a GPU (an opt-in there: the default is fp32); fp32 on a CPU, where bf16 is slow.
+    bf16 = d.device.type == "cuda" and _bf16_here(d)
+    cfg = d.recipe(epochs=2 if d.opts.quick else 3, precision="bf16" if bf16 else "fp32")
     r = train(TINY, cfg, d.small)
     h = r.history
     learned = r.status == "finished" and h[-1]["train_loss"] < h[0]["train_loss"]
     return d.add("cuda path", "train (autocast, channels_last)", "ok" if learned else "fail",
                  f"{r.status}, train loss {h[0]['train_loss']:.3f} -> {h[-1]['train_loss']:.3f}, "
-                 f"bf16 {'on' if use_amp(cfg, d.device) else 'off'}, channels_last",
+                 f"bf16 {'on' if use_bf16(cfg, d.device) else 'off'}, channels_last",
                  history=h)
 
 
@@ -98,14 +106,21 @@ def check_divergence(d: Doctor) -> Check:
 
 
 def check_agreement(d: Doctor) -> Check:
-    runs = {amp: train(TINY, d.recipe(epochs=2 if d.opts.quick else 3, amp=amp, deterministic=True), d.small).final
-            for amp in ("off", "bf16")}
-    dl = abs(runs["off"]["train_loss"] - runs["bf16"]["train_loss"])
-    de = abs(runs["off"]["test_error"] - runs["bf16"]["test_error"])
-    ok = dl <= AGREE_LOSS and de <= AGREE_ERROR
-    return d.add("agreement", "fp32 vs bf16", "ok" if ok else "fail",
-                 f"|d train loss| {dl:.3f} (<= {AGREE_LOSS}), |d test error| {de:.3f} (<= {AGREE_ERROR})",
-                 fp32=runs["off"], bf16=runs["bf16"], tolerance={"train_loss": AGREE_LOSS,
-                                                                    "test_error": AGREE_ERROR})
+    """True fp32 against tf32 (on CUDA; a CPU has no TF32) and bf16 (where the device has it)."""
+    lower = (["tf32"] if d.device.type == "cuda" else []) + (["bf16"] if _bf16_here(d) else [])
+    runs = {p: train(TINY, d.recipe(epochs=2 if d.opts.quick else 3, precision=p, deterministic=True),
+                     d.small).final for p in ["fp32", *lower]}
+    gaps = {p: (abs(runs["fp32"]["train_loss"] - runs[p]["train_loss"]),
+                abs(runs["fp32"]["test_error"] - runs[p]["test_error"])) for p in lower}
+    agree = [p for p, (dl, de) in gaps.items() if dl <= AGREE_LOSS and de <= AGREE_ERROR]
+    differ = [p for p in lower if p not in agree]
+    value = (f"fp32 agrees with {', '.join(agree) or 'none'}"
+             + (f"; differs from {', '.join(differ)}" if differ else "")
+             + "".join(f"; {p}: |d train loss| {dl:.3f}, |d test error| {de:.3f}" for p, (dl, de) in gaps.items())
+             + f" (<= {AGREE_LOSS}, <= {AGREE_ERROR})"
+             + ("" if "tf32" in lower else "; tf32: none here (fp32 on a CPU)")
+             + ("" if "bf16" in lower else "; bf16: not supported here"))
+    return d.add("agreement", "fp32 vs tf32 and bf16", "ok" if not differ else "fail", value, **runs,
+                 agree=agree, tolerance={"train_loss": AGREE_LOSS, "test_error": AGREE_ERROR})
 
 # -- throughput --

@@ -30,7 +30,8 @@ def environment(d: Doctor) -> None:
               name=props.name, capability=list(cap), memory_bytes=props.total_memory,
               multiprocessors=props.multi_processor_count)
         bf16 = torch.cuda.is_bf16_supported()
-        d.add(s, "bf16", "ok" if bf16 else "skip", "supported" if bf16 else "not supported: amp stays off")
+        d.add(s, "bf16", "ok" if bf16 else "skip",
+              "supported" if bf16 else "not supported: train.precision bf16 is refused")
         d.add(s, "TF32", "info", f"{'available' if cap[0] >= 8 else 'not available'} (matmul allowed: "
               f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN allowed: {torch.backends.cudnn.allow_tf32})")
     compiler = compile_support()

@@ -9,8 +9,8 @@ is a fail row with the error, and the others still run. Measurements stop being 
 time budget is spent (the rest are skip rows that say so).
 
 Sections: environment; cuda path (bf16 autocast, channels_last, compile, deterministic mode with a
-bit-exact resume, resume across device types, divergence detection); agreement (fp32 vs bf16 runs
-of the same short training); throughput (the bench's ours/conventional ratio, images/s of
+bit-exact resume, resume across device types, divergence detection); agreement (true fp32 vs tf32 and
+bf16 runs of the same short training); throughput (the bench's ours/conventional ratio, images/s of
 ResNet-20/56/110, training FLOP/s against the same run's matmul rate, a profile of where step time
 goes); several nets (aggregate images/s of 1, 2, 4, 8 worker processes on the one device, and
 compile modes incl. CUDA graphs); data (the --data ImageFolder subset, else synthetic).
@@ -37,7 +37,7 @@ def run_doctor(opts: Options, on_check=None) -> dict:
                         ("resume across device types", cuda_path.check_cross_device),
                         ("divergence detection", cuda_path.check_divergence)):
         d.guarded("cuda path", name, lambda c=check: c(d))
-    d.guarded("agreement", "fp32 vs bf16", lambda: cuda_path.check_agreement(d))
+    d.guarded("agreement", "fp32 vs tf32 and bf16", lambda: cuda_path.check_agreement(d))
     d.guarded("throughput", "bench: ours vs conventional", lambda: throughput.check_bench(d))
     for name in d.throughput_models():
         d.guarded("throughput", f"{name} images/s", lambda n=name: throughput.check_images_per_second(d, n))

@@ -3,8 +3,9 @@
 Nothing is retrained and Optuna is not needed: every number comes from the runs' tags, params
 and metric histories (the contract in `runners.tracking.naming`), read by
 `runners.tracking.results`: FINISHED runs of the `confirm`/`train` stages, never `search`
-trials. Diverged runs are counted ("fail k/N") and drawn as x markers but kept out of means and
-tests, where one exploded run would otherwise set the result. Statistics live in
+trials. Fails (He 2016b's rule, `stats.FAIL_TEST_ERROR`: test error above 20%, or diverged) are
+counted ("fail k/N") in every legend; diverged runs are drawn as x markers but kept out of means
+and tests, where one exploded run would otherwise set the result. Statistics live in
 `runners.report.stats`, tables in `runners.report.tables`, the papers' numbers in
 `runners.report.paper`.
 
@@ -94,10 +95,15 @@ def _kind_colors(study: Study) -> dict[tuple, tuple]:
     return dict(zip(kinds, sns.color_palette("colorblind", max(len(kinds), 1))))
 
 
+def _fails(runs: list[RunRecord]) -> int:
+    """He 2016b's fails among `runs`: test error above 20%, or diverged."""
+    return sum(stats.is_fail(r.final_test, r.diverged) for r in runs)
+
+
 def _seeds_text(runs: list[RunRecord]) -> str:
-    n = sum(r.converged for r in runs)
-    d = len(runs) - n
-    return f"n={n}" + (f", fail {d}/{len(runs)}" if d else "")
+    """'n=<converged runs>' and, if any, 'fail k/N' (the fails among all N)."""
+    n, k = sum(r.converged for r in runs), _fails(runs)
+    return f"n={n}" + (f", fail {k}/{len(runs)}" if k else "")
 
 
 def integer_ticks(axis) -> None:
@@ -268,9 +274,9 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
             err = np.array([[m - 100 * lo, 100 * hi - m] for m, (lo, hi) in zip(mean, bars)]).T
             lows += [100 * lo for lo, _ in bars]
             highs += [100 * hi for _, hi in bars]
-            fails = sum(s_.failed for s_ in sums)
+            fails = sum(_fails(study.by_variant[v]) for v in vs)
             label = (vs[0].kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if len(lines) > 1 else "")
-                     + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} failed" if fails else "")
+                     + f" ({_n_text([s_.n for s_ in sums])}" + (f", {fails} fail" if fails else "")
                      + (", min..max bars" if band == "ci" and any(1 < s_.n < stats.MIN_SEEDS_FOR_CI for s_ in sums)
                         else "") + ")")
             ax.errorbar(xs, mean, yerr=err, fmt="-o", color=color, ms=3.5, lw=1.2, capsize=2.5, label=label,

@@ -201,12 +201,14 @@ PAPER_RECIPE = {"train.batch_size": 128, "train.lr": 0.1, "train.momentum": 0.9,
                 "train.gamma": 0.1}
 PAPER_BN_BATCH = 64
 PAPER_ITERATIONS = 64_000
+# A run's precision other than the papers' fp32 (runners/train/config.py TrainConfig.precision).
+PRECISION_NOTES = {"bf16": "bf16 autocast", "tf32": "TF32 matmuls and convolutions"}
 
 
-def recipe_differences(params: dict, *, iterations: float | None = None, amp: bool | None = None,
+def recipe_differences(params: dict, *, iterations: float | None = None, precision: str | None = None,
                        device: str | None = None) -> list[str]:
     """What a run did differently from the papers' CIFAR recipe, one phrase each; only what its
-    params (and `iterations` done, `amp`/`device` as trained) say, nothing guessed."""
+    params (and `iterations` done, `precision`/`device` as trained) say, nothing guessed."""
     out = []
     name = params.get("data.name")
     if name == "synthetic":
@@ -247,8 +249,8 @@ def recipe_differences(params: dict, *, iterations: float | None = None, amp: bo
         out.append(f"{params['data.normalize']} normalization (papers: per-pixel mean)")
     if params.get("data.augment") == "false":
         out.append("no augmentation (papers: pad-4 crops and flips)")
-    if amp:
-        out.append("bf16 autocast" + (f" on {device}" if device else "") + " (papers: fp32)")
+    if precision in PRECISION_NOTES:
+        out.append(PRECISION_NOTES[precision] + (f" on {device}" if device else "") + " (papers: fp32)")
     bn = _num(_get(params, "bn_batch"), float("nan"))
     batch = _num(params.get("train.batch_size"), float("nan"))
     seen = bn if bn == bn else batch

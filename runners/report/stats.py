@@ -3,10 +3,12 @@
 Seeds are few (2-6 per variant), so every interval is a Student-t interval, not a normal one,
 and every test is one scipy names: the numbers can be checked against scipy on the same data.
 
-* A variant's final error: mean, sample std (ddof=1), the 95% t-interval of the mean, median
-  and best (lowest) over its converged seeds, and how many of its runs failed (diverged). The
-  papers report a diverged configuration as "fail"; here it is "fail k/N" and stays out of the
-  mean, where one exploded run would otherwise set the result.
+* A run fails, as He 2016b defines it (Table 1's note), when its test error is above 20%; a
+  run that diverged fails too (FAIL_TEST_ERROR). A variant's final error: the median and best
+  (lowest) over ALL its N runs, a fail counting as the worst (+inf), as the paper's "median of
+  5" is taken (a median that lands on a fail is "fail"); the fail count ("fail k/N"); and the
+  mean, sample std (ddof=1) and 95% t-interval of the mean over its converged (not diverged)
+  runs, where one exploded run would otherwise set the result.
 * With fewer than 3 seeds a t-interval says little (with 2, t_0.975 = 12.7: the 95% interval
   of an error can pass 100%); figures then draw the min..max of the seeds and say so.
 * Intervals of an error are clipped to its range, [0, 100]%: the t-interval is symmetric, the
@@ -31,20 +33,31 @@ from scipy import stats
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6
 MIN_SEEDS_FOR_CI = 3  # below this, bands are min..max of the seeds
+# He 2016b, Table 1's note: '"fail" means the test error is higher than 20%' (CIFAR-10 at the
+# papers' 64k-iteration recipe); a diverged run (no finite error) fails too. A fraction.
+FAIL_TEST_ERROR = 0.20
+FAIL_RULE = "He 2016b Table 1's note: test error above 20% (CIFAR-10), or diverged"
+
+
+def is_fail(test_error: float, diverged: bool = False) -> bool:
+    """He 2016b's fail (FAIL_TEST_ERROR): `test_error` a fraction, NaN/inf when it diverged."""
+    return diverged or not math.isfinite(test_error) or test_error > FAIL_TEST_ERROR
 
 
 @dataclass(frozen=True)
 class Summary:
-    """Final errors of one variant's runs; the failed ones (non-finite) are counted, not averaged."""
+    """Final errors of one variant's runs: the diverged ones (non-finite) are counted, not averaged;
+    the fails (diverged, or above `fail_above`) count as the worst in the median and the best."""
 
     n: int  # converged runs (finite values)
     failed: int  # runs with no finite value: diverged
-    mean: float
+    mean: float  # over the converged runs
     std: float  # sample std (ddof=1); nan for n < 2
     lo: float  # 95% t-interval of the mean (clipped to `bounds` if given); nan for n < 2
     hi: float
-    median: float
-    best: float  # the lowest value: the best error
+    median: float  # over all runs, a fail as +inf: inf when the median lands on a fail
+    best: float  # the lowest value over all runs: inf when every run failed
+    fails: int = 0  # diverged + above fail_above
 
     @property
     def runs(self) -> int:
@@ -52,27 +65,34 @@ class Summary:
 
     def fail_text(self) -> str:
         """'' when nothing failed, 'fail' when every run did (as the papers write it), else 'fail k/N'."""
-        if not self.failed:
+        if not self.fails:
             return ""
-        return "fail" if not self.n else f"fail {self.failed}/{self.runs}"
+        return "fail" if self.fails == self.runs else f"fail {self.fails}/{self.runs}"
 
 
-def summarize(values, bounds: tuple[float, float] | None = None) -> Summary:
-    """Summary of `values`; non-finite values are failed runs. `bounds` clips the interval."""
+def summarize(values, bounds: tuple[float, float] | None = None, fail_above: float | None = None) -> Summary:
+    """Summary of `values`; non-finite values are diverged runs, and with those above `fail_above`
+    (in the values' unit) fails. `bounds` clips the interval."""
     allv = np.asarray(list(values), float)
-    x = allv[np.isfinite(allv)]
+    finite = np.isfinite(allv)
+    x = allv[finite]
     n, failed = len(x), len(allv) - len(x)
+    fail = ~finite | (allv > fail_above) if fail_above is not None else ~finite
+    ranked = np.where(fail, math.inf, allv)  # a fail is the worst
+    median = float(np.sort(ranked)[(len(ranked) - 1) // 2:len(ranked) // 2 + 1].mean()) if len(ranked) else math.nan
+    best = float(np.min(ranked)) if len(ranked) else math.nan
+    fails = int(fail.sum())
     if n == 0:
-        return Summary(0, failed, *[math.nan] * 6)
-    mean, median, best = float(np.mean(x)), float(np.median(x)), float(np.min(x))
+        return Summary(0, failed, *[math.nan] * 4, median, best, fails)
+    mean = float(np.mean(x))
     if n < 2:
-        return Summary(1, failed, mean, math.nan, math.nan, math.nan, median, best)
+        return Summary(1, failed, mean, math.nan, math.nan, math.nan, median, best, fails)
     std = float(np.std(x, ddof=1))
     half = t_half_width(std, n)
     lo, hi = mean - half, mean + half
     if bounds is not None:
         lo, hi = clip(lo, hi, bounds)
-    return Summary(n, failed, mean, std, lo, hi, median, best)
+    return Summary(n, failed, mean, std, lo, hi, median, best, fails)
 
 
 def t_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:

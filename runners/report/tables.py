@@ -2,9 +2,11 @@
 
 They read a `runners.tracking.results.Study` (duck-typed: by_variant, runs, lines(), ignored).
 Every table puts the papers' number beside a variant where a paper has one
-(`runners.report.paper`), counts failed (diverged) runs as "fail k/N", corrects the p-values of
-each column with Holm's method, and lists under it every way the runs' recipe differs from the
-papers', read from their params.
+(`runners.report.paper`), counts the fails (He 2016b's rule, `stats.FAIL_TEST_ERROR`: test error
+above 20%, or diverged) as "fail k/N" beside every row, takes the median and best over all N
+runs with a fail as the worst, corrects the p-values of each column with Holm's method, and
+lists under it every way the runs' recipe differs from the papers', read from their params, and
+every run of the store it left out, by reason.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from . import paper
-from .stats import WILCOXON_MIN_PAIRS, holm, paired, summarize, welch
+from .stats import FAIL_RULE, FAIL_TEST_ERROR, WILCOXON_MIN_PAIRS, holm, paired, summarize, welch
 
 # -- tables -------------------------------------------------------------------------------------
 # A table is (columns, rows, notes): rows are lists of already-formatted strings, so the three
@@ -94,6 +96,7 @@ def _tex(s: str) -> str:
 
 # -- the tables of `ablate figures` ---------------------------------------------------------------
 PCT = (0.0, 100.0)  # an error's range, in the tables' unit
+FAIL_PCT = 100 * FAIL_TEST_ERROR  # He 2016b's fail, in the tables' unit
 
 
 def _pct(runs, attr: str) -> list[float]:
@@ -113,6 +116,36 @@ def _fail(summary) -> str:
     return summary.fail_text() or f"0/{summary.runs}"
 
 
+def _test_summary(runs):
+    """The final test errors (%) of `runs`: fails by He 2016b's rule, mean over the converged."""
+    return summarize(_pct(runs, "final_test"), PCT, fail_above=FAIL_PCT)
+
+
+def _ranked(x: float, digits: int) -> str:
+    """A median or best over all runs: 'fail' where it lands on a fail (+inf)."""
+    return "fail" if x == math.inf else fmt_float(x, digits) or "n/a"
+
+
+def named(names: list[str], most: int = 8) -> str:
+    """': a, b, c' (at most `most` names, then how many more); '' for none."""
+    if not names:
+        return ""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ": " + ", ".join(names[:most]) + more
+
+
+def fail_notes(study) -> list[str]:
+    """The fail rule, and every run of the store this table does not hold, named by reason."""
+    notes = [f"fail = {FAIL_RULE}; the rule is the paper's for CIFAR-10 trained to its full 64k iterations: "
+             f"a short or small-scale run (the CPU demo) ends above {FAIL_PCT:g}% and counts as a fail although it "
+             "trained, its error is still in the mean over converged runs"]
+    names = getattr(study, "left_out", {})
+    for reason, k in sorted(study.ignored.items()):
+        why = " (crashed, killed or still running: never finished)" if reason.startswith("status ") else ""
+        notes.append(f"left out: {k} run(s) with {reason}{why}{named(names.get(reason, []))}")
+    return notes
+
+
 def _iterations(r) -> float | None:
     its = r.curves.get("iteration")
     return its[max(its)] if its else None
@@ -122,7 +155,7 @@ def recipe_notes(runs) -> list[str]:
     """Every way these runs' recipe differs from the papers', with how many runs it applies to."""
     counts: dict[str, int] = {}
     for r in runs:
-        for d in paper.recipe_differences(r.params, iterations=_iterations(r), amp=r.amp, device=r.device):
+        for d in paper.recipe_differences(r.params, iterations=_iterations(r), precision=r.precision, device=r.device):
             counts[d] = counts.get(d, 0) + 1
     if not counts:
         return ["recipe vs the papers: no difference from their CIFAR recipe in the runs' params"]
@@ -150,24 +183,25 @@ def variant_table(study) -> Table:
     refs = paper_numbers(study)
     shown = [p for p in paper.PAPERS if any(p in r for r in refs.values())]
     columns = ["family", "depth", "block", "shortcut", "preact", "width", "axes", "detail", "seeds", "diverged",
-               "n", "fail", "train_error_mean_pct", "train_error_std_pct", "test_error_mean_pct",
+               "n", "fail", "fails", "train_error_mean_pct", "train_error_std_pct", "test_error_mean_pct",
                "test_error_std_pct", "test_error_ci_lo_pct", "test_error_ci_hi_pct", "test_error_median_pct",
                "test_error_best_pct", "num_params", "macs"]
     for p in paper.PAPERS:
         tag = p.split()[-1]
         columns += [f"paper_{tag}_pct", f"paper_{tag}_source"]
-    headers = ["net", "fail", "train err. (%)", "test err. (%)", "test 95% CI", "median", "best"] + \
+    headers = ["net", "fail", "train err. (%, converged)", "test err. (%, converged)", "test 95% CI (converged)",
+               "median of N", "best of N"] + \
         [_paper_header(p) for p in shown] + ["params", "MACs"]
     csv_rows, rows = [], []
     for v, runs in study.by_variant.items():
-        tr, te = summarize(_pct(runs, "final_train"), PCT), summarize(_pct(runs, "final_test"), PCT)
+        tr, te = summarize(_pct(runs, "final_train"), PCT), _test_summary(runs)
         first = runs[0].params
         ref = refs.get(v, {})
         csv_row = [v.family, str(v.depth), v.block, v.shortcut, "true" if v.preact else "false", v.width,
                    ";".join(f"{k}={x}" for k, x in v.extra), v.detail,
-                   str(len(runs)), str(te.failed), str(te.n), _fail(te),
+                   str(len(runs)), str(te.failed), str(te.n), _fail(te), str(te.fails),
                    fmt_float(tr.mean, 6), fmt_float(tr.std, 6), fmt_float(te.mean, 6), fmt_float(te.std, 6),
-                   fmt_float(te.lo, 6), fmt_float(te.hi, 6), fmt_float(te.median, 6), fmt_float(te.best, 6),
+                   fmt_float(te.lo, 6), fmt_float(te.hi, 6), _ranked(te.median, 6), _ranked(te.best, 6),
                    first.get("num_params", ""), first.get("macs", "")]
         for p in paper.PAPERS:
             num = ref.get(p)
@@ -176,16 +210,18 @@ def variant_table(study) -> Table:
         csv_rows.append(csv_row)
         name = v.label(with_line=multi) + ("" if v.block == "basic" or multi else f" [{v.block}]")
         row = [name, _fail(te), pm(tr.mean, tr.std), pm(te.mean, te.std), interval(te.lo, te.hi),
-               fmt_float(te.median, 2) or "n/a", fmt_float(te.best, 2) or "n/a"]
+               _ranked(te.median, 2), _ranked(te.best, 2)]
         for p in shown:
             num = ref.get(p)
             row.append("" if num is None else num.text() + (f" ({num.stat})" if "best" in num.stat else ""))
         rows.append(row + [_count(first.get("num_params")), _count(first.get("macs"))])
-    notes = ["final error = the last logged epoch; mean ± sample std over the converged seeds; "
-             "95% CI = Student-t interval of the mean, clipped to [0, 100]; median and best (lowest) "
-             "test error over the converged seeds",
-             "fail k/N = k of the N FINISHED runs diverged (tagged diverged or a non-finite final error): "
-             "counted here, kept out of means and tests; 'fail' alone: every run did, as the papers write it"]
+    notes = ["final error = the last logged epoch; median and best (lowest) test error over ALL N runs, a fail "
+             "counting as the worst, as the papers' 'median of 5' is taken ('fail': it lands on a fail); "
+             "mean ± sample std and 95% CI (Student-t interval of the mean, clipped to [0, 100]) over the "
+             "converged runs only (not diverged; a run above the fail threshold is in them)",
+             "fail k/N = k of the N FINISHED runs fail (test error above 20%, or diverged: tagged diverged or a "
+             "non-finite final error); 'fail' alone: every run did, as the papers write it; diverged runs are "
+             "kept out of means and tests"] + fail_notes(study)
     for p in shown:
         tables = sorted({num.tables for r in refs.values() if (num := r.get(p))})
         notes.append(f"{p} ({', '.join(tables)}): CIFAR test error, {paper.STAT[p]}; set beside every variant "
@@ -226,11 +262,10 @@ def plain_vs_residual_table(study) -> Table | None:
         seeds = [s for s in plain if s in res]
         cmp = {m: paired([100 * getattr(plain[s], f"final_{m}") for s in seeds],
                          [100 * getattr(res[s], f"final_{m}") for s in seeds]) for m in ("test", "train")}
-        fails = [_fail(summarize(_pct(study.by_variant[x], "final_test"))) for x in (p, v)]
+        fails = [_fail(_test_summary(study.by_variant[x])) for x in (p, v)]
         found.append((v, p, seeds, cmp, fails))
     adj = _holm_columns([f[3] for f in found], ("test", "train"))
-    any_fail = any(not f.startswith("0/") for x in found for f in x[4])
-    headers = ["depth", "residual net", "pairs (n)"] + (["fail (plain, res.)"] if any_fail else []) + \
+    headers = ["depth", "residual net", "pairs (n)", "fail (plain, res.)"] + \
         ["Δ test (pp)", "95% CI", "p t / Holm", "p Wilcoxon / Holm", "Δ train (pp)", "95% CI", "p t / Holm",
          "p Wilcoxon / Holm", "test used"]
     csv_rows, rows = [], []
@@ -238,7 +273,7 @@ def plain_vs_residual_table(study) -> Table | None:
         used = cmp["test"].test
         row = [v.family, v.block, v.width, str(v.depth), v.kind_label(), str(len(seeds)), *fails, used]
         shown = [str(v.depth), v.label() + ("" if p.preact == v.preact else " vs post-act plain"), str(len(seeds))]
-        shown += [", ".join(fails)] if any_fail else []
+        shown += [", ".join(fails)]
         for m in ("test", "train"):
             c = cmp[m]
             row += [fmt_float(c.diff, 6), fmt_float(c.lo, 6), fmt_float(c.hi, 6), pval(c.p_t), pval(a[(m, "p_t")]),
@@ -248,12 +283,12 @@ def plain_vs_residual_table(study) -> Table | None:
         csv_rows.append(row)
         rows.append(shown + [used])
     notes = ["Δ = plain − residual final error in percentage points (> 0: the residual net is better), "
-             "over seeds paired by the `seed` tag (same data order and split); converged runs only, "
-             "failed (diverged) runs are counted as fail k/N",
+             "over seeds paired by the `seed` tag (same data order and split); converged (not diverged) runs only; "
+             "fail k/N beside each row: test error above 20% or diverged",
              "paired t = scipy.stats.ttest_rel and its 95% t-interval; Wilcoxon signed-rank "
              f"(scipy.stats.wilcoxon) only with >= {WILCOXON_MIN_PAIRS} pairs; n/a with fewer than 2 pairs",
              f"p raw / Holm-adjusted over the {len(found)} comparison(s) of each p column of this table"]
-    notes += recipe_notes(_runs_of(study, (x for f in found for x in f[:2])))
+    notes += fail_notes(study) + recipe_notes(_runs_of(study, (x for f in found for x in f[:2])))
     return Table("Plain vs residual at each depth", columns, headers, csv_rows, rows, notes)
 
 
@@ -278,7 +313,7 @@ def degradation_table(study) -> Table | None:
                "p / Holm", "test used"]
     csv_rows, rows = [], []
     for (line, lo, hi, cmp), a in zip(found, adj):
-        s_lo, s_hi = (summarize(_pct(study.by_variant[x], "final_test")) for x in (lo, hi))
+        s_lo, s_hi = (_test_summary(study.by_variant[x]) for x in (lo, hi))
         name = lo.kind_label() + (f" [{line[0]}, {line[1]}, w{line[2]}]" if multi else "")
         used = cmp["train"].test
         row = [line[0], line[1], line[2], lo.kind_label(), str(lo.depth), str(hi.depth), str(s_lo.n), str(s_hi.n),
@@ -293,9 +328,10 @@ def degradation_table(study) -> Table | None:
     notes = ["Δ = final error of the deepest − the shallowest net of each kind, in percentage points; "
              "Δ train > 0 is the degradation problem (He 2016a Sec. 4.1: deeper plain nets train worse)",
              "Welch's t-test (scipy.stats.ttest_ind, equal_var=False) and its 95% interval: different depths "
-             "are independent runs, so seeds are not paired; converged runs only, failed runs counted as fail k/N",
+             "are independent runs, so seeds are not paired; converged (not diverged) runs only; fail k/N beside "
+             "each row: test error above 20% or diverged",
              f"p raw / Holm-adjusted over the {len(found)} comparison(s) of each p column of this table"]
-    notes += recipe_notes(_runs_of(study, (x for f in found for x in f[1:3])))
+    notes += fail_notes(study) + recipe_notes(_runs_of(study, (x for f in found for x in f[1:3])))
     return Table("Degradation: shallowest to deepest net", columns, headers, csv_rows, rows, notes)
 
 def summary_markdown(study, written: list[str], skipped: list[str], notes: list[str]) -> str:
@@ -303,9 +339,12 @@ def summary_markdown(study, written: list[str], skipped: list[str], notes: list[
     lines = [f"# {study.name}: figures and tables from MLflow", "",
              f"- experiment id: {study.experiment_id}",
              f"- runs used: {len(runs)} FINISHED (stage confirm/train) in {len(study.by_variant)} variants, "
-             f"of which {sum(r.diverged for r in runs)} diverged (counted, drawn as x, not averaged)"]
+             f"of which {sum(r.diverged for r in runs)} diverged (counted, drawn as x, not averaged) and "
+             f"{sum(not r.diverged and r.final_test > FAIL_TEST_ERROR for r in runs)} more ended above "
+             f"{FAIL_PCT:g}% test error: fails by {FAIL_RULE.split(':')[0]} (kept in the means)"]
+    names = getattr(study, "left_out", {})
     for reason, k in sorted(study.ignored.items()):
-        lines.append(f"- not used: {k} run(s) with {reason}")
+        lines.append(f"- not used: {k} run(s) with {reason}{named(names.get(reason, []))}")
     lines += ["", "## Written", ""] + ([f"- {w}" for w in written] or ["- nothing yet"])
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]

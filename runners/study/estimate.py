@@ -14,6 +14,7 @@ counted at its full length (pruning only shortens it), so search costs are upper
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +93,19 @@ def estimate(spec: StudySpec, tflops: float | None = None,
                                     plan.iterations, images, max(compute, launch) / 3600,
                                     "compute" if compute >= launch else "launch"))
     return rows, source
+
+
+def dry_run_document(spec: StudySpec, tflops: float | None = None) -> dict:
+    """`ablate run SPEC --dry-run --json`: every variant's resolved architecture (ArchSpec fields)
+    and training config (precision included), its params, MACs and runs, and its estimate rows,
+    as one JSON-ready dict; nothing is written."""
+    rows, source = estimate(spec, tflops)
+    variants = []
+    for v in spec.variants:
+        own = [r for r in rows if r.variant in (v.key, f"{v.key} (search)")]
+        variants.append({"variant": v.key, "arch": v.arch.as_dict(),
+                         "train": dataclasses.asdict(v.recipe(spec.train)), "params": own[0].params,
+                         "macs": own[0].macs, "runs": sum(r.runs for r in own),
+                         "estimate": [{**dataclasses.asdict(r), "total_gpu_hours": r.total_gpu_hours} for r in own]})
+    return {"study": spec.name, "training_images": source, "runs": sum(r.runs for r in rows),
+            "gpu_hours": sum(r.total_gpu_hours for r in rows), "tflops": tflops, "variants": variants}

@@ -93,7 +93,7 @@ class RunRecord:
     final_train: float = math.nan  # last logged step, as a fraction
     final_test: float = math.nan
     device: str | None = None  # where it trained, from config.json when the params do not say
-    amp: bool | None = None  # bf16 autocast on; None: unknown
+    precision: str | None = None  # fp32 | tf32 | bf16, as it trained; None: unknown
 
     @property
     def converged(self) -> bool:
@@ -106,6 +106,7 @@ class Study:
     experiment_id: str
     by_variant: dict[VariantAxes, list[RunRecord]]  # sorted by VariantAxes.sort_key, runs by seed
     ignored: Counter = field(default_factory=Counter)  # reason -> runs not used
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # reason -> those runs' names, for the notes
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -163,18 +164,23 @@ def load_study(c, name: str) -> Study:
         if not token:
             break
     ignored: Counter = Counter()
+    left_out: dict[str, list[str]] = defaultdict(list)
+
+    def leave_out(reason: str, run) -> None:
+        ignored[reason] += 1
+        left_out[reason].append(run.info.run_name or run.info.run_id)
     usable = []  # (axes key, variant tag or None, seed, run), oldest first
     for run in runs:
         tags, status = run.data.tags, run.info.status
         stage = tags.get("stage", "train")
         if stage not in STAGES:
-            ignored[f"stage {stage}"] += 1
+            leave_out(f"stage {stage}", run)
             continue
         if any(a not in tags for a in AXES):
-            ignored["no axis tags (not a training run)"] += 1
+            leave_out("no axis tags (not a training run)", run)
             continue
         if status != "FINISHED":
-            ignored[f"status {status}"] += 1
+            leave_out(f"status {status}", run)
             continue
         axes = tuple((a, tags[a]) for a in axis_names(tags, run.data.params) if a != "seed")
         usable.append((axes, tags.get("variant"), tags["seed"], run))
@@ -188,7 +194,7 @@ def load_study(c, name: str) -> Study:
             key = next(iter(keys_of[axes]))
         # A seed re-run (e.g. confirm after train) replaces the earlier one: pairs stay one-to-one.
         if (axes, key, seed) in latest:
-            ignored["superseded by a later run of the same variant and seed"] += 1
+            leave_out("superseded by a later run of the same variant and seed", latest[(axes, key, seed)])
         latest[(axes, key, seed)] = run
     groups: dict[tuple, set] = defaultdict(set)  # axes -> the variant keys left after joining
     for axes, key, _ in latest:
@@ -200,7 +206,7 @@ def load_study(c, name: str) -> Study:
         by_variant[v].append(_record(c, run, v, seed))
     ordered = {v: sorted(by_variant[v], key=lambda r: _seed_key(r.seed))
                for v in sorted(by_variant, key=VariantAxes.sort_key)}
-    return Study(name, exp.experiment_id, ordered, ignored)
+    return Study(name, exp.experiment_id, ordered, ignored, dict(left_out))
 
 
 def _variant(axes: tuple, key: str | None, keys: set) -> VariantAxes:
@@ -237,25 +243,41 @@ def _record(c, run, v: VariantAxes, seed: str) -> RunRecord:
     # An untagged run whose last error is NaN/inf diverged too; it must not vanish from a mean.
     if not (math.isfinite(rec.final_train) and math.isfinite(rec.final_test)):
         rec.diverged = True
-    rec.device, rec.amp = _runtime(c, run.info.run_id, params)
+    rec.device, rec.precision = _runtime(c, run.info.run_id, params)
     return rec
 
 
-def _runtime(c, run_id: str, params: dict) -> tuple[str | None, bool | None]:
-    """(device, bf16 on) of a run: from the params where they decide it, else its config.json
-    (device=auto resolves at run time; the trainer records what it resolved to)."""
-    device, amp = params.get("train.device"), params.get("train.amp")
-    if amp in ("bf16", "off"):
-        return (device if device not in (None, "auto") else None), amp == "bf16"
-    if device not in (None, "auto"):
-        return device, amp == "auto" and device.startswith("cuda")
-    if amp is None:
-        return None, None
+def _precision(precision: str | None, amp: str | None, device: str | None) -> str | None:
+    """What a run computed in on `device` (None: not known here). `train.precision` (fp32, tf32,
+    bf16) names it, tf32 being fp32 on a CPU; a run logged before that field has `train.amp`
+    instead: bf16 is bf16, auto was bf16 on CUDA, and off was fp32 with torch's default cuDNN
+    TF32 convolutions on CUDA (tf32), plain fp32 on a CPU."""
+    cuda = None if device in (None, "auto") else device.startswith("cuda")
+    if precision is not None:
+        return precision if precision != "tf32" else (None if cuda is None else "tf32" if cuda else "fp32")
+    if amp == "bf16":
+        return "bf16"
+    if amp in ("auto", "off") and cuda is not None:
+        return ("bf16" if amp == "auto" else "tf32") if cuda else "fp32"
+    return None
+
+
+def _runtime(c, run_id: str, params: dict) -> tuple[str | None, str | None]:
+    """(device, precision) of a run: from the params where they decide it, else its config.json
+    (device=auto resolves at run time; the trainer records what it resolved to, and the precision
+    it computed in; an older config.json says `amp`, whether bf16 autocast was on)."""
+    device, precision, amp = params.get("train.device"), params.get("train.precision"), params.get("train.amp")
+    known = _precision(precision, amp, device)
+    if known is not None or (precision is None and amp is None):
+        return (device if device not in (None, "auto") else None), known
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run otherwise
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = c.download_artifacts(run_id, "config.json", tmp)
             cfg = json.loads(Path(path).read_text())
-        return str(cfg.get("device")), bool(cfg.get("amp"))
     except Exception:  # noqa: BLE001 - no artifact (e.g. a store copied without them): unknown
         return None, None
+    device = str(cfg.get("device"))
+    if "precision" in cfg:
+        return device, cfg["precision"]
+    return device, "bf16" if cfg.get("amp") else _precision(None, "off", device)

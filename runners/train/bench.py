@@ -4,7 +4,8 @@ nothing.
 
 ours          the trainer's `Run.steps()` (runners/train/trainer.py), driven directly: uint8
               dataset on the device, batched pad-crop-flip, randperm slices, channels_last,
-              bf16 autocast on CUDA (fp32 head), multi-tensor SGD, the trainer's bookkeeping.
+              the run's precision (fp32 by default; bf16 autocast with an fp32 head when asked),
+              multi-tensor SGD, the trainer's bookkeeping.
 conventional  what most CIFAR scripts do: a torch DataLoader over a dataset of PIL images (as
               torchvision's CIFAR10: a uint8 array, one PIL image per __getitem__) with
               torchvision's per-image RandomCrop(32, 4), RandomHorizontalFlip, ToTensor and
@@ -159,14 +160,14 @@ def timed(fn, steps: int, device: torch.device) -> float:
 def bench(arch: ArchSpec, data: Dataset, *, device: torch.device, batch_size: int = 128,
           steps: int | None = None, repeats: int = 5, warmup_steps: int = 3, workers: int | None = None,
           threads: int | None = None, compile: bool = False, conventional: bool = True,
-          utilization: bool = False) -> dict:
+          utilization: bool = False, precision: str = "fp32") -> dict:
     """Images/s of ours and the conventional loop (medians of alternating repeats), their ratio,
     and with `utilization` the training FLOP/s (6 x MACs per image x images/s: forward 2, backward
     4) as a fraction of the matmul FLOP/s measured between them."""
     steps = steps or default_steps(device)
     workers = default_workers(device) if workers is None else workers
     cfg = TrainConfig(iterations=10**9, batch_size=batch_size, device=str(device), threads=threads,
-                      compile=compile, schedule="constant", probe=False).validate()
+                      compile=compile, schedule="constant", probe=False, precision=precision).validate()
     with runtime(cfg, device):
         run = Run(arch, cfg, data, device, None, None, None)
         loops = {"ours": OursLoop(run, run.forward())}
@@ -198,7 +199,7 @@ def bench(arch: ArchSpec, data: Dataset, *, device: torch.device, batch_size: in
     out = {"model": arch.as_dict(), "dataset": data.name, "train_images": len(data.train),
            "batch_size": batch_size, "device": str(device), "threads": threads_used, "cpus": os.cpu_count(),
            "workers": workers, "steps": steps, "repeats": repeats, "warmup_steps": warmup_steps,
-           "amp": run.amp, "channels_last": cfg.channels_last, "compile": compile,
+           "amp": run.amp, "precision": run.precision, "channels_last": cfg.channels_last, "compile": compile,
            "torch": torch.__version__, "rates": rates, "median": med}
     if conv is not None:
         out["ratio"] = med["ours"] / med["conventional"]

@@ -22,7 +22,7 @@ CHECKPOINT_VERSION = 1
 # Fields that change how a run executes, not what it computes: they may differ on resume and do
 # not enter the default checkpoint directory's hash.
 RUNTIME_FIELDS = ("device", "threads", "compile", "compile_mode", "eval_batch_size", "probe",
-                  "deterministic", "amp", "channels_last", "workers")
+                  "deterministic", "precision", "channels_last", "workers")
 
 
 def config_signature(arch: ArchSpec, cfg: TrainConfig, data_cfg: DataConfig) -> dict:

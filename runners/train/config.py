@@ -168,8 +168,10 @@ class TrainConfig:
     seed: int = option(0, "initialisation and data order")
     deterministic: bool = option(False, "deterministic algorithms: a resumed run ends with the same numbers")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    amp: Literal["auto", "bf16", "off"] = option("auto", "bf16 autocast; auto: bf16 where CUDA supports it, "
-                                                 "off on CPU")
+    precision: Literal["fp32", "tf32", "bf16"] = option(
+        "fp32", "fp32: true fp32, TF32 off for matmuls and cuDNN (the papers); tf32: TF32 allowed on CUDA (fp32 on "
+        "CPU); bf16: autocast of the body, the head in fp32 (opt-in: at b_g = -6 a gate's carry rounds "
+        "0.99753 -> 0.99609)")
     channels_last: bool = option(True, "the layout of tensor-core convolutions (faster on CPU too: README)")
     compile: bool = option(False, "torch.compile the training forward")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = option(
@@ -229,7 +231,7 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"train.threads must be at least 1, got {self.threads}")
         _check_literal(self, "schedule")
-        _check_literal(self, "amp")
+        _check_literal(self, "precision")
         _check_literal(self, "compile_mode")
         _check_literal(self, "recipe")
         if self.workers is not None and self.workers < 0:

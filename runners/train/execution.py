@@ -1,6 +1,6 @@
 """How a run executes on its device, as opposed to what it computes: the device, threads and
-determinism, bf16 autocast around the network's body, the memory format, compilation, and
-waiting for the device's queue."""
+determinism, the precision (true fp32, TF32, or bf16 autocast around the network's body), the
+memory format, compilation, and waiting for the device's queue."""
 from __future__ import annotations
 
 import contextlib
@@ -43,10 +43,15 @@ CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 @contextlib.contextmanager
 def runtime(cfg: TrainConfig, device: torch.device):
-    """Threads and determinism for the duration of a run; the process's settings are restored."""
+    """Threads, determinism and TF32 for the duration of a run; the process's settings are restored.
+
+    TF32 (10-bit mantissa matmuls and convolutions on Ampere and later) only for precision tf32:
+    torch allows it for cuDNN convolutions by default, which is not the papers' fp32."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     det_warn, bench = torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
     fill = _fill_uninitialized()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -67,6 +72,7 @@ def runtime(cfg: TrainConfig, device: torch.device):
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
         torch.backends.cudnn.benchmark = bench
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         _fill_uninitialized(fill)
 
 
@@ -80,12 +86,19 @@ def _fill_uninitialized(value: bool | None = None) -> bool | None:
     return det.fill_uninitialized_memory
 
 
-def use_amp(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast: by default on a CUDA device that supports bf16; off on CPU unless asked for
-    (slower there: README, Performance)."""
-    if cfg.amp == "bf16":
-        return True
-    return cfg.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast: for precision bf16 only (an opt-in: the default is the papers' fp32), on CPU
+    too (slower there: README, Performance); ConfigError on a GPU without bf16."""
+    if cfg.precision != "bf16":
+        return False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision bf16: {device} does not support bf16; use fp32 or tf32")
+    return True
+
+
+def precision_on(cfg: TrainConfig, device: torch.device) -> str:
+    """The precision a run computes in on `device`: tf32 is fp32 on a CPU (TF32 is a GPU format)."""
+    return "fp32" if cfg.precision == "tf32" and device.type != "cuda" else cfg.precision
 
 
 def memory_format(cfg: TrainConfig) -> torch.memory_format:
@@ -97,9 +110,9 @@ def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
 
 
 class MixedPrecision(nn.Module):
-    """The network's body under bf16 autocast (when `amp`), its head (pooling and the linear
-    classifier) in fp32: logits and losses then carry no bf16 rounding, so CUDA (bf16) and CPU
-    (fp32) runs are compared on the same footing. Returns fp32 logits (N, classes)."""
+    """The network's body under bf16 autocast (when `amp`: precision bf16), its head (pooling and
+    the linear classifier) in fp32: logits and losses then carry no bf16 rounding, so bf16 and
+    fp32 runs are compared on the same footing. Returns fp32 logits (N, classes)."""
 
     def __init__(self, model: ResNet, amp: bool) -> None:
         super().__init__()

@@ -38,7 +38,8 @@ from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config
 from .config import DataConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluation import evaluate, layer_responses
-from .execution import MixedPrecision, compile_forward, memory_format, resolve_device, runtime, sync, use_amp
+from .execution import (MixedPrecision, compile_forward, memory_format, precision_on,
+                        resolve_device, runtime, sync, use_bf16)
 from .schedule import LRSchedule, Plan
 from .stream import StreamDataset, default_workers
 
@@ -131,7 +132,8 @@ class Run:
         self.path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
         self.signature = config_signature(arch, cfg, data.config)
         self.plan = Plan.of(cfg, len(data.train))
-        self.amp, self.fmt = use_amp(cfg, device), memory_format(cfg)
+        self.amp, self.fmt = use_bf16(cfg, device), memory_format(cfg)
+        self.precision = precision_on(cfg, device)  # recorded in config.json (tf32 is fp32 on a CPU)
         self.check_every = 1 if device.type == "cpu" else 25  # a host sync per step is free only on CPU
         self.dist = distributed.current()
 
@@ -190,7 +192,7 @@ class Run:
                     "dataset": {"name": d.name, "train": len(d.train), "val": len(d.val),
                                 "test": len(d.test), "classes": d.classes, "input_size": d.input_size},
                     "plan": dataclasses.asdict(self.plan), "device": str(self.device),
-                    "amp": self.amp, "torch": torch.__version__, "git_sha": sha}, "config.json")
+                    "precision": self.precision, "torch": torch.__version__, "git_sha": sha}, "config.json")
         t.log_dict({**cx.as_dict(), "rows": cx.rows}, "complexity.json")
         t.log_dataset(d)
         for m in self.history:  # a resumed attempt's run still gets the complete curves

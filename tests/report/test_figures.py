@@ -333,7 +333,8 @@ def test_figures_have_integer_ticks_and_bands_within_range(tmp_path, monkeypatch
         return save(fig, out, stem)
 
     monkeypatch.setattr(figures, "save_figure", keep)
-    # Two seeds far apart (a 95% t-interval would pass 0 and 100) and three seeds near 0.
+    # Two seeds far apart (a 95% t-interval would pass 0 and 100; the one at 99% is a fail by He
+    # 2016b's 20% rule, still in the curves' mean) and three seeds near 0.
     wide = [{e: min(0.99, 0.5 + 0.45 * e / 7) for e in range(1, 8)}, {e: 0.05 for e in range(1, 8)}]
     low = [{e: 0.002 * s + 0.0005 * e for e in range(1, 8)} for s in range(3)]
     study = _study({("none", 20): wide, ("A", 20): low, ("none", 8): low, ("A", 8): wide})
@@ -354,7 +355,7 @@ def test_figures_have_integer_ticks_and_bands_within_range(tmp_path, monkeypatch
     by_depth = figs["curves_by_depth"].axes
     assert [ax.get_title() for ax in by_depth] == ["8 layers", "20 layers"]  # plain and residual overlaid
     assert {t.get_text() for t in by_depth[0].get_legend().get_texts()} == {"plain (n=3)",
-                                                                          "ResNet (A) (n=2, min..max band)"}
+                                                                          "ResNet (A) (n=2, fail 1/2, min..max band)"}
     for ax in figs["final_error_vs_depth"].axes:
         lo, hi = ax.get_ylim()
         assert 0 <= lo < hi <= 100
@@ -404,3 +405,44 @@ def test_a_missing_store_is_one_line_and_is_not_created(tmp_path):
     out = ablate("figures", "--experiment", "x", "--tracking-uri", f"sqlite:///{db}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no MLflow store" in out.stderr
     assert not db.exists() and not db.parent.exists()
+
+
+def test_fails_by_the_papers_rule_rank_worst_and_nothing_is_dropped_silently():
+    """He 2016b's fail (test error above 20%, or diverged) counts as the worst of all N runs in the
+    median and the best; the mean is over the converged runs; a killed run is named under the table."""
+    from collections import Counter
+
+    from runners.report import tables
+    from runners.tracking.results import RunRecord, Study, VariantAxes
+
+    def runs(v, finals):  # final test errors (fractions); None: diverged
+        return [RunRecord(f"{v.shortcut}-{i}", v, str(i), f is None, {"data.name": "cifar10", "depth": "20"},
+                          {"test_error": {1: math.nan if f is None else f}},
+                          math.nan if f is None else f - 0.01, math.nan if f is None else f)
+                for i, f in enumerate(finals)]
+    res, plain = (VariantAxes("cifar", 20, "basic", s, False, "1") for s in ("A", "none"))
+    study = Study("fails", "0", {plain: runs(plain, [0.08, 0.30, 0.35]),
+                                 res: runs(res, [0.06, 0.065, 0.07, 0.25, None])},
+                  ignored=Counter({"status KILLED": 1}), left_out={"status KILLED": ["A-20-s5"]})
+    t = tables.variant_table(study)
+    rows = {r[0]: dict(zip(t.headers, r)) for r in t.rows}
+    a = rows["ResNet-20 (A)"]
+    # the median of 5, ranked 6, 6.5, 7, fail (25%), fail (diverged); the mean over the 4 converged
+    assert (a["fail"], a["median of N"], a["best of N"]) == ("fail 2/5", "7.00", "6.00")
+    assert a["test err. (%, converged)"] == tables.pm(100 * np.mean([0.06, 0.065, 0.07, 0.25]),
+                                                      100 * np.std([0.06, 0.065, 0.07, 0.25], ddof=1))
+    p = rows["plain-20"]
+    assert (p["fail"], p["median of N"], p["best of N"]) == ("fail 2/3", "fail", "8.00")  # lands on a fail
+    csv_row = dict(zip(t.columns, t.csv_rows[[r[0] for r in t.rows].index("plain-20")]))
+    assert (csv_row["fails"], csv_row["diverged"], csv_row["n"], csv_row["test_error_median_pct"]) == \
+        ("2", "0", "3", "fail")
+    notes = " | ".join(t.notes)
+    assert "left out: 1 run(s) with status KILLED (crashed, killed or still running: never finished): A-20-s5" \
+        in notes
+    assert "test error above 20% (CIFAR-10), or diverged" in notes and "CPU demo" in notes
+    pvr = tables.plain_vs_residual_table(study)
+    assert pvr.rows[0][pvr.headers.index("fail (plain, res.)")] == "fail 2/3, fail 2/5"
+    assert any("A-20-s5" in n for n in pvr.notes)
+    summary = tables.summary_markdown(study, [], [], [])
+    assert "1 diverged" in summary and "3 more ended above 20% test error" in summary
+    assert "not used: 1 run(s) with status KILLED: A-20-s5" in summary

@@ -35,6 +35,20 @@ def test_failed_runs_are_counted_not_averaged():
     assert stats.summarize([5.0, 6.0]).fail_text() == ""
     every = stats.summarize([math.nan, math.nan])
     assert every.fail_text() == "fail" and math.isnan(every.mean)  # as the papers write it
+    assert every.median == math.inf and every.best == math.inf
+
+
+def test_the_median_and_best_are_over_all_runs_a_fail_the_worst():
+    # He 2016b's fail: test error above 20% (or diverged), counted as the worst of the N runs.
+    s = stats.summarize([6.0, 25.0, math.nan, 7.0, 6.5], fail_above=100 * stats.FAIL_TEST_ERROR)
+    assert (s.n, s.failed, s.fails, s.runs) == (4, 1, 2, 5) and s.fail_text() == "fail 2/5"
+    assert s.median == 7.0 and s.best == 6.0  # the median of 5, ranked 6, 6.5, 7, fail, fail
+    assert s.mean == pytest.approx(np.mean([6.0, 25.0, 7.0, 6.5]))  # over the converged runs
+    lands = stats.summarize([6.0, 25.0, math.nan], fail_above=20.0)
+    assert lands.median == math.inf and lands.best == 6.0  # the median lands on a fail
+    assert stats.summarize([6.0, 25.0, 7.0, 30.0], fail_above=20.0).median == math.inf  # even N: a fail in the middle
+    assert stats.is_fail(0.25) and stats.is_fail(math.nan) and stats.is_fail(0.05, diverged=True)
+    assert not stats.is_fail(0.20)
 
 
 def test_intervals_are_clipped_to_the_metric_range():
@@ -101,8 +115,9 @@ def test_paper_numbers_by_params(params, a, b):
 def test_recipe_differences_read_from_params():
     p = _params(depth=20, **{"data.name": "../shared/data/cifar10-jpeg-subset", "data.subset": 2000,
                              "data.val_size": 200, "train.epochs": 15, "train.iterations": "none",
-                             "train.batch_size": 64, "train.lr": 0.1, "train.amp": "auto", "train.warmup": "false"})
-    diffs = paper.recipe_differences(p, iterations=420, amp=True, device="cuda")
+                             "train.batch_size": 64, "train.lr": 0.1, "train.precision": "bf16",
+                             "train.warmup": "false"})
+    diffs = paper.recipe_differences(p, iterations=420, precision="bf16", device="cuda")
     text = " | ".join(diffs)
     for part in ("ImageFolder ../shared/data/cifar10-jpeg-subset", "subset of 2000", "200 training images held out",
                  "15 epochs (420 iterations) vs the papers' 64k iterations", "batch_size 64 (papers: 128)",
@@ -115,4 +130,23 @@ def test_recipe_differences_read_from_params():
     assert not any("lr 0.1" in d or "warm-up" in d for d in diffs)  # same as the paper: not listed
     paper_like = _params(**{"train.iterations": 64000, "train.batch_size": 128, "train.warmup": "true",
                             "arch.bn_batch": 64, "data.val_size": 0})
-    assert paper.recipe_differences(paper_like, amp=False) == []
+    assert paper.recipe_differences(paper_like, precision="fp32") == []
+    assert paper.recipe_differences(paper_like, precision="tf32", device="cuda:0") == [
+        "TF32 matmuls and convolutions on cuda:0 (papers: fp32)"]
+
+
+@pytest.mark.parametrize("params,device,expected", [
+    ({"train.precision": "fp32", "train.device": "cuda"}, "cuda", "fp32"),
+    ({"train.precision": "tf32", "train.device": "cuda"}, "cuda", "tf32"),
+    ({"train.precision": "tf32", "train.device": "cpu"}, "cpu", "fp32"),  # TF32 is a GPU format
+    ({"train.precision": "bf16", "train.device": "cpu"}, "cpu", "bf16"),
+    # runs logged before train.precision: train.amp
+    ({"train.amp": "bf16", "train.device": "auto"}, None, "bf16"),
+    ({"train.amp": "auto", "train.device": "cuda:1"}, "cuda:1", "bf16"),
+    ({"train.amp": "off", "train.device": "cuda"}, "cuda", "tf32"),  # torch's default cuDNN TF32
+    ({"train.amp": "auto", "train.device": "cpu"}, "cpu", "fp32"),
+    ({}, None, None),
+])
+def test_a_runs_precision_from_its_params_old_and_new(params, device, expected):
+    from runners.tracking.results import _runtime
+    assert _runtime(None, "run", params) == (device, expected)

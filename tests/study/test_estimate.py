@@ -29,3 +29,26 @@ def test_imagenet_estimates_assume_imagenet_when_the_folder_is_absent_and_count_
                       ["search={trials_per_variant: 3, space: {lr: {low: 0.01, high: 0.2}}}"])
     rows, _ = estimate(smoke)
     assert [r.runs for r in rows] == [2, 3, 2, 3]  # per variant: its seeds, then its search trials
+
+
+def test_dry_run_json_gives_every_variants_resolved_config_and_writes_nothing(results, tmp_path, monkeypatch,
+                                                                             capsys):
+    import json
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(REPO / "ablations" / "he2016a-fig6.yaml"), "--dry-run", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one JSON document, nothing else on stdout
+    assert doc["study"] == "he2016a-fig6" and doc["runs"] == 45 and round(doc["gpu_hours"], 1) == 4.0
+    variants = doc["variants"]
+    assert sorted((v["arch"]["depth"], v["arch"]["shortcut"]) for v in variants) == sorted(
+        [(d, s) for d in (20, 32, 44, 56) for s in ("none", "A")] + [(110, "A")])
+    assert all(v["train"]["precision"] == "fp32" for v in variants)  # the papers' fp32, every paper spec
+    assert all(v["runs"] == 5 and v["params"] > 0 and v["macs"] > 0 and v["estimate"] for v in variants)
+    r110 = next(v for v in variants if v["arch"]["depth"] == 110)
+    assert r110["train"]["warmup"] is True and r110["arch"]["bn_batch"] == 64
+    assert r110["estimate"][0]["iterations"] == 64_000 and r110["estimate"][0]["bound"] == "launch"
+    assert list(tmp_path.iterdir()) == [] and not results.exists()
+
+
+def test_json_without_dry_run_is_refused(results):
+    from conftest import ablate, assert_one_line_error
+    assert_one_line_error(ablate("run", REPO / "ablations" / "he2016a-fig6.yaml", "--json"), "--json needs --dry-run")

@@ -1,6 +1,7 @@
 """The CUDA path's failure modes, reproduced on a CPU: checkpoints resumed on another device type or
-with fewer GPUs, torch.compile in a long-lived worker, bf16 support, the fp32 head, deterministic
-mode's process settings, and workers placed on the GPUs the parent was given."""
+with fewer GPUs, torch.compile in a long-lived worker, the precision (true fp32 by default, TF32 and
+bf16 only when asked for), the fp32 head, deterministic mode's process settings, and workers placed
+on the GPUs the parent was given."""
 import os
 
 import pytest
@@ -12,7 +13,10 @@ from runners.study import host
 from runners.train.config import DataConfig, TrainConfig
 from runners.train.data import load_dataset
 from runners.train.checkpoint import CHECKPOINT, load_checkpoint, restore_generator
-from runners.train.execution import MixedPrecision, compile_forward, eval_batch_size, runtime, use_amp
+from runners.errors import ConfigError
+from runners.train.config import from_mapping
+from runners.train.execution import (MixedPrecision, compile_forward, eval_batch_size, precision_on, runtime,
+                                     use_bf16)
 from runners.train.trainer import train
 
 TINY = ArchSpec(depth=8)
@@ -104,14 +108,51 @@ def test_every_new_architecture_in_one_process_is_compiled():
         assert len(graphs) > before, f"depth {depth} ran eager"
 
 
-def test_bf16_autocast_only_where_the_gpu_supports_it(monkeypatch):
+def test_bf16_autocast_only_for_precision_bf16(monkeypatch):
     cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert not use_amp(TrainConfig(), cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert use_amp(TrainConfig(), cuda)
-    assert not use_amp(TrainConfig(), torch.device("cpu")) and use_amp(TrainConfig(amp="bf16"), torch.device("cpu"))
-    assert not use_amp(TrainConfig(amp="off"), cuda)
+    assert TrainConfig().precision == "fp32"  # the default everywhere: the papers' fp32
+    assert not use_bf16(TrainConfig(), cuda) and not use_bf16(TrainConfig(precision="tf32"), cuda)
+    assert use_bf16(TrainConfig(precision="bf16"), cuda)
+    assert use_bf16(TrainConfig(precision="bf16"), torch.device("cpu"))  # allowed there, slow
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ConfigError, match="does not support bf16"):
+        use_bf16(TrainConfig(precision="bf16"), cuda)
+    assert not use_bf16(TrainConfig(), cuda)
+    assert precision_on(TrainConfig(precision="tf32"), torch.device("cpu")) == "fp32"
+    assert precision_on(TrainConfig(precision="tf32"), cuda) == "tf32"
+
+
+def test_the_precision_field_is_checked():
+    with pytest.raises(ConfigError, match="precision must be one of fp32, tf32, bf16, got 'fp16'"):
+        TrainConfig(precision="fp16").validate()
+    with pytest.raises(ConfigError, match="amp"):  # the old field is gone, not silently ignored
+        from_mapping(TrainConfig, {"amp": "off"}, "train")
+    assert from_mapping(TrainConfig, {"precision": "bf16"}, "train").precision == "bf16"
+
+
+@pytest.mark.parametrize("precision,tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_runtime_sets_tf32_for_the_run_and_restores_it(precision, tf32):
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = not tf32, not tf32  # what the process had
+        with runtime(TrainConfig(precision=precision), torch.device("cpu")):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (not tf32, not tf32)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def test_a_run_records_its_precision(data):
+    logged = {}
+
+    class Fake:
+        def __getattr__(self, name):
+            return lambda *a, **k: logged.setdefault(name, []).append(a)
+    train(TINY, recipe(epochs=1, precision="tf32"), data, tracker=Fake())
+    config = next(d for d, name in logged["log_dict"] if name == "config.json")
+    assert config["precision"] == "fp32" and config["train"]["precision"] == "tf32"  # tf32 is fp32 on a CPU
 
 
 def test_the_head_runs_in_fp32_under_autocast():

@@ -40,8 +40,10 @@ def test_quick_cpu_doctor_runs_with_torch_alone_and_reports_json(results, tmp_pa
     for name in ("train (autocast, channels_last)", "deterministic resume", "divergence detection"):
         assert checks[("cuda path", name)]["status"] == "ok", checks[("cuda path", name)]
     assert checks[("cuda path", "deterministic resume")]["value"] == "bit-exact"
-    agreement = checks[("agreement", "fp32 vs bf16")]["details"]
-    assert set(agreement["tolerance"]) == {"train_loss", "test_error"}
+    agreement = checks[("agreement", "fp32 vs tf32 and bf16")]
+    assert set(agreement["details"]["tolerance"]) == {"train_loss", "test_error"}
+    assert agreement["details"]["agree"] == ["bf16"] and "fp32 agrees with bf16" in agreement["value"]
+    assert "tf32: none here" in agreement["value"]
     bench = checks[("throughput", "bench: ours vs conventional")]["details"]
     assert bench["ratio"] > 0 and 0 < bench["utilization"]["ours"] and bench["matmul"]["flops_per_s"] > 0
     assert checks[("throughput", "resnet20 images/s")]["details"]["images_per_second"] > 0

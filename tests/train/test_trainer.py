@@ -192,6 +192,7 @@ def test_the_mlflow_store_holds_the_contract(data, store):
     local = Path(store.download_artifacts(run.info.run_id, ""))
     config = json.loads((local / "config.json").read_text())
     assert config["arch"] == TINY.as_dict() and config["train"]["epochs"] == 2 and config["data"]["val_size"] == 100
+    assert config["precision"] == "fp32" and run.data.params["train.precision"] == "fp32"  # the papers'
     complexity = json.loads((local / "complexity.json").read_text())
     assert complexity["params"] == cx.params and complexity["rows"]
     assert json.loads((local / "layer_responses.json").read_text()) == result.responses
