@@ -7,7 +7,7 @@ field and this metadata, so adding a field is one edit:
 * the command line (`ablate train --help`): one flag per field, typed by its annotation
   (bool: --x/--no-x; a Literal: its choices; a tuple: comma-separated), `help` as its help;
 * the spec grid of a study (runners/study/spec.py): values checked against the annotation;
-* validation: `low`, `below` and `high` bound a number (runners/typed.py);
+* validation: `low`, `below` and `high` bound a number (models/spec.py `check_declared`);
 * for the architecture, the MLflow tags, the variant's name and its label in figures
   (runners/tracking/naming.py), and, for `group="shortcut"`, the shortcut config a block is
   built with (models/blocks.py).
@@ -53,18 +53,3 @@ def fields_of(cls_or_obj, group: str | None = None) -> list[dataclasses.Field]:
     """The dataclass fields (of `group`, if given), in declaration order."""
     fs = dataclasses.fields(cls_or_obj)
     return [f for f in fs if group is None or meta(f, "group") == group]
-
-
-def bound_violation(obj) -> str | None:
-    """The first field of `obj` whose number breaks its declared bounds, as a message; None if none."""
-    for f in fields_of(obj):
-        value = getattr(obj, f.name)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        low, below, high = meta(f, "low"), meta(f, "below"), meta(f, "high")
-        ok = (low is None or value >= low) and (below is None or value < below) and (high is None or value <= high)
-        if not ok:
-            parts = ([f">= {low:g}"] if low is not None else []) + ([f"< {below:g}"] if below is not None else []) \
-                + ([f"<= {high:g}"] if high is not None else [])
-            return f"{f.name} must be {' and '.join(parts)}, got {value!r}"
-    return None
