@@ -11,7 +11,7 @@ and tests, where one exploded run would otherwise set the result. Statistics liv
 
 Figures (PDF with TrueType fonts and no creation date, + PNG; the same store gives the same
 bytes): training curves per kind of net (Fig. 6) and per depth (plain and residual overlaid),
-final error vs depth, layer responses (Fig. 7), error by variant at a fixed depth (Table 3 of
+final error vs depth, the training loss (2016b Figs. 1, 3, 6), layer responses (Fig. 7), error by variant at a fixed depth (Table 3 of
 2016a, Tables 1-2 of 2016b). Every band or bar is clipped to [0, 100]% and is a 95% t-interval
 from 3 seeds on, min..max below; n is in the legend; y ranges fit the data.
 """
@@ -52,9 +52,9 @@ def save_figure(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _aggregate(series: list[dict[int, float]], band: str):
-    """Steps, mean, band low/high (clipped to [0, 1]: errors are fractions) and count over runs at
-    each step (runs may end early). band: "ci" (95% t-interval) or "minmax"."""
+def _aggregate(series: list[dict[int, float]], band: str, bounds: tuple[float, float] = (0.0, 1.0)):
+    """Steps, mean, band low/high (clipped to `bounds`: errors are fractions) and count over runs
+    at each step (runs may end early). band: "ci" (95% t-interval) or "minmax"."""
     steps = sorted(set().union(*series))
     m = np.full((len(series), len(steps)), np.nan)
     col = {s: j for j, s in enumerate(steps)}
@@ -71,7 +71,7 @@ def _aggregate(series: list[dict[int, float]], band: str):
         else:
             std = np.nanstd(m, axis=0, ddof=1)
             half = np.array([stats.t_half_width(s_, int(k)) for s_, k in zip(std, n)])
-            lo, hi = stats.clip(mean - half, mean + half, (0.0, 1.0))
+            lo, hi = stats.clip(mean - half, mean + half, bounds)
     return np.array(steps), mean, lo, hi, n
 
 
@@ -213,6 +213,42 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
             fig.suptitle(f"{study.name}: mean over converged seeds (n in each legend)", fontsize=7.5)
             paths += save_figure(fig, out, stem + _line_suffix(line, lines))
     return paths, notes
+
+
+def plot_training_loss(study: Study, out: Path, x: str, band: str) -> list[Path]:
+    """He 2016b Figs. 1, 3 and 6: the training loss of the compared nets, one panel per line, on a
+    log axis (the loss spans decades; the papers' curves differ most at its low end)."""
+    colors, paths, lines = _kind_colors(study), [], study.lines()
+    for line, variants in lines.items():
+        many_depths = len({v.depth for v in variants}) > 1
+        shades = _depth_colors(study)
+        fig = Figure(figsize=(3.3, 2.6), layout="constrained")
+        ax = fig.subplots()
+        bands = set()
+        for v in sorted(variants, key=lambda v: (v.kind, v.depth)):
+            ok = [r for r in study.by_variant[v] if r.converged and r.curves.get("train_loss")]
+            if not ok:
+                continue
+            kind = band_of(len(ok), band)
+            bands.add(kind)
+            steps, mean, lo, hi, _ = _aggregate([r.curves["train_loss"] for r in ok], kind, (0.0, math.inf))
+            xs = _x_values(ok, steps, x)
+            color = shades[v.depth] if len({u.kind for u in variants}) == 1 else colors[v.kind]
+            name = v.label() if many_depths else v.kind_label()
+            ax.plot(xs, mean, "-", color=color, lw=1.2, label=f"{name} ({_seeds_text(study.by_variant[v])})")
+            ax.fill_between(xs, np.maximum(lo, 1e-6), hi, **band_style(kind, color))
+        if not ax.lines:
+            continue
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration" if x == "iteration" else "epoch")
+        ax.set_ylabel("training loss")
+        integer_ticks(ax.xaxis)
+        handles = ax.get_legend_handles_labels()[0] + [Patch(**band_style(b, "0.3"), label=BAND_TEXT[b])
+                                                       for b in sorted(bands)]
+        fig.legend(handles=handles, loc="outside lower center", ncol=1)
+        ax.set_title(f"{study.name}: training loss, mean over converged seeds", fontsize=7.5)
+        paths += save_figure(fig, out, "training_loss" + _line_suffix(line, lines))
+    return paths
 
 
 def _x_values(runs: list[RunRecord], steps: np.ndarray, x: str) -> np.ndarray:
@@ -438,6 +474,10 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
                 notes += n
             else:
                 skipped.append("training curves: no converged run logged test_error")
+            if any(r.converged and r.curves.get("train_loss") for r in runs):
+                written += plot_training_loss(study, out, x, band)
+            else:
+                skipped.append("training loss: no converged run logged train_loss")
             if len({v.depth for v in study.by_variant}) > 1:
                 written += plot_final_vs_depth(study, out, band)
             else:
@@ -454,6 +494,8 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
         for stem, table, why in (("variants", tables.variant_table(study), ""),
                                  ("plain_vs_residual", tables.plain_vs_residual_table(study),
                                   "no depth with both plain and residual runs"),
+                                 ("versus_original", tables.versus_original_table(study),
+                                  "no shortcut kind or activation order beside an original unit at its depth"),
                                  ("degradation", tables.degradation_table(study),
                                   "no kind of net with two or more depths")):
             if table is None or not table.rows:

@@ -213,7 +213,8 @@ def variant_table(study) -> Table:
                _ranked(te.median, 2), _ranked(te.best, 2)]
         for p in shown:
             num = ref.get(p)
-            row.append("" if num is None else num.text() + (f" ({num.stat})" if "best" in num.stat else ""))
+            row.append("" if num is None else num.text() + (f" ({num.stat})" if "best" in num.stat or "mean" in num.stat
+                                                             else ""))
         rows.append(row + [_count(first.get("num_params")), _count(first.get("macs"))])
     notes = ["final error = the last logged epoch; median and best (lowest) test error over ALL N runs, a fail "
              "counting as the worst, as the papers' 'median of 5' is taken ('fail': it lands on a fail); "
@@ -225,7 +226,8 @@ def variant_table(study) -> Table:
     for p in shown:
         tables = sorted({num.tables for r in refs.values() if (num := r.get(p))})
         notes.append(f"{p} ({', '.join(tables)}): CIFAR test error, {paper.STAT[p]}; set beside every variant "
-                     "with the same depth, block and shortcut/activation form, whatever our recipe (below)")
+                     "with the same depth, block, shortcut/activation form and shortcut option (A, B) as the paper's net, "
+                     "whatever our recipe (below)")
     notes += recipe_notes(study.runs)
     return Table("Final error per variant", columns, headers, csv_rows, rows, notes)
 
@@ -247,33 +249,32 @@ def _holm_columns(cmps: list[dict], metrics, fields=("p_t", "p_wilcoxon")) -> li
     return adj
 
 
-def plain_vs_residual_table(study) -> Table | None:
-    columns = ["family", "block", "width", "depth", "residual", "pairs", "fail_plain", "fail_residual", "test_used"]
+def _paired_by_seed(study, a, b) -> tuple[list[str], dict]:
+    """Seeds where both variants converged, and the paired comparison a - b of their final test
+    and training errors (pp) over those seeds."""
+    ra = {r.seed: r for r in study.by_variant[a] if r.converged}
+    rb = {r.seed: r for r in study.by_variant[b] if r.converged}
+    seeds = [s for s in ra if s in rb]
+    return seeds, {m: paired([100 * getattr(ra[s], f"final_{m}") for s in seeds],
+                             [100 * getattr(rb[s], f"final_{m}") for s in seeds]) for m in ("test", "train")}
+
+
+def _paired_table(study, found, title: str, columns: list[str], headers: list[str], first_note: str,
+                  shown_name) -> Table:
+    """One row per (v, reference, ...) of `found`: fails, then test and training Δ with interval
+    and raw / Holm p-values (paired t, Wilcoxon from WILCOXON_MIN_PAIRS pairs)."""
     for m in ("test", "train"):
-        columns += [f"{m}_diff_pct", f"{m}_ci_lo_pct", f"{m}_ci_hi_pct", f"{m}_p_ttest", f"{m}_p_ttest_holm",
-                    f"{m}_p_wilcoxon", f"{m}_p_wilcoxon_holm"]
-    found = []
-    for v in sorted(study.by_variant, key=lambda v: (v.line, v.depth, v.kind)):
-        p = _twin(study, v) if v.residual else None
-        if p is None:
-            continue
-        plain = {r.seed: r for r in study.by_variant[p] if r.converged}
-        res = {r.seed: r for r in study.by_variant[v] if r.converged}
-        seeds = [s for s in plain if s in res]
-        cmp = {m: paired([100 * getattr(plain[s], f"final_{m}") for s in seeds],
-                         [100 * getattr(res[s], f"final_{m}") for s in seeds]) for m in ("test", "train")}
-        fails = [_fail(_test_summary(study.by_variant[x])) for x in (p, v)]
-        found.append((v, p, seeds, cmp, fails))
+        columns = columns + [f"{m}_diff_pct", f"{m}_ci_lo_pct", f"{m}_ci_hi_pct", f"{m}_p_ttest",
+                             f"{m}_p_ttest_holm", f"{m}_p_wilcoxon", f"{m}_p_wilcoxon_holm"]
     adj = _holm_columns([f[3] for f in found], ("test", "train"))
-    headers = ["depth", "residual net", "pairs (n)", "fail (plain, res.)"] + \
-        ["Δ test (pp)", "95% CI", "p t / Holm", "p Wilcoxon / Holm", "Δ train (pp)", "95% CI", "p t / Holm",
-         "p Wilcoxon / Holm", "test used"]
+    headers = headers + ["Δ test (pp)", "95% CI", "p t / Holm", "p Wilcoxon / Holm", "Δ train (pp)", "95% CI",
+                         "p t / Holm", "p Wilcoxon / Holm", "test used"]
     csv_rows, rows = [], []
-    for (v, p, seeds, cmp, fails), a in zip(found, adj):
+    for (v, ref, seeds, cmp, fails), a in zip(found, adj):
         used = cmp["test"].test
-        row = [v.family, v.block, v.width, str(v.depth), v.kind_label(), str(len(seeds)), *fails, used]
-        shown = [str(v.depth), v.label() + ("" if p.preact == v.preact else " vs post-act plain"), str(len(seeds))]
-        shown += [", ".join(fails)]
+        row = [v.family, v.block, v.width, str(v.depth), v.kind_label(), ref.kind_label(), str(len(seeds)), *fails,
+               used]
+        shown = [str(v.depth), shown_name(v, ref), str(len(seeds)), ", ".join(fails)]
         for m in ("test", "train"):
             c = cmp[m]
             row += [fmt_float(c.diff, 6), fmt_float(c.lo, 6), fmt_float(c.hi, 6), pval(c.p_t), pval(a[(m, "p_t")]),
@@ -282,14 +283,67 @@ def plain_vs_residual_table(study) -> Table | None:
                       p_holm(c.p_wilcoxon, a[(m, "p_wilcoxon")])]
         csv_rows.append(row)
         rows.append(shown + [used])
-    notes = ["Δ = plain − residual final error in percentage points (> 0: the residual net is better), "
-             "over seeds paired by the `seed` tag (same data order and split); converged (not diverged) runs only; "
-             "fail k/N beside each row: test error above 20% or diverged",
+    notes = [first_note + ", over seeds paired by the `seed` tag (same data order and split); converged (not "
+             "diverged) runs only; fail k/N beside each row: test error above 20% or diverged",
              "paired t = scipy.stats.ttest_rel and its 95% t-interval; Wilcoxon signed-rank "
              f"(scipy.stats.wilcoxon) only with >= {WILCOXON_MIN_PAIRS} pairs; n/a with fewer than 2 pairs",
              f"p raw / Holm-adjusted over the {len(found)} comparison(s) of each p column of this table"]
     notes += fail_notes(study) + recipe_notes(_runs_of(study, (x for f in found for x in f[:2])))
-    return Table("Plain vs residual at each depth", columns, headers, csv_rows, rows, notes)
+    return Table(title, columns, headers, csv_rows, rows, notes)
+
+
+def plain_vs_residual_table(study) -> Table | None:
+    found = []
+    for v in sorted(study.by_variant, key=lambda v: (v.line, v.depth, v.kind)):
+        p = _twin(study, v) if v.residual else None
+        if p is None:
+            continue
+        seeds, cmp = _paired_by_seed(study, p, v)
+        fails = [_fail(_test_summary(study.by_variant[x])) for x in (p, v)]
+        found.append((v, p, seeds, cmp, fails))
+    return _paired_table(
+        study, found, "Plain vs residual at each depth",
+        ["family", "block", "width", "depth", "residual", "plain", "pairs", "fail_plain", "fail_residual",
+         "test_used"],
+        ["depth", "residual net", "pairs (n)", "fail (plain, res.)"],
+        "Δ = plain − residual final error in percentage points (> 0: the residual net is better)",
+        lambda v, p: v.label() + ("" if p.preact == v.preact else " vs post-act plain"))
+
+
+def _is_original(study, v) -> bool:
+    """He 2016b's original unit (Fig. 2a / 4a): post-activation with an identity shortcut."""
+    runs = study.by_variant[v]
+    return v.residual and v.shortcut in ("A", "B") and bool(runs) and paper.form_of(runs[0].params) == "original"
+
+
+def _original_of(study, v):
+    """The original unit variant `v` is compared with: same line and depth, the same shortcut
+    option where `v` has one (A, B), else option A first."""
+    originals = [o for o in study.by_variant if o.line == v.line and o.depth == v.depth and o != v
+                 and _is_original(study, o)]
+    same = [o for o in originals if o.shortcut == v.shortcut]
+    return (same or sorted(originals, key=lambda o: o.shortcut) or [None])[0]
+
+
+def versus_original_table(study) -> Table | None:
+    """He 2016b Tables 1-3 compare every shortcut kind and activation order with the original unit
+    of the same depth: that comparison, by seed."""
+    found = []
+    for v in sorted(study.by_variant, key=lambda v: (v.line, v.depth, v.kind)):
+        o = _original_of(study, v) if v.residual and not _is_original(study, v) else None
+        if o is None:
+            continue
+        seeds, cmp = _paired_by_seed(study, v, o)
+        fails = [_fail(_test_summary(study.by_variant[x])) for x in (o, v)]
+        found.append((v, o, seeds, cmp, fails))
+    return _paired_table(
+        study, found, "Each variant vs the original unit at its depth (He 2016b Tables 1-3)",
+        ["family", "block", "width", "depth", "variant", "original", "pairs", "fail_original", "fail_variant",
+         "test_used"],
+        ["depth", "variant vs original", "pairs (n)", "fail (orig., var.)"],
+        "Δ = variant − original unit (post-activation, identity shortcut) final error in percentage points "
+        "(> 0: the variant is worse, as He 2016b finds for every shortcut kind but identity)",
+        lambda v, o: f"{v.kind_label()} vs {o.kind_label()}")
 
 
 def degradation_table(study) -> Table | None:

@@ -24,7 +24,7 @@ from .naming import AXES
 STAGES = ("confirm", "train")
 # Unprefixed params that are tags but not variant axes (seed: runs of a variant repeat over it).
 NOT_AXES = ("model", "seed")
-CURVE_METRICS = ("train_error", "test_error", "iteration", "layer_response_std")
+CURVE_METRICS = ("train_error", "test_error", "train_loss", "iteration", "layer_response_std")
 
 
 # -- what the store holds ------------------------------------------------------------------------

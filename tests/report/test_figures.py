@@ -54,7 +54,7 @@ def _log_run(c, exp_id, *, shortcut, depth, seed, stage="confirm", status="FINIS
         if diverged and e > EPOCHS // 2:
             train = test = float("nan")
         metrics += [Metric("train_error", train, now, e), Metric("test_error", test, now, e),
-                    Metric("iteration", 391 * e, now, e)]
+                    Metric("train_loss", 3 * train, now, e), Metric("iteration", 391 * e, now, e)]
     n_layers = depth - 2
     base = 1.0 if shortcut == "none" else 0.5
     metrics += [Metric("layer_response_std", base + 0.3 * math.sin(i) + rng.normal(0, 0.02), now, i)
@@ -118,7 +118,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-FILES = ["curves", "curves_by_depth", "final_error_vs_depth", "layer_responses", "ablation"]
+FILES = ["curves", "curves_by_depth", "final_error_vs_depth", "training_loss", "layer_responses", "ablation"]
 TABLES = ["variants", "plain_vs_residual", "degradation"]
 
 
@@ -446,3 +446,35 @@ def test_fails_by_the_papers_rule_rank_worst_and_nothing_is_dropped_silently():
     summary = tables.summary_markdown(study, [], [], [])
     assert "1 diverged" in summary and "3 more ended above 20% test error" in summary
     assert "not used: 1 run(s) with status KILLED: A-20-s5" in summary
+
+
+def test_each_variant_is_paired_by_seed_with_the_original_unit_at_its_depth():
+    """He 2016b Tables 1-3 compare every shortcut kind and activation order with the original unit
+    (post-activation, identity shortcut) of the same depth: Δ = variant - original, by seed."""
+    from runners.report import tables
+    from runners.tracking.results import RunRecord, Study, VariantAxes
+
+    def runs(v, params, finals):
+        return [RunRecord(f"{v.shortcut}-{i}", v, str(i), False, {"data.name": "cifar10", "depth": "110",
+                                                                   "shortcut": v.shortcut, **params},
+                          {"test_error": {1: f}}, f - 0.01, f) for i, f in enumerate(finals)]
+    orig = VariantAxes("cifar", 110, "basic", "A", False, "1")
+    gate = VariantAxes("cifar", 110, "basic", "gate", False, "1", (("gate_bias", "-6"),))
+    pre = VariantAxes("cifar", 110, "basic", "A", True, "1")
+    other_depth = VariantAxes("cifar", 56, "basic", "gate", False, "1")
+    study = Study("t1", "0", {
+        orig: runs(orig, {}, [0.060, 0.062, 0.064]),
+        gate: runs(gate, {"arch.gate_bias": "-6"}, [0.080, 0.090, 0.085]),
+        pre: runs(pre, {"preact": "true"}, [0.059, 0.060, 0.063]),
+        other_depth: runs(other_depth, {}, [0.07, 0.07, 0.07])})
+    t = tables.versus_original_table(study)
+    rows = {r[1]: dict(zip(t.headers, r)) for r in t.rows}
+    assert set(rows) == {"ResNet (gate) [gate_bias=-6] vs ResNet (A)", "pre-act ResNet (A) vs ResNet (A)"}
+    g = rows["ResNet (gate) [gate_bias=-6] vs ResNet (A)"]
+    diffs = [100 * (a - b) for a, b in zip([0.080, 0.090, 0.085], [0.060, 0.062, 0.064])]
+    assert g["pairs (n)"] == "3" and g["Δ test (pp)"] == f"{np.mean(diffs):.2f}"
+    assert float(g["p t / Holm"].split(" / ")[0]) == pytest.approx(
+        stats.ttest_rel([8.0, 9.0, 8.5], [6.0, 6.2, 6.4]).pvalue, rel=1e-2)
+    assert "variant − original unit" in t.notes[0]
+    # a study without an original unit (plain vs residual only) has no such table
+    assert not tables.versus_original_table(Study("x", "0", {other_depth: study.by_variant[other_depth]})).rows

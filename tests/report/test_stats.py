@@ -84,10 +84,17 @@ def _params(**kw):
 @pytest.mark.parametrize("params, a, b", [
     (_params(depth=20), "8.75", None),
     (_params(), "6.43", "6.61"),  # 2016a: best of 5; 2016b: the median
-    (_params(shortcut="B"), None, "6.61"),
+    # the papers' ResNet-110s are option A: an option-B 110 gets no number (2016b's 6.61 is 2016a's A)
+    (_params(shortcut="B"), None, None),
+    (_params(depth=164, block="bottleneck", shortcut="A"), None, None),  # 2016b's bottlenecks are B
+    (_params(depth=164, block="bottleneck", shortcut="B"), None, "5.93"),
     (_params(preact="true"), None, "6.37"),
-    (_params(depth=164, block="bottleneck", preact="true"), None, "5.46"),
-    (_params(depth=1001, block="bottleneck", **{"data.name": "cifar100"}), None, "27.82"),
+    (_params(depth=164, block="bottleneck", shortcut="B", preact="true"), None, "5.46"),
+    (_params(depth=1001, block="bottleneck", shortcut="B", **{"data.name": "cifar100"}), None, "27.82"),
+    # Table 4: the paper's batch-128 row, and the authors' code (its recipe) beside its own runs only
+    (_params(depth=1001, block="bottleneck", shortcut="B", preact="true"), None, "4.92"),
+    (_params(depth=1001, block="bottleneck", shortcut="B", preact="true", **{"train.recipe": "resnet-1k-layers"}),
+     None, "4.62"),
     (_params(shortcut="C"), None, "12.22"),
     (_params(shortcut="none"), None, None),  # plain nets: no paper number
     (_params(depth=56, family="imagenet"), None, None),
@@ -96,11 +103,14 @@ def _params(**kw):
     (_params(depth=20, **{"data.name": "synthetic"}), None, None),
     # architecture fields still to come, read from the arch.* params (synthetic tags)
     (_params(**{"arch.order": "b"}), None, "8.17"),
-    (_params(depth=164, block="bottleneck", **{"arch.order": "d"}), None, "5.91"),
+    (_params(depth=164, block="bottleneck", shortcut="B", **{"arch.order": "d"}), None, "5.91"),
     (_params(shortcut="scale", **{"arch.shortcut_scale": 0.5}), None, "12.35"),
     (_params(shortcut="scale", **{"arch.shortcut_scale": 0.5, "arch.branch_scale": 1}), None, "fail"),
     (_params(shortcut="gate", **{"arch.gate_bias": -6}), None, "8.70"),
     (_params(shortcut="gate", **{"arch.gate_bias": -3}), None, "fail"),
+    (_params(shortcut="gate", **{"arch.gate_bias": -7}), None, "9.81"),
+    (_params(shortcut="gate", **{"arch.gate_bias": -10}), None, None),  # searched, not printed
+    (_params(shortcut="scale", **{"arch.shortcut_scale": 0, "arch.branch_scale": 1}), None, "fail"),  # plain
     (_params(shortcut="shortcut_gate", **{"arch.gate_bias": 0}), None, "12.86"),
     (_params(shortcut="dropout", **{"arch.shortcut_dropout": 0.5}), None, "fail"),
     (_params(block="single"), None, "9.90"),
