@@ -198,6 +198,11 @@ class GatedSum(nn.Module):
     def reset_gate(self) -> None:
         nn.init.constant_(self.conv.bias, self.init_bias)
 
+    @property
+    def gate_bias(self) -> nn.Parameter:
+        """b_g, which `train.gate_bias_decay: false` keeps out of weight decay."""
+        return self.conv.bias
+
     def gate(self, source: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.conv(source))
 

@@ -111,12 +111,16 @@ class ResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation (He et al. 2015, as the paper does), BN at identity."""
+        """He initialisation (He et al. 2015, as the paper does), BN at identity, the classifier's
+        bias at 0 (fb.resnet.torch and resnet-1k-layers zero it, Caffe's default filler is 0; its
+        weight keeps torch's default, Torch7's uniform(+-1/sqrt(fan_in)) too)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
             if hasattr(m, "reset_gate"):  # a gate's bias starts at b_g (He 2016b Sec. 3.1)
                 m.reset_gate()

@@ -49,6 +49,18 @@ RECIPES: dict[str, dict[str, dict]] = {
         "data": {"val_size": 10_000, "scale": [256, 480], "crop": 224, "resize": 256,
                  "crop_mode": "scale", "lighting": 0.1, "normalize": "pixel_mean"},
     },
+    # KaimingHe/resnet-1k-layers (He 2016b Table 4's 4.62, the authors' code on fb.resnet.torch):
+    # `th main.lua -depth 1001 -batchSize 64 -nGPU 2 -nEpochs 200`, so BN sees 32 images per GPU
+    # (bn_batch 32 is an architecture field: he2016b-table4.yaml sets it); fb.resnet.torch's CIFAR
+    # schedule lr 0.1 x 0.1 from epoch 81 and again from 122 (1-based: milestones 80 and 121
+    # epochs done), Nesterov momentum 0.9 (dampening 0), weight decay 1e-4 on every parameter,
+    # per-channel mean/std normalisation (its fixed CIFAR-10 mean/std; here measured on the
+    # training images), pad-4 crops and flips, no warm-up, all 50k training images.
+    "resnet-1k-layers": {
+        "train": {"epochs": 200, "batch_size": 64, "lr": 0.1, "milestones": [80, 121], "momentum": 0.9,
+                  "nesterov": True, "weight_decay": 1e-4, "warmup": False},
+        "data": {"val_size": 0, "normalize": "channel"},
+    },
     # torchvision's reference recipe (what most later papers report with): RandomResizedCrop
     # (area 8-100%, aspect 3/4-4/3) and flip, per-channel standardisation, no lighting.
     "torchvision-imagenet": {
@@ -148,6 +160,9 @@ class TrainConfig:
     lr: float = option(0.1, "the initial learning rate")
     momentum: float = option(0.9, "SGD momentum", low=0)
     weight_decay: float = option(1e-4, "on every parameter, BN included (the papers' recipe)", low=0)
+    gate_bias_decay: bool = option(True, "weight decay on the gates' b_g too (He 2016b does not say; Caffe and "
+                                   "Torch decay every parameter, which pulls b_g toward 0 as it trains); false: "
+                                   "b_g is not decayed")
     nesterov: bool = option(False, "Nesterov momentum")
     schedule: Literal["step", "cosine", "constant", "plateau"] = option(
         "step", "step: lr x gamma at each milestone; plateau: divide by gamma when the validation error stops "
@@ -180,7 +195,7 @@ class TrainConfig:
     probe: bool = option(True, "the layer-response probe (He 2016a Fig. 7) after training")
     threads: int | None = option(None, "CPU threads for this process (default: all cores, split among local "
                                  "ranks)", low=1)
-    recipe: Literal["auto", "he2016a-cifar", "he2016a-imagenet", "torchvision-imagenet"] = option(
+    recipe: Literal["auto", "he2016a-cifar", "he2016a-imagenet", "torchvision-imagenet", "resnet-1k-layers"] = option(
         "auto", "the named preset laid under the explicit values (auto: he2016a-imagenet for the imagenet family, "
         "he2016a-cifar otherwise)")
     sync_bn: bool = option(False, "with several processes: BN statistics over the global batch")

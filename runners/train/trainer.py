@@ -70,10 +70,16 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    # Weight decay on every parameter, BN included, as in the paper's (Caffe/Torch) recipe.
+    # Weight decay on every parameter, BN included, as in the paper's (Caffe/Torch) recipe; the
+    # gates' b_g (He 2016b Sec. 3.1) only with train.gate_bias_decay (its default, as Caffe does).
     # foreach: one multi-tensor kernel per update, where torch's CPU default loops over the
     # tensors (CUDA already defaults to it); measured in the README's Performance section.
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    params = list(model.parameters())
+    if not cfg.gate_bias_decay:
+        gates = {id(m.gate_bias) for m in model.modules() if hasattr(m, "gate_bias")}
+        params = [{"params": [p for p in params if id(p) not in gates]},
+                  {"params": [p for p in params if id(p) in gates], "weight_decay": 0.0}]
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, foreach=True)
 
 
