@@ -43,6 +43,10 @@ def test_quick_cpu_doctor_runs_with_torch_alone_and_reports_json(results, tmp_pa
     agreement = checks[("agreement", "fp32 vs tf32 and bf16")]
     assert set(agreement["details"]["tolerance"]) == {"train_loss", "test_error"}
     assert agreement["details"]["agree"] == ["bf16"] and "fp32 agrees with bf16" in agreement["value"]
+    # both nets that decide the paper specs' precision, at 8 layers on a CPU, and a verdict per spec
+    assert agreement["details"]["nets"] == {"identity": 8, "gated": 8}
+    assert set(agreement["details"]["safe"]) == {"he2016a-*, he2016b-table2/3/4", "he2016b-table1's gates"}
+    assert set(agreement["details"]["runs"]["gated"]) == {"fp32", "bf16"}
     assert "tf32: none here" in agreement["value"]
     bench = checks[("throughput", "bench: ours vs conventional")]["details"]
     assert bench["ratio"] > 0 and 0 < bench["utilization"]["ours"] and bench["matmul"]["flops_per_s"] > 0
