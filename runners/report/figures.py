@@ -28,7 +28,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from ..tracking.results import RunRecord, Study, VariantAxes, parse_float
@@ -215,14 +215,20 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
     return paths, notes
 
 
+def _shade(color, rank: int, count: int) -> tuple:
+    """`color` lighter for a shallower net: the hue says the kind, the shade the depth."""
+    t = 1.0 if count < 2 else 0.45 + 0.55 * rank / (count - 1)
+    return tuple(t * c + (1 - t) for c in color[:3])
+
+
 def plot_training_loss(study: Study, out: Path, x: str, band: str) -> list[Path]:
-    """He 2016b Figs. 1, 3 and 6: the training loss of the compared nets, one panel per line, on a
-    log axis (the loss spans decades; the papers' curves differ most at its low end)."""
+    """He 2016b Figs. 1, 3 and 6: the training loss of the compared nets, one figure per line, on a
+    log axis (the loss spans decades; the papers' curves differ most at its low end). Hue: the
+    kind of net; shade: its depth (darker is deeper)."""
     colors, paths, lines = _kind_colors(study), [], study.lines()
     for line, variants in lines.items():
-        many_depths = len({v.depth for v in variants}) > 1
-        shades = _depth_colors(study)
-        fig = Figure(figsize=(3.3, 2.6), layout="constrained")
+        depths = sorted({v.depth for v in variants})
+        fig = Figure(figsize=(3.3, 3.1), layout="constrained")
         ax = fig.subplots()
         bands = set()
         for v in sorted(variants, key=lambda v: (v.kind, v.depth)):
@@ -233,20 +239,22 @@ def plot_training_loss(study: Study, out: Path, x: str, band: str) -> list[Path]
             bands.add(kind)
             steps, mean, lo, hi, _ = _aggregate([r.curves["train_loss"] for r in ok], kind, (0.0, math.inf))
             xs = _x_values(ok, steps, x)
-            color = shades[v.depth] if len({u.kind for u in variants}) == 1 else colors[v.kind]
-            name = v.label() if many_depths else v.kind_label()
-            ax.plot(xs, mean, "-", color=color, lw=1.2, label=f"{name} ({_seeds_text(study.by_variant[v])})")
+            color = _shade(colors[v.kind], depths.index(v.depth), len(depths))
+            ax.plot(xs, mean, "-", color=color, lw=1.2, label=f"{v.label()} ({_seeds_text(study.by_variant[v])})")
             ax.fill_between(xs, np.maximum(lo, 1e-6), hi, **band_style(kind, color))
         if not ax.lines:
             continue
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 0.2, 0.5, 1, 2: labelled
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("iteration" if x == "iteration" else "epoch")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("training loss (log scale)")
         integer_ticks(ax.xaxis)
         handles = ax.get_legend_handles_labels()[0] + [Patch(**band_style(b, "0.3"), label=BAND_TEXT[b])
                                                        for b in sorted(bands)]
         fig.legend(handles=handles, loc="outside lower center", ncol=1)
-        ax.set_title(f"{study.name}: training loss, mean over converged seeds", fontsize=7.5)
+        ax.set_title("training loss, mean over converged seeds", fontsize=7.5)
         paths += save_figure(fig, out, "training_loss" + _line_suffix(line, lines))
     return paths
 

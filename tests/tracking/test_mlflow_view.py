@@ -261,7 +261,7 @@ def test_parent_run_carries_the_study_result(study):
     assert m["test_error/ResNet-8 A"] == pytest.approx(children["A"].data.metrics["test_error"])
     assert m["seeds/plain-8"] == 1 and "train_error/ResNet-8 A" in m
     figures = {Path(a.path).name for a in c.list_artifacts(parent.info.run_id, "figures")}
-    assert {"curves.png", "variants.csv", "summary.md"} <= figures
+    assert {"curves.png", "training_loss.png", "variants.csv", "summary.md"} <= figures
     note = exp.tags["mlflow.note.content"]
     assert "viewStateShareKey=" in note and "test_error/<variant>" in note
     # MLflow's own conventions on every trial: the dataset as input, the weights as a logged model.
