@@ -119,7 +119,8 @@ RECIPE_NUMBERS: dict[tuple[Key, str], PaperNumber] = _recipe_rows()
 ORDERS = {"a": "original", "b": "bn-after-add", "c": "relu-before-add", "d": "relu-only-preact",
           "e": "full-preact",
           # ArchSpec.order's values (models/spec.py ORDERS)
-          "post": "original", "relu-preact": "relu-only-preact", "preact": "full-preact"}
+          "post": "original", "bn-after-add": "bn-after-add", "relu-before-add": "relu-before-add",
+          "relu-preact": "relu-only-preact", "preact": "full-preact"}
 ONE_LAYER_BLOCKS = ("single", "1-layer", "one-layer", "1layer", "simple")
 SCALE_SHORTCUTS = ("scale", "constant", "constant_scaling", "scaling")
 EXCLUSIVE_GATES = ("gate", "gating", "exclusive_gate", "exclusive_gating")

@@ -160,3 +160,9 @@ def test_recipe_differences_read_from_params():
 def test_a_runs_precision_from_its_params_old_and_new(params, device, expected):
     from runners.tracking.results import _runtime
     assert _runtime(None, "run", params) == (device, expected)
+
+
+def test_every_activation_order_has_the_papers_name():
+    """2016b Table 2's rows are found for every order ArchSpec can build (b and c were once not)."""
+    from models.spec import ORDERS
+    assert all(o in paper.ORDERS for o in ORDERS)

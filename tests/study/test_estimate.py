@@ -2,6 +2,8 @@
 the spec headers quote come from it."""
 import re
 
+import pytest
+
 from conftest import REPO
 
 from runners.cli import main
@@ -52,3 +54,38 @@ def test_dry_run_json_gives_every_variants_resolved_config_and_writes_nothing(re
 def test_json_without_dry_run_is_refused(results):
     from conftest import ablate, assert_one_line_error
     assert_one_line_error(ablate("run", REPO / "ablations" / "he2016a-fig6.yaml", "--json"), "--json needs --dry-run")
+
+
+# variant -> the number its row stands beside, per paper spec (None: the paper prints none)
+PAPER_ROWS = {
+    "he2016a-fig6.yaml": 5,  # the residual nets; the plain nets are only curves in Fig. 6
+    "he2016a-fig6-1202.yaml": 2,
+    "he2016b-table1.yaml": 16,  # all but the exclusive gates at b_g -8, -9, -10 (searched, not printed)
+    "he2016b-table2.yaml": 10,
+    "he2016b-table3.yaml": 8,
+    "he2016b-table3-cifar100.yaml": 4,
+    "he2016b-table4.yaml": 1,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # counting the MACs of ResNet-1001s takes a while on a busy CPU
+@pytest.mark.parametrize("name", sorted(PAPER_ROWS))
+def test_dry_run_json_of_every_paper_spec_is_fp32_with_the_papers_numbers_beside_its_rows(name, capsys):
+    import json
+    assert main(["run", str(REPO / "ablations" / name), "--dry-run", "--json"]) == 0
+    variants = json.loads(capsys.readouterr().out)["variants"]
+    assert all(v["train"]["precision"] == "fp32" for v in variants)
+    assert sum(bool(v["paper"]) for v in variants) == PAPER_ROWS[name]
+    for v in variants:
+        if v["arch"]["shortcut"] == "none":
+            assert not v["paper"]  # no paper has a number for a plain CIFAR net
+    if name == "he2016b-table4.yaml":
+        [v] = variants
+        assert v["paper"]["He 2016b"]["text"] == "4.62" and v["train"]["recipe"] == "resnet-1k-layers"
+        assert v["arch"]["bn_batch"] == 32 and v["train"]["batch_size"] == 64
+    if name == "he2016b-table1.yaml":
+        gates = {v["arch"]["gate_bias"]: v["paper"].get("He 2016b", {}).get("text") for v in variants
+                 if v["arch"]["shortcut"] == "gate"}
+        assert gates == {0.0: "fail", -1.0: "fail", -2.0: "fail", -3.0: "fail", -4.0: "fail", -5.0: "fail",
+                         -6.0: "8.70", -7.0: "9.81", -8.0: None, -9.0: None, -10.0: None}
