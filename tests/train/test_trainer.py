@@ -108,11 +108,13 @@ def test_divergence_is_a_result_not_a_crash(data, store, tmp_path):
 @pytest.mark.slow
 def test_warmup_returns_to_the_base_lr_and_composes_with_the_steps(data):
     # 4 epochs of 15 steps, a step at epoch 3 by 0.5: on this task the running training error
-    # falls below 80% in epoch 3 (the data order is a function of (seed, epoch)); each epoch's lr
-    # is that of its last step, so the warm-up shows in epochs 1-2 and the step in epoch 4.
+    # falls below 80% in epoch 2 or 3 (where depends on the trajectory); each epoch's lr is that
+    # of its last step, so the warm-up shows in epoch 1 (maybe 2), then 0.1, and the step in epoch 4.
     cfg = recipe(epochs=4, schedule="step", milestones=(3,), gamma=0.5, warmup=True, warmup_until_error=0.8)
     lrs = [m["lr"] for m in train(TINY, cfg, data).history]
-    assert lrs == [0.01, 0.01, pytest.approx(0.1), pytest.approx(0.05)]
+    warm = lrs.index(pytest.approx(0.1))
+    assert 1 <= warm <= 2 and lrs[:warm] == [0.01] * warm
+    assert lrs[warm:] == [pytest.approx(0.1)] * (3 - warm) + [pytest.approx(0.05)]
 
 
 def test_lr_schedule_unit():
