@@ -185,7 +185,10 @@ class Run:
             return
         t.log_params(run_params(self.arch, self.cfg, self.data.config, model_name=self.model_name,
                                          params=cx.params, macs=cx.macs))
-        tags = {**axis_tags(self.arch, self.cfg.seed), "model": self.model_name}
+        # The precision it computes in (tf32 is fp32 on a CPU) and where: a filter in the MLflow
+        # UI, beside train.precision (what was asked).
+        tags = {**axis_tags(self.arch, self.cfg.seed), "model": self.model_name, "precision": self.precision,
+                "device": str(self.device)}
         if self.reseeded_at is not None:
             tags["augment_reseeded_at_epoch"] = str(self.reseeded_at)
         sha = git_commit()

@@ -102,6 +102,7 @@ def test_divergence_is_a_result_not_a_crash(data, store, tmp_path):
     assert result.status == "diverged" and result.epochs < 3
     run = store.get_run(tracker.run_id)
     assert run.data.tags["diverged"] == "true" and run.info.status == "FINISHED"
+    assert (run.data.tags["precision"], run.data.tags["device"]) == ("fp32", "cpu")  # as it computed
     assert load_checkpoint(tmp_path / CHECKPOINT)["status"] == "diverged"
 
 
