@@ -251,8 +251,13 @@ def make_combine(cfg: ShortcutConfig, in_ch: int, out_ch: int, stride: int) -> n
 class Block(nn.Module):
     """One block of any kind, shortcut and activation order.
 
-    `stride_on_first` puts the stride on the first conv (the seed tutorial's 1x1); otherwise a
-    bottleneck strides in its 3x3 conv, as in torchvision's ResNet v1.5 and fb.resnet.torch.
+    `stride_on_first` puts a bottleneck's stride on its first 1x1 conv, as the authors' nets do
+    (He 2016a's Caffe ImageNet models; KaimingHe/resnet-1k-layers resnet-pre-act.lua, whose
+    1x1 is `Convolution(nInputPlane, nBottleneckPlane, 1, 1, stride, stride)`; also the seed
+    tutorial's); otherwise it strides in its 3x3 conv, as torchvision's ResNet v1.5 and
+    fb.resnet.torch do. The 1x1 then reads a quarter of the positions, so a ResNet-50 counts
+    3.86 GMACs rather than 4.09, with the same parameters. Basic and single blocks have one
+    place to stride.
 
     `input_activated` marks the first block of a pre-activation net (orders d, e): He 2016b
     Sec. 4.1 puts "the first activation right after conv1 and before splitting into two paths",

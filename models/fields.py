@@ -24,8 +24,8 @@ TAGS = ("always", "nondefault", "used", "never")
 
 def option(default: Any = None, help: str = "", *, flag: str | bool | None = None, tag: str = "nondefault",
            name: str | Callable[[Any], str] | bool | None = None, label: bool = True, group: str | None = None,
-           kinds: tuple[str, ...] | None = None, low: float | None = None, below: float | None = None,
-           high: float | None = None) -> dataclasses.Field:
+           kinds: tuple[str, ...] | None = None, blocks: tuple[str, ...] | None = None,
+           low: float | None = None, below: float | None = None, high: float | None = None) -> dataclasses.Field:
     """A dataclass field with the metadata above.
 
     flag:  the command-line flag (default --field-name), False for none.
@@ -36,12 +36,14 @@ def option(default: Any = None, help: str = "", *, flag: str | bool | None = Non
     group: "shortcut": part of the config every block's shortcut is built from.
     kinds: the shortcut kinds the field applies to (a kind that does not use it rejects a value
            other than the default; a plain net ignores it).
+    blocks: the block kinds the field applies to; a net of other blocks ignores it (it is not
+           tagged, named or labelled), so one value can sit over a grid of mixed blocks.
     low/below/high: numeric bounds, low <= x (< below) (<= high).
     """
     if tag not in TAGS:
         raise ValueError(f"tag must be one of {', '.join(TAGS)}, got {tag!r}")
     meta = {"help": help, "flag": flag, "tag": tag, "name": name, "label": label, "group": group,
-            "kinds": kinds, "low": low, "below": below, "high": high}
+            "kinds": kinds, "blocks": blocks, "low": low, "below": below, "high": high}
     return dataclasses.field(default=default, metadata=meta)
 
 

@@ -88,7 +88,7 @@ def make_stages(spec: ArchSpec, in_ch: int) -> tuple[nn.Sequential, int]:
         blocks = []
         for j, stride in enumerate(strides):
             blocks.append(Block(spec.block, in_ch, out_ch, stride=stride, shortcut=shortcut, order=spec.order,
-                                stride_on_first=spec.downsample == "last", input_activated=i == 0 and j == 0,
+                                stride_on_first=spec.bottleneck_stride == "1x1", input_activated=i == 0 and j == 0,
                                 norm=norm))
             in_ch = out_ch
         stages.append(nn.Sequential(*blocks))

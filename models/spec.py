@@ -98,6 +98,10 @@ class ArchSpec:
                                   label=False, low=1)
     stages: tuple[int, ...] | None = option(None, "blocks per stage (comma-separated); derived from depth "
                                             "unless given", name=lambda v: "s" + "x".join(map(str, v)))
+    bottleneck_stride: Literal["1x1", "3x3"] = option(
+        "1x1", "where a strided bottleneck strides: 1x1 (its first 1x1 conv: He 2016a's Caffe ImageNet nets, "
+        "KaimingHe/resnet-1k-layers; the papers) or 3x3 (torchvision's v1.5 and fb.resnet.torch; the registered "
+        "resnet50/101/152, whose torchvision weights load)", name="stride{}", blocks=("bottleneck",))
     downsample: Literal["first", "last"] = option("first", "which block of a stage strides: first (the papers) "
                                                   "or last (the seed tutorial's layout)", name="down{}")
     zero_init_last: bool = option(False, "zero the last BN of each residual branch (Goyal et al. 2017; off in "

@@ -55,6 +55,8 @@ def tagged_fields(spec: ArchSpec) -> dict:
         kinds = meta(f, "kinds")
         if kinds is not None and spec.shortcut not in kinds:
             continue  # a field of another shortcut kind: not part of this net
+        if meta(f, "blocks") is not None and spec.block not in meta(f, "blocks"):
+            continue  # a field of another block kind (the bottleneck's stride on a basic net)
         if tag == "always" or (tag == "used" and kinds is not None) or (tag == "nondefault" and value != f.default):
             out[f.name] = spec.total_depth if f.name == "depth" else value
     return out

@@ -59,3 +59,13 @@ def test_paper_spec_runs_to_the_end_at_cpu_scale(name, results, monkeypatch):
     variants = {r.data.tags["variant"] for r in runs}
     assert runs and all(r.info.status == "FINISHED" for r in runs)
     assert len(variants) == len(runs)  # one seed: one run per variant, no two variants merged
+
+
+def test_every_paper_bottleneck_strides_in_its_first_1x1():
+    """The authors' bottleneck (He 2016a's Caffe nets, KaimingHe/resnet-1k-layers), not v1.5."""
+    from runners.study.spec import parse_spec
+    specs = PAPER_SPECS + ["he2016a-imagenet-table3.yaml"]
+    bottlenecks = [v.arch for name in specs for v in parse_spec(
+        yaml.safe_load((REPO / "ablations" / name).read_text()), name, check_data=False).variants
+                   if v.arch.block == "bottleneck"]
+    assert len(bottlenecks) >= 10 and {a.bottleneck_stride for a in bottlenecks} == {"1x1"}
