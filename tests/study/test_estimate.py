@@ -80,6 +80,8 @@ def test_dry_run_json_of_every_paper_spec_is_fp32_with_the_papers_numbers_beside
     for v in variants:
         if v["arch"]["shortcut"] == "none":
             assert not v["paper"]  # no paper has a number for a plain CIFAR net
+        if v["arch"]["block"] == "bottleneck":
+            assert v["arch"]["bottleneck_stride"] == "1x1"  # the authors' bottleneck, not v1.5
     if name == "he2016b-table4.yaml":
         [v] = variants
         assert v["paper"]["He 2016b"]["text"] == "4.62" and v["train"]["recipe"] == "resnet-1k-layers"
