@@ -455,7 +455,8 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
                                  ("plain_vs_residual", tables.plain_vs_residual_table(study),
                                   "no depth with both plain and residual runs"),
                                  ("degradation", tables.degradation_table(study),
-                                  "no kind of net with two or more depths")):
+                                  "no kind of net with two or more depths"),
+                                 ("imagenet", tables.imagenet_table(study), "no ImageNet-family runs")):
             if table is None or not table.rows:
                 skipped.append(f"table {stem}: {why}")
                 continue
