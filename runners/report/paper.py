@@ -252,6 +252,18 @@ def lookup(params: dict) -> dict[str, PaperNumber]:
     return out
 
 
+def numbers_for(params: dict) -> dict:
+    """Every paper number for a run with these params, JSON-ready (`ablate run --dry-run --json`):
+    {"He 2016a": {"tables", "testing", "top1", "top5"} per testing, or {"tables", "error", "stat"}
+    for a CIFAR row}."""
+    out: dict = {}
+    for p, num in lookup(params).items():
+        out[p] = {"tables": num.tables, "error": num.error, "stat": num.stat}
+    for testing, num in imagenet_lookup(params).items():
+        out.setdefault(HE2016A, {})[testing] = {"tables": num.tables, "top1": num.top1, "top5": num.top5}
+    return out
+
+
 # -- the papers' recipe ---------------------------------------------------------------------------
 # He 2016a Sec. 4.2 (also 2016b's CIFAR recipe): SGD, batch 128 on 2 GPUs (so BatchNorm sees 64
 # images per GPU), lr 0.1 /10 at 32k and 48k, stop at 64k iterations, momentum 0.9, weight decay

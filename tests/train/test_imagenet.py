@@ -228,3 +228,63 @@ def test_cpu_scale_imagenet_study_tables_top1_top5_by_testing_beside_the_paper(t
     assert rows["ResNet-50 (B) [bottleneck]"][5:7] == ["22.85 / 6.71", "20.74 / 5.25"]  # Tables 3 and 4
     assert "not ImageNet (by the folder's name)" in table and "width x0.25" in table
     assert "64k iterations" not in table and "64 per GPU" not in table  # the ImageNet recipe's notes, not CIFAR's
+
+
+SEVEN = ("a", "b", "c", "d", "e", "f", "g")  # more than 5 classes: top-5 is not 0 by construction
+
+
+def _small_net():
+    import models
+    torch.manual_seed(0)
+    return models.build(ArchSpec(family="imagenet", depth=18, width=0.125), num_classes=len(SEVEN)).eval()
+
+
+def test_ten_crop_logs_the_center_crops_own_1crop_numbers_and_top5(tmp_path):
+    from runners.train.evaluation import evaluate
+    from runners.train.execution import MixedPrecision
+    root = _folder(tmp_path / "f", size=(28, 22), per_class=4, classes=SEVEN)
+    base = dict(name=str(root), val_size=0, crop=16, resize=20, augment=False)
+    net, cfg = MixedPrecision(_small_net(), False), TrainConfig(device="cpu", channels_last=False)
+    one = load_dataset(DataConfig(**base, loader="stream")).with_workers(0)
+    ten = load_dataset(DataConfig(**base, loader="stream", ten_crop=True)).with_workers(0)
+    a, b = evaluate(net, one, one.test, cfg), evaluate(net, ten, ten.test, cfg)
+    assert set(a) == {"loss", "error", "error_top5"}
+    assert set(b) == {"loss", "error", "error_top5", "error_1crop", "error_top5_1crop"}
+    # the center crop of the ten is the 1-crop evaluation, image for image
+    assert (b["error_1crop"], b["error_top5_1crop"]) == (a["error"], a["error_top5"])
+    x, y = next(one.eval_batches(one.test, 100))
+    top5 = net(x).topk(5, 1).indices
+    assert a["error_top5"] == pytest.approx((top5 != y[:, None]).all(1).float().mean().item())
+
+
+def test_multiscale_testing_averages_the_softmax_over_whole_images_at_each_scale_and_their_mirrors(tmp_path):
+    from runners.train.evaluation import evaluate_multiscale
+    from runners.train.stream import _open, _resize_shorter
+    root = _folder(tmp_path / "f", size=lambda rng: (int(rng.integers(18, 40)), int(rng.integers(18, 40))),
+                   per_class=4, classes=SEVEN)
+    cfg = DataConfig(name=str(root), val_size=0, crop=16, resize=18, multi_scale=(16, 30))
+    data = load_dataset(cfg).with_workers(0)
+    net = _small_net()
+    with torch.no_grad():
+        got = evaluate_multiscale(net, data, data.test, (16, 30), flip=True)
+        mean = data.mean.mean((1, 2), keepdim=True)  # per channel: the per-pixel mean, averaged
+        wrong = wrong5 = 0
+        for path, label in zip(data.test.files, data.test.labels.tolist()):
+            probs = 0
+            for side in (16, 30):  # the whole image, its shorter side resized; not a crop
+                x = (_resize_shorter(_open(path), side).float()[None] / 255 - mean) / data.std
+                probs = probs + net(x).softmax(-1)[0] + net(x.flip(-1)).softmax(-1)[0]
+            top = (probs / 4).topk(5).indices.tolist()
+            wrong, wrong5 = wrong + (top[0] != label), wrong5 + (label not in top)
+    n = len(data.test)
+    assert got == pytest.approx({"error_multiscale": wrong / n, "error_top5_multiscale": wrong5 / n})
+    # usable from `ablate train`: the flag is declared with the field
+    from runners.cli import build_parser
+    from runners.commands.fields import field_values
+    from runners.train.config import CONFIG_CLASSES, assemble
+    args = build_parser("train").parse_args(["train", "resnet18", "--dataset", str(root), "--crop", "16",
+                                             "--multi-scale", "224,256,384,480,640", "--no-multi-scale-flip"])
+    job = assemble(args.model, {s: field_values(args, s, cls) for s, cls in CONFIG_CLASSES.items()}, args.set)
+    assert job.data.multi_scale == (224, 256, 384, 480, 640) and job.data.multi_scale_flip is False
+    with pytest.raises(ConfigError, match="streamed loader only"):
+        DataConfig("cifar10", multi_scale=(32, 40)).validate()
