@@ -505,7 +505,8 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
                                  ("versus_original", tables.versus_original_table(study),
                                   "no shortcut kind or activation order beside an original unit at its depth"),
                                  ("degradation", tables.degradation_table(study),
-                                  "no kind of net with two or more depths")):
+                                  "no kind of net with two or more depths"),
+                                 ("imagenet", tables.imagenet_table(study), "no ImageNet-family runs")):
             if table is None or not table.rows:
                 skipped.append(f"table {stem}: {why}")
                 continue

@@ -1,4 +1,5 @@
-"""The papers' CIFAR numbers, to stand beside ours: test error (%) by what identifies a variant.
+"""The papers' numbers, to stand beside ours: CIFAR test error (%) by what identifies a variant,
+and He 2016a's ImageNet top-1 and top-5 error (Tables 2-4, `imagenet_lookup`).
 
 He et al. 2016a ("Deep Residual Learning", Table 6) and He et al. 2016b ("Identity Mappings in
 Deep Residual Networks", Tables 1-3). A number is found by `paper_key(params)`, a function of a
@@ -112,6 +113,65 @@ def _recipe_rows() -> dict[tuple[Key, str], PaperNumber]:
 
 NUMBERS: dict[str, dict[Key, PaperNumber]] = {HE2016A: _table6(), HE2016B: _he2016b()}
 RECIPE_NUMBERS: dict[tuple[Key, str], PaperNumber] = _recipe_rows()
+
+
+# -- He 2016a's ImageNet numbers ------------------------------------------------------------------
+# Top-1 and top-5 error (%) on the ImageNet validation set (the lab's test split: the ImageFolder's
+# test/). Table 2: 10-crop top-1 of the plain and option-A nets; Table 3: 10-crop top-1 and top-5
+# ("VGG-16 28.07 / 9.33 ..."); Table 4: single models, the multi-scale fully-convolutional
+# testing of Sec. 3.4. The 50/101/152-layer nets are option B (Sec. 4.1) with the stride in the
+# first 1x1 (the Caffe models). A row is keyed by (depth, form): form "plain" or the shortcut.
+ImageNetKey = tuple[int, str]
+TESTINGS = ("1-crop", "10-crop", "multi-scale")  # the paper reports the last two
+
+
+@dataclass(frozen=True)
+class ImageNetNumber:
+    tables: str  # where it is printed
+    testing: str  # one of TESTINGS
+    top1: float
+    top5: float | None  # Table 2 prints top-1 only
+
+    def text(self) -> str:
+        return f"{self.top1:.2f}" + ("" if self.top5 is None else f" / {self.top5:.2f}")
+
+
+def _he2016a_imagenet() -> dict[str, dict[ImageNetKey, ImageNetNumber]]:
+    ten = {(18, "plain"): ImageNetNumber("Table 2", "10-crop", 27.94, None),
+           (18, "A"): ImageNetNumber("Table 2", "10-crop", 27.88, None)}
+    for key, top1, top5, tables in (((34, "plain"), 28.54, 10.02, "Tables 2-3"), ((34, "A"), 25.03, 7.76, "Tables 2-3"),
+                                    ((34, "B"), 24.52, 7.46, "Table 3"), ((34, "C"), 24.19, 7.40, "Table 3"),
+                                    ((50, "B"), 22.85, 6.71, "Table 3"), ((101, "B"), 21.75, 6.05, "Table 3"),
+                                    ((152, "B"), 21.43, 5.71, "Table 3")):
+        ten[key] = ImageNetNumber(tables, "10-crop", top1, top5)
+    multi = {key: ImageNetNumber("Table 4", "multi-scale", top1, top5)
+             for key, top1, top5 in (((34, "B"), 21.84, 5.71), ((34, "C"), 21.53, 5.60), ((50, "B"), 20.74, 5.25),
+                                     ((101, "B"), 19.87, 4.60), ((152, "B"), 19.38, 4.49))}
+    return {"10-crop": ten, "multi-scale": multi}
+
+
+IMAGENET = _he2016a_imagenet()
+
+
+def imagenet_key(params: dict) -> ImageNetKey | None:
+    """(depth, form) of an ImageNet-family run, or None for a net He 2016a's tables do not have
+    (a pre-activation or He 2016b shortcut, a custom stage layout, v1.5's bottleneck)."""
+    if _get(params, "family", default="cifar") != "imagenet":
+        return None
+    shortcut = _shortcut(params)
+    depth = _num(_get(params, "depth"), float("nan"))
+    order = _get(params, "order", default="post")
+    if depth != depth or order != "post" or shortcut not in ("none", "A", "B", "C"):
+        return None
+    if _get(params, "bottleneck_stride", default="1x1") != "1x1" and _get(params, "block") == "bottleneck":
+        return None
+    return int(depth), "plain" if shortcut == "none" else shortcut
+
+
+def imagenet_lookup(params: dict) -> dict[str, ImageNetNumber]:
+    """testing ("10-crop", "multi-scale") -> He 2016a's number for the run with these params."""
+    key = imagenet_key(params)
+    return {} if key is None else {t: rows[key] for t, rows in IMAGENET.items() if key in rows}
 
 # -- from a run's params to a paper's row ---------------------------------------------------------
 # The lab's names for what the papers vary. Adapt here when the architecture's fields change:
@@ -228,6 +288,18 @@ def lookup(params: dict) -> dict[str, PaperNumber]:
     return out
 
 
+def numbers_for(params: dict) -> dict:
+    """Every paper number for a run with these params, JSON-ready (`ablate run --dry-run --json`):
+    {"He 2016a": {"tables", "testing", "top1", "top5"} per testing, or {"tables", "error", "text", "stat"}
+    for a CIFAR row}."""
+    out: dict = {}
+    for p, num in lookup(params).items():
+        out[p] = {"tables": num.tables, "error": num.error, "text": num.text(), "stat": num.stat}
+    for testing, num in imagenet_lookup(params).items():
+        out.setdefault(HE2016A, {})[testing] = {"tables": num.tables, "top1": num.top1, "top5": num.top5}
+    return out
+
+
 # -- the papers' recipe ---------------------------------------------------------------------------
 # He 2016a Sec. 4.2 (also 2016b's CIFAR recipe): SGD, batch 128 on 2 GPUs (so BatchNorm sees 64
 # images per GPU), lr 0.1 /10 at 32k and 48k, stop at 64k iterations, momentum 0.9, weight decay
@@ -243,8 +315,21 @@ PRECISION_NOTES = {"bf16": "bf16 autocast", "tf32": "TF32 matmuls and convolutio
 
 def recipe_differences(params: dict, *, iterations: float | None = None, precision: str | None = None,
                        device: str | None = None) -> list[str]:
-    """What a run did differently from the papers' CIFAR recipe, one phrase each; only what its
-    params (and `iterations` done, `precision`/`device` as trained) say, nothing guessed."""
+    """What a run did differently from its paper's recipe (He 2016a's ImageNet recipe for the
+    imagenet family, the papers' CIFAR recipe otherwise), one phrase each; only what its params
+    (and `iterations` done, `precision`/`device` as trained) say, nothing guessed."""
+    if _get(params, "family", default="cifar") == "imagenet":
+        out = _imagenet_differences(params, iterations)
+    else:
+        out = _cifar_differences(params, iterations)
+    if _get(params, "block") == "bottleneck" and _get(params, "bottleneck_stride", default="1x1") == "3x3":
+        out.append("bottlenecks stride in the 3x3 (torchvision's v1.5; the papers' stride in the first 1x1)")
+    if precision in PRECISION_NOTES:
+        out.append(PRECISION_NOTES[precision] + (f" on {device}" if device else "") + " (papers: fp32)")
+    return out
+
+
+def _cifar_differences(params: dict, iterations: float | None) -> list[str]:
     out = []
     name = params.get("data.name")
     if name == "synthetic":
@@ -285,12 +370,78 @@ def recipe_differences(params: dict, *, iterations: float | None = None, precisi
         out.append(f"{params['data.normalize']} normalization (papers: per-pixel mean)")
     if params.get("data.augment") == "false":
         out.append("no augmentation (papers: pad-4 crops and flips)")
-    if precision in PRECISION_NOTES:
-        out.append(PRECISION_NOTES[precision] + (f" on {device}" if device else "") + " (papers: fp32)")
     bn = _num(_get(params, "bn_batch"), float("nan"))
     batch = _num(params.get("train.batch_size"), float("nan"))
     seen = bn if bn == bn else batch
     if seen == seen and seen != PAPER_BN_BATCH:
         out.append(f"BatchNorm statistics over {int(seen)} images (papers: {PAPER_BN_BATCH} per GPU, "
                    "batch 128 on 2 GPUs)")
+    return out
+
+
+# He 2016a Sec. 3.4, ImageNet: SGD batch 256 on 8 GPUs (BN over 32 images each), lr 0.1 divided by
+# 10 when the error plateaus, up to 60e4 iterations, momentum 0.9, weight decay 1e-4, no dropout;
+# shorter side in [256, 480], 224 crops and flips, per-pixel mean, AlexNet's PCA lighting; the
+# 1.28M training images; the tables' testing is 10-crop (Tables 2-3) or multi-scale (Table 4).
+IMAGENET_RECIPE = {"train.batch_size": 256, "train.lr": 0.1, "train.momentum": 0.9, "train.weight_decay": 1e-4,
+                   "train.gamma": 0.1, "data.crop": 224, "data.lighting": 0.1}
+IMAGENET_BN_BATCH = 32
+IMAGENET_ITERATIONS = 600_000
+
+
+def _imagenet_differences(params: dict, iterations: float | None) -> list[str]:
+    out = []
+    name = (params.get("data.name") or "").rstrip("/")
+    if name and "imagenet" not in name.rsplit("/", 1)[-1].lower():
+        out.append(f"images from {name}, not ImageNet (by the folder's name)")
+    subset = _num(params.get("data.subset"), float("nan"))
+    if subset == subset:
+        out.append(f"a subset of {int(subset)} training images, not 1.28M")
+    val = _num(params.get("data.val_size"), float("nan"))
+    if val == val and val > 0:
+        out.append(f"{int(val)} training images held out for validation (the paper trains on all 1.28M; the "
+                   "ImageNet validation set is the test split here)")
+    epochs = _num(params.get("train.epochs"), float("nan"))
+    its = _num(params.get("train.iterations"), float("nan"))
+    done = f" ({int(iterations)} iterations)" if iterations else ""
+    if epochs == epochs:
+        out.append(f"{int(epochs)} epochs{done} vs the paper's up to 60e4 iterations")
+    elif its == its and its != IMAGENET_ITERATIONS:
+        out.append(f"{int(its)} iterations vs the paper's up to 60e4")
+    for key, want in IMAGENET_RECIPE.items():
+        got = _num(params.get(key), float("nan"))
+        if got == got and abs(got - want) > 1e-12 * max(1.0, abs(want)):
+            out.append(f"{key.split('.', 1)[1]} {params[key]} (paper: {_g(want)})")
+    schedule = params.get("train.schedule", "step")
+    if schedule != "plateau":
+        milestones = params.get("train.milestones", "none")
+        out.append(f"{schedule} lr schedule" + (f" at {milestones}" if schedule == "step" and milestones != "none"
+                                                else "") + " (paper: /10 when the error plateaus)")
+    if params.get("train.nesterov") == "true":
+        out.append("Nesterov momentum")
+    if params.get("data.scale", "none") not in ("256,480", "none"):
+        out.append(f"shorter side in [{params['data.scale'].replace(',', ', ')}] (paper: [256, 480])")
+    if params.get("data.crop_mode", "scale") != "scale":
+        out.append(f"{params['data.crop_mode']} crops (paper: scale augmentation)")
+    if params.get("data.normalize", "pixel_mean") != "pixel_mean":
+        out.append(f"{params['data.normalize']} normalization (paper: per-pixel mean)")
+    if _num(params.get("data.color_jitter"), 0) > 0:
+        out.append(f"colour jitter {params['data.color_jitter']} (fb.resnet.torch's; not in the paper)")
+    if params.get("data.ten_crop") == "false":
+        out.append("center-crop testing (Tables 2-3: 10-crop)")
+    sides = params.get("data.multi_scale", "none")
+    if sides not in ("none", "224,256,384,480,640"):
+        out.append(f"multi-scale testing at shorter sides {sides.replace(',', ', ')} (Table 4: 224, 256, 384, 480, "
+                   "640)")
+    if sides != "none" and params.get("data.multi_scale_flip") == "false":
+        out.append("multi-scale testing without mirror images")
+    width = _num(_get(params, "width"), 1)
+    if width != 1:
+        out.append(f"width x{_g(width)} (paper: 64 filters in the first stage)")
+    bn = _num(_get(params, "bn_batch"), float("nan"))
+    batch = _num(params.get("train.batch_size"), float("nan"))
+    seen = bn if bn == bn else batch
+    if seen == seen and seen != IMAGENET_BN_BATCH:
+        out.append(f"BatchNorm statistics over {int(seen)} images (paper: {IMAGENET_BN_BATCH} per GPU, batch 256 "
+                   "on 8 GPUs)")
     return out

@@ -158,7 +158,7 @@ def recipe_notes(runs) -> list[str]:
         for d in paper.recipe_differences(r.params, iterations=_iterations(r), precision=r.precision, device=r.device):
             counts[d] = counts.get(d, 0) + 1
     if not counts:
-        return ["recipe vs the papers: no difference from their CIFAR recipe in the runs' params"]
+        return ["recipe vs the papers: no difference from the paper's recipe in the runs' params"]
     n = len(runs)
     return [f"recipe vs the papers: {d}" + ("" if k == n else f" ({k} of {n} runs)")
             for d, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
@@ -387,6 +387,81 @@ def degradation_table(study) -> Table | None:
              f"p raw / Holm-adjusted over the {len(found)} comparison(s) of each p column of this table"]
     notes += fail_notes(study) + recipe_notes(_runs_of(study, (x for f in found for x in f[1:3])))
     return Table("Degradation: shallowest to deepest net", columns, headers, csv_rows, rows, notes)
+
+# He 2016a's ImageNet testings, and the metrics each is read from (runners/tracking/naming.py):
+# 1-crop is the center crop (logged apart under 10-crop testing), 10-crop the configured
+# evaluation with dataset.ten_crop, multi-scale the Table 4 test of the final net.
+def _testing_keys(run, testing: str) -> tuple[str, str] | None:
+    ten = run.params.get("data.ten_crop") == "true"
+    if testing == "1-crop":
+        return ("test_error_1crop", "test_error_top5_1crop") if ten else ("test_error", "test_error_top5")
+    if testing == "10-crop":
+        return ("test_error", "test_error_top5") if ten else None
+    return "test_error_multiscale", "test_error_top5_multiscale"
+
+
+def _final_pct(runs, key: str | None) -> list[float]:
+    """A final metric of each converged run that logged it, in percent."""
+    return [100 * r.finals[key] for r in runs if r.converged and key and key in r.finals]
+
+
+def imagenet_table(study) -> Table | None:
+    """He 2016a Tables 2-4 as measured: per ImageNet-family variant, top-1 and top-5 test error
+    (the ImageNet validation set) under 1-crop, 10-crop and multi-scale testing, each the mean ±
+    std over its converged runs, beside the paper's 10-crop (Tables 2-3) and multi-scale (Table 4)
+    numbers for the same net. None without ImageNet-family runs."""
+    variants = {v: runs for v, runs in study.by_variant.items() if v.family == "imagenet" and runs}
+    if not variants:
+        return None
+    columns = ["depth", "block", "shortcut", "width", "detail", "n", "diverged"]
+    for t in paper.TESTINGS:
+        tag = t.replace("-", "")
+        columns += [f"top1_{tag}_mean_pct", f"top1_{tag}_std_pct", f"top5_{tag}_mean_pct", f"top5_{tag}_std_pct",
+                    f"runs_{tag}"]
+    columns += ["paper_10crop_top1_pct", "paper_10crop_top5_pct", "paper_10crop_source",
+                "paper_multiscale_top1_pct", "paper_multiscale_top5_pct", "paper_multiscale_source",
+                "num_params", "macs"]
+    headers = ["net", "n"] + [f"{t} top-1 / top-5 (%)" for t in paper.TESTINGS] + \
+        ["He 2016a 10-crop (Tables 2-3)", "He 2016a multi-scale (Table 4)", "params", "MACs"]
+    csv_rows, rows = [], []
+    for v, runs in variants.items():
+        first = runs[0].params
+        ref = paper.imagenet_lookup(first)
+        diverged = sum(r.diverged for r in runs)
+        csv_row = [str(v.depth), v.block, v.shortcut, v.width, v.detail, str(len(runs)), str(diverged)]
+        row = [v.label() + ("" if v.block == "basic" else f" [{v.block}]"), str(len(runs))
+               + (f" ({diverged} diverged)" if diverged else "")]
+        for t in paper.TESTINGS:
+            keys = _testing_keys(runs[0], t)
+            top1, top5 = (summarize(_final_pct(runs, k), PCT) for k in (keys or (None, None)))
+            csv_row += [fmt_float(top1.mean, 6), fmt_float(top1.std, 6), fmt_float(top5.mean, 6),
+                        fmt_float(top5.std, 6), str(top1.n)]
+            row.append("" if not top1.n else pm(top1.mean, top1.std) + " / " + pm(top5.mean, top5.std))
+        for t in ("10-crop", "multi-scale"):
+            num = ref.get(t)
+            csv_row += ["" if num is None else f"{num.top1:.2f}",
+                        "" if num is None or num.top5 is None else f"{num.top5:.2f}",
+                        "" if num is None else f"{paper.HE2016A} {num.tables}"]
+            row.append("" if num is None else num.text())
+        csv_row += [first.get("num_params", ""), first.get("macs", "")]
+        csv_rows.append(csv_row)
+        rows.append(row + [_count(first.get("num_params")), _count(first.get("macs"))])
+    notes = ["top-1 / top-5 test error (%) on the test split (for ImageNet: its validation set, as the paper's "
+             "tables), final epoch, mean ± sample std over the converged runs (n: runs; a column's runs are those "
+             "that logged it)",
+             "1-crop: the center crop (dataset.crop) of the image resized to dataset.resize (the paper's 224 of 256; "
+             "under 10-crop testing, that crop of the ten); "
+             "10-crop: four corners, center and their flips, softmax averaged (He 2016a Sec. 3.4); multi-scale: "
+             "the final net fully convolutional on whole images at the spec's shorter sides (dataset.multi_scale; "
+             "Table 4: 224, 256, 384, 480, 640), softmax averaged over scales (and mirror images with "
+             "dataset.multi_scale_flip)",
+             f"{paper.HE2016A}: Table 2 prints 10-crop top-1 only (plain and option-A 18/34); Table 3 10-crop top-1 / "
+             "top-5; Table 4 single-model multi-scale top-1 / top-5; set beside the net of the same depth and "
+             "shortcut (the 50/101/152 of option B, stride in the first 1x1), whatever our recipe (below)"]
+    notes += fail_notes(study)[1:] + recipe_notes(_runs_of(study, variants))
+    return Table("ImageNet: top-1 and top-5 error by testing (He 2016a Tables 2-4)", columns, headers, csv_rows,
+                 rows, notes)
+
 
 def summary_markdown(study, written: list[str], skipped: list[str], notes: list[str]) -> str:
     runs = study.runs

@@ -98,21 +98,20 @@ def estimate(spec: StudySpec, tflops: float | None = None,
 
 
 def dry_run_document(spec: StudySpec, tflops: float | None = None) -> dict:
-    """`ablate run SPEC --dry-run --json`: every variant's resolved architecture (ArchSpec fields)
-    and training config (precision included), its params, MACs and runs, its estimate rows, and
-    the papers' numbers its row will stand beside (`runners.report.paper.lookup`, from the params
-    its runs will log), as one JSON-ready dict; nothing is written."""
+    """`ablate run SPEC --dry-run --json`: the data config, and every variant's resolved
+    architecture (ArchSpec fields) and training config (precision included), its params, MACs and
+    runs, its estimate rows and the papers' numbers for it (`paper.numbers_for`), as one
+    JSON-ready dict; nothing is written."""
     rows, source = estimate(spec, tflops)
     variants = []
     for v in spec.variants:
         own = [r for r in rows if r.variant in (v.key, f"{v.key} (search)")]
-        train = v.recipe(spec.train)
-        numbers = paper.lookup(run_params(v.arch, train, spec.dataset))
-        variants.append({"variant": v.key, "arch": v.arch.as_dict(), "train": dataclasses.asdict(train),
-                         "paper": {p: {"error": n.error, "text": n.text(), "tables": n.tables, "stat": n.stat}
-                                   for p, n in numbers.items()},
-                         "params": own[0].params,
+        recipe = v.recipe(spec.train)
+        variants.append({"variant": v.key, "arch": v.arch.as_dict(),
+                         "train": dataclasses.asdict(recipe), "params": own[0].params,
                          "macs": own[0].macs, "runs": sum(r.runs for r in own),
-                         "estimate": [{**dataclasses.asdict(r), "total_gpu_hours": r.total_gpu_hours} for r in own]})
-    return {"study": spec.name, "training_images": source, "runs": sum(r.runs for r in rows),
+                         "estimate": [{**dataclasses.asdict(r), "total_gpu_hours": r.total_gpu_hours} for r in own],
+                         "paper": paper.numbers_for(run_params(v.arch, recipe, spec.dataset))})
+    return {"study": spec.name, "data": dataclasses.asdict(spec.dataset), "training_images": source,
+            "runs": sum(r.runs for r in rows),
             "gpu_hours": sum(r.total_gpu_hours for r in rows), "tflops": tflops, "variants": variants}

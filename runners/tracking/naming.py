@@ -9,6 +9,10 @@ The contract every producer (trainer, study) and consumer (figures, status) reli
   num_params and macs.
 * metrics with step = epoch (1-based): train_loss, train_error, val_loss, val_error, test_loss,
   test_error, lr, epoch_seconds, images_per_second, iteration; errors are fractions in [0, 1].
+  {val,test}_error is the top-1 error of the configured evaluation (10-crop under
+  dataset.ten_crop), {val,test}_error_top5 its top-5 (more than 5 classes); under ten_crop also
+  {val,test}_error_1crop and _top5_1crop, the center crop's alone. With dataset.multi_scale,
+  test_error_multiscale and test_error_top5_multiscale (He 2016a Table 4) at the last epoch.
   layer_response_std with step = the 3x3 layer's index (He 2016a Fig. 7).
 * artifacts: config.json, complexity.json, layer_responses.json, model.pt (final state_dict).
 * run name (`run_name`): the figures' name of the architecture and the seed, "ResNet-20 (A) s0".

@@ -92,6 +92,7 @@ class RunRecord:
     curves: dict[str, dict[int, float]]  # metric -> step -> value
     final_train: float = math.nan  # last logged step, as a fraction
     final_test: float = math.nan
+    finals: dict[str, float] = field(default_factory=dict)  # every val_*/test_* metric's last value
     device: str | None = None  # where it trained, from config.json when the params do not say
     precision: str | None = None  # fp32 | tf32 | bf16, as it trained; None: unknown
 
@@ -236,7 +237,8 @@ def _record(c, run, v: VariantAxes, seed: str) -> RunRecord:
             hist = sorted(c.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
             curves[key] = {int(m.step): float(m.value) for m in hist}
     params = dict(run.data.params)
-    rec = RunRecord(run.info.run_id, v, seed, run.data.tags.get("diverged") == "true", params, curves)
+    finals = {k: float(x) for k, x in run.data.metrics.items() if k.startswith(("val_", "test_"))}
+    rec = RunRecord(run.info.run_id, v, seed, run.data.tags.get("diverged") == "true", params, curves, finals=finals)
     for attr, key in (("final_train", "train_error"), ("final_test", "test_error")):
         series = curves.get(key)
         setattr(rec, attr, series[max(series)] if series else math.nan)

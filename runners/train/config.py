@@ -103,16 +103,24 @@ class DataConfig:
                                  "scaled by a factor uniform in [1 - v, 1 + v], in a random order per image (0.4)",
                                  low=0, below=1)
     ten_crop: bool = option(False, "evaluate on 10 crops (corners, center, flips), He 2016a's testing")
+    multi_scale: tuple[int, ...] | None = option(
+        None, "streamed: after training, test the final net fully convolutionally on whole images at these shorter "
+        "sides and average the scores (He 2016a Table 4: 224,256,384,480,640); logged as "
+        "test_error_multiscale/_top5_multiscale")
+    multi_scale_flip: bool = option(True, "multi_scale: also score each scale's mirror image (VGG's dense "
+                                    "evaluation, whose form He 2016a adopts; the paper does not say)")
     stats_images: int = option(10_000, "training images the normalisation statistics are taken from", low=1)
 
     def __post_init__(self) -> None:
-        if self.scale is not None and not isinstance(self.scale, tuple):
-            object.__setattr__(self, "scale", tuple(self.scale))
+        for name in ("scale", "multi_scale"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def streamed_only(self) -> list[str]:
         """The fields set here that only the streamed path implements (per-image geometry, colour)."""
-        return [f for f in ("crop", "scale", "resize", "ten_crop", "lighting", "color_jitter") if getattr(self, f)]
+        return [f for f in ("crop", "scale", "resize", "ten_crop", "multi_scale", "lighting", "color_jitter")
+                if getattr(self, f)]
 
     def validate(self) -> "DataConfig":
         if self.val_size < 0:
@@ -139,6 +147,9 @@ class DataConfig:
         sides = [v for v in (self.resize, *(self.scale or ())) if v]
         if self.crop is not None and sides and min(sides) < self.crop:
             raise ConfigError(f"dataset.crop ({self.crop}) must not exceed dataset.resize or dataset.scale's low end")
+        if self.multi_scale is not None and (not self.multi_scale or min(self.multi_scale) < 1):
+            raise ConfigError(f"dataset.multi_scale must be a list of positive shorter sides, "
+                              f"got {list(self.multi_scale)}")
         if self.ten_crop and self.crop is None:
             raise ConfigError("dataset.ten_crop needs dataset.crop (the side of the ten crops)")
         if self.lighting < 0 or self.stats_images <= 0:

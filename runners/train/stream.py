@@ -29,7 +29,8 @@ flip half the images; lighting adds AlexNet's PCA noise with fb.resnet.torch's I
 eigenvectors; color_jitter is fb.resnet.torch's ColorJitter (its blends, unclamped, on [0, 1]
 pixels before the lighting), drawn per image in the worker and applied to the batch on the device.
 Evaluation resizes the shorter side to dataset.resize and takes the center crop,
-or with ten_crop the four corners, the center and their flips (the paper's 10-crop testing).
+or with ten_crop the four corners, the center and their flips (the paper's 10-crop testing);
+multi_scale scores whole images at several shorter sides (Table 4, `multiscale_views`).
 
 torchvision (2.5 s to import after torch) is imported where an image is decoded or resized, in the
 loader's workers: the in-memory path loads this module to choose a loader and needs none of it.
@@ -240,6 +241,21 @@ class EvalImages(torch.utils.data.Dataset):
         return torch.cat([crops, crops.flip(-1)]), self.split.labels[i]
 
 
+class MultiScaleImages(torch.utils.data.Dataset):
+    """Item i -> ([uint8 (3, H_s, W_s) per scale, the shorter side resized to each], label): whole
+    images, not crops, for He 2016a Table 4's fully-convolutional testing (evaluation.py)."""
+
+    def __init__(self, split: StreamSplit, scales: tuple[int, ...]) -> None:
+        self.split, self.scales = split, scales
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        x = _open(self.split.files[i])
+        return [_resize_shorter(x, s).contiguous() for s in self.scales], int(self.split.labels[i])
+
+
 # -- the order of an epoch ------------------------------------------------------------------------
 class EpochBatches(torch.utils.data.Sampler):
     """Rank's share of each global batch of an epoch, as lists of (index, epoch).
@@ -347,6 +363,20 @@ class StreamDataset:
             shape = x.shape
             x = self.normalize(x.flatten(0, x.dim() - 4)).view(shape)
             yield x, y.to(self.device, non_blocking=True)
+
+    def multiscale_views(self, split: StreamSplit, scales: tuple[int, ...], flip: bool = True):
+        """Per image of `split`: ([float (V, 3, H_s, W_s) per scale: the image, and its mirror with
+        `flip`], label), on the device. Normalised per channel: a per-pixel mean is a mean crop,
+        and its average over the positions is the mean of an image of any size."""
+        mean = self.mean.mean((1, 2), keepdim=True)
+        loader = torch.utils.data.DataLoader(MultiScaleImages(split, tuple(scales)), batch_size=None,
+                                             num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        for images, y in loader:
+            views = []
+            for x in images:
+                x = (x.to(self.device, non_blocking=True).float()[None] / 255 - mean) / self.std
+                views.append(torch.cat([x, x.flip(-1)]) if flip else x)
+            yield views, y
 
     def summary(self) -> str:
         crops = "10-crop" if self.config.ten_crop else "center crop"

@@ -6,7 +6,8 @@
 The recipe is He et al. 2016a Sec. 4.2 (see runners/train/config.py). The whole dataset sits on the
 training device as uint8 and is augmented there in batches (runners/train/data.py). Every epoch
 records the training loss and error as measured on the fly (the augmented batches, in training
-mode, as the paper plots them), the validation and test loss and error, the lr, the time and
+mode, as the paper plots them), the validation and test loss and top-1 and top-5 error (and the
+center crop's alone under 10-crop testing), the lr, the time and
 the throughput; is logged to the tracker (the contract in runners/tracking/naming.py); and is
 checkpointed atomically with the model, optimizer, schedule and RNG states, so an interrupted run
 resumes exactly (bit-identical on CPU in deterministic mode). The CUDA generators are not saved:
@@ -37,7 +38,7 @@ from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config
                          load_checkpoint, restore_generator, save_checkpoint)
 from .config import DataConfig, TrainConfig
 from .data import Dataset, load_dataset
-from .evaluation import evaluate, layer_responses
+from .evaluation import evaluate, evaluate_multiscale, layer_responses
 from .execution import (MixedPrecision, compile_forward, memory_format, precision_on,
                         resolve_device, runtime, sync, use_bf16)
 from .schedule import LRSchedule, Plan
@@ -258,9 +259,24 @@ class Run:
             self.status = "finished"
             if self.cfg.probe and self.dist.is_main:  # logged and checkpointed by rank 0 only
                 self.responses = layer_responses(self.model, self.data, self.data.test)
+            self.test_multiscale()
         self.log_end()
         self.checkpoint()
         return self.result()
+
+    def test_multiscale(self) -> None:
+        """He 2016a Table 4's testing of the final net (dataset.multi_scale), once, by rank 0: its
+        errors join the last epoch's metrics, so they are logged at its step and kept in the
+        checkpoint's history (a resumed run re-logs them)."""
+        cfg = self.data.config
+        if not cfg.multi_scale or not self.dist.is_main or not self.history:
+            return
+        scores = evaluate_multiscale(self.model, self.data, self.data.test, cfg.multi_scale, cfg.multi_scale_flip,
+                                     self.device)
+        scores = {f"test_{k}": v for k, v in scores.items()}
+        self.history[-1].update(scores)
+        if self.tracker is not None:
+            self.tracker.log_metrics(scores, step=self.epoch)
 
     def forward(self) -> nn.Module:
         """The training forward: the mixed-precision net (in DDP when distributed), compiled if
@@ -317,9 +333,9 @@ class Run:
                                      self.dist)
         loss_total, wrong_total, seen = totals.tolist()
         metrics = {"epoch": epoch, "train_loss": loss_total / seen, "train_error": wrong_total / seen}
-        if len(data.val):
-            metrics["val_loss"], metrics["val_error"] = evaluate(self.net, data, data.val, cfg)
-        metrics["test_loss"], metrics["test_error"] = evaluate(self.net, data, data.test, cfg)
+        for name, split in (("val", data.val), ("test", data.test)):
+            if len(split):
+                metrics.update({f"{name}_{k}": v for k, v in evaluate(self.net, data, split, cfg).items()})
         if not all(math.isfinite(v) for v in metrics.values()):
             return None
         metrics.update(lr=tally.lr, epoch_seconds=seconds, images_per_second=seen / seconds,

@@ -48,7 +48,8 @@ def test_torchvision_weights_load_and_outputs_match(depth):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
-    ours = models.build(f"resnet{depth}").eval()
+    ours = models.build(f"resnet{depth}").eval()  # the registered preset: v1.5 (bottleneck_stride 3x3)
+    assert ours.spec.bottleneck_stride == ("3x3" if depth >= 50 else "1x1")
     ours.load_state_dict(from_torchvision_state_dict(ref.state_dict()), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

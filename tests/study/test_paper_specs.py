@@ -69,3 +69,30 @@ def test_every_paper_bottleneck_strides_in_its_first_1x1():
         yaml.safe_load((REPO / "ablations" / name).read_text()), name, check_data=False).variants
                    if v.arch.block == "bottleneck"]
     assert len(bottlenecks) >= 10 and {a.bottleneck_stride for a in bottlenecks} == {"1x1"}
+
+
+@pytest.mark.usefixtures("results")
+def test_imagenet_table3_dry_run_shows_the_papers_net_recipe_testing_and_numbers():
+    """`ablate run ablations/he2016a-imagenet-table3.yaml --dry-run --json`: the paper's bottleneck,
+    BN over 32 images, 10-crop and multi-scale testing, its schedule, and Tables 3-4 beside each net."""
+    import json
+    out = ablate("run", REPO / "ablations" / "he2016a-imagenet-table3.yaml", "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["data"]["ten_crop"] is True and doc["data"]["multi_scale"] == [224, 256, 384, 480, 640]
+    variants = {(v["arch"]["depth"], v["arch"]["shortcut"]): v for v in doc["variants"]}
+    for v in variants.values():
+        assert v["arch"]["bn_batch"] == 32
+        assert (v["train"]["schedule"], v["train"]["iterations"], v["train"]["epochs"]) == ("plateau", 600_000, None)
+        assert v["train"]["precision"] == "fp32"
+    fifty = variants[(50, "B")]
+    assert fifty["arch"]["bottleneck_stride"] == "1x1" and fifty["macs"] == 3_857_973_248
+    expected = {(34, "A"): (25.03, 7.76, None), (34, "B"): (24.52, 7.46, (21.84, 5.71)),
+                (34, "C"): (24.19, 7.40, (21.53, 5.60)), (50, "B"): (22.85, 6.71, (20.74, 5.25)),
+                (101, "B"): (21.75, 6.05, (19.87, 4.60)), (152, "B"): (21.43, 5.71, (19.38, 4.49))}
+    assert set(variants) == set(expected)
+    for key, (top1, top5, multi) in expected.items():
+        numbers = variants[key]["paper"]["He 2016a"]
+        assert (numbers["10-crop"]["top1"], numbers["10-crop"]["top5"]) == (top1, top5)
+        got = numbers.get("multi-scale")
+        assert (got and (got["top1"], got["top5"])) == (multi or None)

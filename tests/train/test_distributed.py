@@ -78,7 +78,8 @@ def test_two_ddp_processes_take_the_single_process_step_with_bn_over_each_half(t
     # The sharded evaluation, summed over the ranks, is the whole split's.
     saved = ResNet(TINY, num_classes=data.num_classes)
     saved.load_state_dict(state["model"])
-    val_loss, val_error = evaluate(MixedPrecision(saved, False), data, data.val, CFG)
+    scores = evaluate(MixedPrecision(saved, False), data, data.val, CFG)
+    val_loss, val_error = scores["loss"], scores["error"]
     assert state["history"][0]["val_error"] == pytest.approx(val_error)
     assert state["history"][0]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
 

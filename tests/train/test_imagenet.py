@@ -156,7 +156,9 @@ def test_recipe_presets_are_named_layered_under_explicit_values_and_logged():
         DataConfig("x", loader="memory", crop=224).validate()
     fig4 = load_spec(REPO / "ablations" / "he2016a-imagenet-fig4.yaml", check_data=False)
     table3 = load_spec(REPO / "ablations" / "he2016a-imagenet-table3.yaml", check_data=False)
-    assert fig4.train.recipe == "he2016a-imagenet" and fig4.train.milestones == (30, 60)
+    # the paper's schedule over the recipe's fixed one: /10 on a validation plateau, up to 60e4 iterations
+    assert fig4.train.recipe == "he2016a-imagenet" and fig4.train.milestones is None
+    assert (fig4.train.schedule, fig4.train.iterations, fig4.train.epochs) == ("plateau", 600_000, None)
     assert [v.arch.shortcut for v in fig4.variants] == ["none", "A", "none", "A"]
     assert [(v.arch.depth, v.arch.shortcut) for v in table3.variants] == \
         [(34, "A"), (34, "B"), (34, "C"), (50, "B"), (101, "B"), (152, "B")]
@@ -171,7 +173,8 @@ def test_cpu_scale_imagenet_spec_trains_through_the_streamed_path(tmp_path, monk
     monkeypatch.chdir(tmp_path)  # the spec's dataset path is relative to the repository root
     spec = load_spec(REPO / "ablations" / "he2016a-imagenet-cpu.yaml",
                      ["dataset.subset=100", "dataset.val_size=36", "dataset.stats_images=64",
-                      "train.epochs=1", "train.milestones=[1]", "train.workers=0"])
+                      "train.epochs=1", "train.milestones=[1]", "train.workers=0",
+                      "dataset.multi_scale=null"])  # multi-scale testing: the study test below
     data = load_dataset(spec.dataset)
     assert isinstance(data, StreamDataset) and (len(data.train), len(data.val), len(data.test)) == (64, 36, 120)
     variant = spec.variants[1]
@@ -179,3 +182,109 @@ def test_cpu_scale_imagenet_spec_trains_through_the_streamed_path(tmp_path, monk
     assert result.status == "finished" and result.epochs == 1
     m = result.final
     assert 0 <= m["val_error"] <= 1 and np.isfinite(m["test_loss"]) and m["iteration"] == 1  # 64 // 64
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared cifar10-jpeg-subset is absent")
+@pytest.mark.usefixtures("seeded_store")
+def test_cpu_scale_imagenet_study_tables_top1_top5_by_testing_beside_the_paper(tmp_path, results):
+    """The CPU-scale ImageNet spec end to end: `ablate run` trains plain-18, ResNet-18 (A) and the
+    paper's ResNet-50 with 10-crop and multi-scale testing; `ablate figures` reads MLflow alone
+    and writes He 2016a Tables 2-4 as measured, beside the paper's numbers."""
+    from conftest import ablate
+    from mlflow.tracking import MlflowClient
+    data = upscale_folder(SHARED, tmp_path / "cifar10-96", 96, per_class=12)
+    spec = REPO / "ablations" / "he2016a-imagenet-cpu.yaml"
+    sets = [f"dataset.name={data}", "dataset.subset=100", "dataset.val_size=36", "dataset.stats_images=64",
+            "train.epochs=1", "train.workers=0", "train.probe=false"]
+    out = ablate("run", spec, *[a for s in sets for a in ("--set", s)], "--device", "cpu")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("he2016a-imagenet-cpu").experiment_id], "tags.stage = 'confirm'")
+    assert len(runs) == 3
+    for r in runs:  # every evaluation's top-1 and top-5, 10-crop and the center crop, and multi-scale
+        assert {"val_error_top5", "test_error_top5", "val_error_1crop", "test_error_top5_1crop",
+                "test_error_multiscale", "test_error_top5_multiscale"} <= set(r.data.metrics)
+        assert r.data.params["arch.bn_batch"] == "32" and r.data.params["train.schedule"] == "plateau"
+    fifty = next(r for r in runs if r.data.params["depth"] == "50")
+    assert fifty.data.params["arch.bottleneck_stride"] == "1x1"
+
+    figures = tmp_path / "figures"
+    out = ablate("figures", spec, "--out", figures)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = (figures / "imagenet.md").read_text()
+    assert "1-crop top-1 / top-5 (%)" in table and "10-crop top-1 / top-5 (%)" in table
+    assert "multi-scale top-1 / top-5 (%)" in table
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines()
+            if line.startswith("| plain-18") or line.startswith("| ResNet-")}
+    assert set(rows) == {"plain-18 [bn_batch=32]", "ResNet-18 (A) [bn_batch=32]",
+                         "ResNet-50 (B) [bn_batch=32] [bottleneck]"}
+    rows = {k.replace(" [bn_batch=32]", ""): v for k, v in rows.items()}
+    for cells in rows.values():  # our three testings: top-1 / top-5 each
+        assert all(" / " in cells[i] for i in (2, 3, 4)), cells
+    assert rows["plain-18"][5] == "27.94" and rows["ResNet-18 (A)"][5] == "27.88"  # Table 2, top-1 only
+    assert rows["ResNet-50 (B) [bottleneck]"][5:7] == ["22.85 / 6.71", "20.74 / 5.25"]  # Tables 3 and 4
+    assert "not ImageNet (by the folder's name)" in table and "width x0.25" in table
+    assert "64k iterations" not in table and "64 per GPU" not in table  # the ImageNet recipe's notes, not CIFAR's
+
+
+SEVEN = ("a", "b", "c", "d", "e", "f", "g")  # more than 5 classes: top-5 is not 0 by construction
+
+
+def _small_net():
+    import models
+    torch.manual_seed(0)
+    return models.build(ArchSpec(family="imagenet", depth=18, width=0.125), num_classes=len(SEVEN)).eval()
+
+
+def test_ten_crop_logs_the_center_crops_own_1crop_numbers_and_top5(tmp_path):
+    from runners.train.evaluation import evaluate
+    from runners.train.execution import MixedPrecision
+    root = _folder(tmp_path / "f", size=(28, 22), per_class=4, classes=SEVEN)
+    base = dict(name=str(root), val_size=0, crop=16, resize=20, augment=False)
+    net, cfg = MixedPrecision(_small_net(), False), TrainConfig(device="cpu", channels_last=False)
+    one = load_dataset(DataConfig(**base, loader="stream")).with_workers(0)
+    ten = load_dataset(DataConfig(**base, loader="stream", ten_crop=True)).with_workers(0)
+    a, b = evaluate(net, one, one.test, cfg), evaluate(net, ten, ten.test, cfg)
+    assert set(a) == {"loss", "error", "error_top5"}
+    assert set(b) == {"loss", "error", "error_top5", "error_1crop", "error_top5_1crop"}
+    # the center crop of the ten is the 1-crop evaluation, image for image
+    assert (b["error_1crop"], b["error_top5_1crop"]) == (a["error"], a["error_top5"])
+    x, y = next(one.eval_batches(one.test, 100))
+    top5 = net(x).topk(5, 1).indices
+    assert a["error_top5"] == pytest.approx((top5 != y[:, None]).all(1).float().mean().item())
+
+
+def test_multiscale_testing_averages_the_softmax_over_whole_images_at_each_scale_and_their_mirrors(tmp_path):
+    from runners.train.evaluation import evaluate_multiscale
+    from runners.train.stream import _open, _resize_shorter
+    root = _folder(tmp_path / "f", size=lambda rng: (int(rng.integers(18, 40)), int(rng.integers(18, 40))),
+                   per_class=4, classes=SEVEN)
+    cfg = DataConfig(name=str(root), val_size=0, crop=16, resize=18, multi_scale=(16, 30))
+    data = load_dataset(cfg).with_workers(0)
+    net = _small_net()
+    with torch.no_grad():
+        got = evaluate_multiscale(net, data, data.test, (16, 30), flip=True)
+        mean = data.mean.mean((1, 2), keepdim=True)  # per channel: the per-pixel mean, averaged
+        wrong = wrong5 = 0
+        for path, label in zip(data.test.files, data.test.labels.tolist()):
+            probs = 0
+            for side in (16, 30):  # the whole image, its shorter side resized; not a crop
+                x = (_resize_shorter(_open(path), side).float()[None] / 255 - mean) / data.std
+                probs = probs + net(x).softmax(-1)[0] + net(x.flip(-1)).softmax(-1)[0]
+            top = (probs / 4).topk(5).indices.tolist()
+            wrong, wrong5 = wrong + (top[0] != label), wrong5 + (label not in top)
+    n = len(data.test)
+    assert got == pytest.approx({"error_multiscale": wrong / n, "error_top5_multiscale": wrong5 / n})
+    # usable from `ablate train`: the flag is declared with the field
+    from runners.cli import build_parser
+    from runners.commands.fields import field_values
+    from runners.train.config import CONFIG_CLASSES, assemble
+    args = build_parser("train").parse_args(["train", "resnet18", "--dataset", str(root), "--crop", "16",
+                                             "--multi-scale", "224,256,384,480,640", "--no-multi-scale-flip"])
+    job = assemble(args.model, {s: field_values(args, s, cls) for s, cls in CONFIG_CLASSES.items()}, args.set)
+    assert job.data.multi_scale == (224, 256, 384, 480, 640) and job.data.multi_scale_flip is False
+    with pytest.raises(ConfigError, match="streamed loader only"):
+        DataConfig("cifar10", multi_scale=(32, 40)).validate()
