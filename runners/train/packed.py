@@ -300,6 +300,11 @@ class Stack:
                 group["lr"] = self.lrs[j]
 
 
+def stacked(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members' batches as the stack's input: x (B, K, C, H, W), y (K, B)."""
+    return torch.stack([b[0] for b in batches], 1), torch.stack([b[1] for b in batches])
+
+
 # -- the loop -------------------------------------------------------------------------------------
 class Pack:
     """K Runs trained together: each epoch, the members at the lowest epoch are stacked, step
@@ -396,8 +401,7 @@ class Pack:
                     if alive[j]:
                         last[j] = next(batches[j])
                         lrs[j] = runs[j].schedule.lr(runs[j].iteration)
-                x = torch.stack([xy[0] for xy in last], 1)  # (B, K, C, H, W)
-                y = torch.stack([xy[1] for xy in last])  # (K, B)
+                x, y = stacked(last)
                 loss, wrong = stack.step(x, y, lrs)
                 n = y.shape[1]
                 loss_sum += loss * n
