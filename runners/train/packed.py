@@ -27,6 +27,9 @@ of the pack no longer touch it) and ends `diverged`; the others go on: nothing i
 mixes members. Members at different epochs (a pack killed between two checkpoint writes) train
 in turn, the ones behind first, until they are level.
 
+The packed step runs eager: train.compile is not applied to it (whether compile or CUDA graphs
+help a vmapped step is for `ablate bench --pack` on a GPU to measure first).
+
 Results agree with separate runs to float tolerance, not bit for bit: a grouped convolution adds
 in another order than K single ones (tests/train/test_packed.py states the tolerance).
 """

@@ -14,6 +14,7 @@ steps by as much as packing does. So the packed numbers must agree with the sepa
   images of its split (a nearly tied image may flip either way, as it does under the nudge).
 """
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -178,3 +179,51 @@ def test_only_same_shape_models_with_a_shared_recipe_pack(data):
                          (Member(TINY.replace(shortcut="dropout"), recipe()), "cannot pack")):
         with pytest.raises(ConfigError, match=words):
             train_packed([first, other], data)
+
+
+@pytest.mark.slow
+def test_bench_pack_reports_packed_beside_separate_and_their_ratio(tmp_path):
+    from conftest import ablate
+    out_file = tmp_path / "pack.json"
+    out = ablate("bench", "resnet8", "--dataset", "synthetic", "--pack", "1,2", "--steps", "1", "--repeats", "2",
+                 "--warmup-steps", "1", "--batch-size", "32", "--json", out_file)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out_file.read_text())
+    assert [row["k"] for row in r["packs"]] == [1, 2]
+    for row in r["packs"]:
+        assert len(row["packed_repeats"]) == len(row["separate_repeats"]) == 2
+        assert row["ratio"] == pytest.approx(row["packed"] / row["separate"])
+    assert r["recommended"] in (1, 2) and "recommended pack:" in out.stdout and "ratio" in out.stdout
+
+
+def test_the_recommended_pack_is_the_smallest_near_the_best_that_beats_separate_runs():
+    from runners.train.bench import recommend
+
+    def rows(*rates):
+        return [{"k": k, "packed": p, "ratio": p / s} for k, p, s in rates]
+
+    assert recommend(rows((1, 100, 100), (2, 180, 100), (4, 300, 100), (8, 310, 100))) == 4
+    assert recommend(rows((1, 100, 100), (2, 90, 100), (4, 80, 100))) == 1  # a CPU: packing is slower
+    assert recommend(rows((1, 100, 100), (2, 102, 100))) == 1  # within 5%: not worth it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ablate_train_pack_trains_seeds_into_their_own_runs_and_resumes(results):
+    from conftest import ablate, assert_one_line_error
+    from runners.tracking.store import client as store_client
+    uri = f"sqlite:///{results}/mlflow.db"
+    args = ["train", "resnet8", "--dataset", "synthetic", "--subset", "300", "--val-size", "44", "--epochs", "2",
+            "--batch-size", "32", "--threads", "1", "--seed", "3", "--pack", "2", "--tracking-uri", uri]
+    out = ablate(*args)
+    assert out.returncode == 0, out.stderr
+    assert "seed 3: finished, 2 epochs" in out.stdout and "seed 4: finished, 2 epochs" in out.stdout
+    c = store_client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("ablate-train").experiment_id])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["3", "4"]
+    assert {r.data.tags["pack"] for r in runs} == {"2"} and len({r.data.tags["pack_id"] for r in runs}) == 1
+    assert all(r.info.status == "FINISHED" and len(c.get_metric_history(r.info.run_id, "test_error")) == 2
+               for r in runs)
+    again = ablate(*args)  # the checkpoints say finished: nothing trains again
+    assert again.returncode == 0 and "seed 4: finished, 2 epochs" in again.stdout
+    assert_one_line_error(ablate(*args, "--run-name", "x"), "--run-name does not combine with --pack")
