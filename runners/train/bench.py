@@ -34,7 +34,7 @@ from models.spec import ArchSpec
 from .config import TrainConfig
 from .data import Dataset
 from .execution import runtime, sync
-from .packed import Stack, stacked, template, template_net
+from .packed import Stack, pack_net, stacked
 from .trainer import Run, Tally
 
 PREFETCH = 2  # the DataLoader's prefetch_factor: batches queued per worker
@@ -153,8 +153,7 @@ class PackedLoop:
     """K Runs' steps as one packed step (runners/train/packed.py's `Stack`), through epochs."""
 
     def __init__(self, runs: list[Run]) -> None:
-        r0 = runs[0]
-        net = template_net(template(r0.arch), r0.data.num_classes, r0.amp, gained=False)
+        net = pack_net(runs)
         net.train()
         self.runs, self.stack = runs, Stack(runs, net)
         self.batches = [endless(r) for r in runs]

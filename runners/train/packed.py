@@ -192,6 +192,16 @@ def template_net(arch: ArchSpec, num_classes: int, amp: bool, gained: bool) -> M
     return MixedPrecision(model, amp)
 
 
+def pack_net(runs: list[Run]) -> MixedPrecision:
+    """The template of these members: their own net when all have the same shortcut kind (all
+    plain too), else the option-A net with a gain on each identity term (0 for the plain ones)."""
+    r0 = runs[0]
+    plain = {r.arch.shortcut == "none" for r in runs}
+    if len(plain) == 1:
+        return template_net(r0.arch, r0.data.num_classes, r0.amp, gained=False)
+    return template_net(template(r0.arch), r0.data.num_classes, r0.amp, gained=True)
+
+
 # -- the stacked state ----------------------------------------------------------------------------
 class Stack:
     """K members' state as one: the parameters as (K, ...) views of one flat (K, N) tensor (the
@@ -318,8 +328,7 @@ class Pack:
         self.runs, self.on_epoch = runs, on_epoch
         r0 = runs[0]
         self.device, self.plan, self.cfg, self.data = r0.device, r0.plan, r0.cfg, r0.data
-        gained = len({r.arch.shortcut == "none" for r in runs}) > 1
-        self.net = template_net(template(r0.arch), r0.data.num_classes, r0.amp, gained)
+        self.net = pack_net(runs)
         self.pack_id = uuid.uuid4().hex[:8]
 
     def run(self, progress: bool) -> list[TrainResult | Exception]:

@@ -122,6 +122,13 @@ def test_ghost_bn_packs_as_if_alone(data, tmp_path, floor):
 
 
 @pytest.mark.slow
+def test_plain_nets_alone_in_a_pack_stay_plain(data, tmp_path, floor):
+    """A pack of plain nets only is run as the plain net itself (no identity term at all)."""
+    compare([Member(PLAIN, recipe(seed=0, epochs=4)), Member(PLAIN, recipe(seed=1, epochs=4))], data, tmp_path,
+            floor)
+
+
+@pytest.mark.slow
 def test_a_diverging_model_is_frozen_and_the_others_go_on(data, tmp_path, floor):
     members = [Member(TINY, recipe(seed=0, epochs=4)), Member(TINY, recipe(seed=1, epochs=4, lr=1e6)),
                Member(PLAIN, recipe(seed=2, epochs=4))]
