@@ -69,3 +69,12 @@ def test_resources_pack_is_checked_and_leaves_the_study_identity_alone(tmp_path)
     spec = tmp_path / "s.yaml"
     spec.write_text(SMOKE.read_text() + "resources:\n  pack: 2\n  gpus_per_trial: 2\n")
     assert_one_line_error(ablate("run", spec, "--dry-run"), "does not combine with resources.gpus_per_trial")
+
+
+def test_dry_run_json_carries_the_packs(results):
+    import json
+    out = ablate("run", SMOKE, "--dry-run", "--json", "--pack", "3")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["pack"]["k"] == 3 and [p["size"] for p in doc["pack"]["packs"]] == [3, 1]
+    assert all(p["gpu_hours"] <= p["alone_gpu_hours"] for p in doc["pack"]["packs"])
