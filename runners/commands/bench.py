@@ -36,7 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default="fp32",
                    help="the trainer's train.precision (default: fp32, the papers')")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--pack", metavar="K[,K...]", type=pack_sizes,
+                   help="instead: aggregate images/s of K models packed into one step beside K separate runs, "
+                        "and their ratio, for each K (e.g. 1,2,4); recommends a K")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def pack_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--pack takes positive integers, comma-separated (1,2,4), got {text!r}")
+    return sizes
 
 
 def default_dataset() -> str:
@@ -66,6 +79,16 @@ def run(args) -> int:
     if len(data.train) < args.batch_size:
         raise ConfigError(f"{data.name} has {len(data.train)} training images, fewer than "
                           f"--batch-size {args.batch_size}")
+    if args.pack:
+        from ..train.bench import bench_packed
+        r = bench_packed(arch, data, device=device, packs=args.pack, batch_size=args.batch_size, steps=args.steps,
+                         repeats=args.repeats, warmup_steps=args.warmup_steps, threads=args.threads,
+                         precision=args.precision)
+        r["model_name"] = args.model
+        print_packed(r)
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=2))
+        return 0
     r = bench(arch, data, device=device, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
               warmup_steps=args.warmup_steps, workers=args.workers, threads=args.threads,
               compile=args.compile, utilization=args.utilization, precision=args.precision)
@@ -100,3 +123,15 @@ def print_bench(r: dict) -> None:
             gflops, mmacs = r['training_flops_per_s'][k] / 1e9, r['macs_per_image'] / 1e6
             print(f"{k}: {gflops:.1f} training GFLOP/s (6 x {mmacs:.1f}M "
                   f"MACs x images/s) = {100 * u:.1f}% of the matmul rate")
+
+
+def print_packed(r: dict) -> None:
+    threads = f", {r['threads']} threads" if r["device"] == "cpu" else ""
+    print(f"bench --pack {r.get('model_name', '')} on {r['dataset']}, batch {r['batch_size']} per model, "
+          f"{r['device']}{threads}, {r['precision']}, {r['repeats']} x {r['steps']} steps per loop (after "
+          f"{r['warmup_steps']} warm-up), alternating, cpus={r['cpus']}, torch {r['torch']}")
+    print(f"{'K':>3}  {'packed images/s':>15}  {'separate images/s':>17}  {'ratio':>6}   "
+          "(aggregate over K models, medians)")
+    for row in r["packs"]:
+        print(f"{row['k']:>3}  {row['packed']:>15.1f}  {row['separate']:>17.1f}  {row['ratio']:>5.2f}x")
+    print(f"recommended pack: {r['recommended']}")

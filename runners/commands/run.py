@@ -59,14 +59,18 @@ def run(args) -> int:
 
 def dry_run(args) -> int:
     """`--dry-run`: the spec checked, its runs sized and costed (runners/study/estimate.py)."""
-    from ..study.estimate import LAUNCH_MS, TFLOPS, dry_run_document, estimate
+    from ..study.estimate import LAUNCH_MS, TFLOPS, dry_run_document, estimate, pack_plan
     from ..study.spec import load_spec
     from .table import text_table
     if args.tflops is not None and args.tflops <= 0:
         raise ConfigError(f"--tflops must be positive, got {args.tflops}")
     spec = load_spec(args.spec, args.overrides, check_data=False)
+    k = dry_run_pack(spec)
     if args.json:
-        print(json.dumps(dry_run_document(spec, args.tflops), indent=2))
+        doc = dry_run_document(spec, args.tflops)
+        if k > 1:
+            doc["pack"] = {"k": k, "packs": pack_plan(spec, k, args.tflops)}
+        print(json.dumps(doc, indent=2))
         return 0
     rows, source = estimate(spec, args.tflops)
     print(text_table(["variant", "params", "GMACs/img", "runs", "iterations", "images/run", "GPU-h/run", "bound"],
@@ -80,4 +84,34 @@ def dry_run(args) -> int:
           + (f" ({gpus} GPUs per trial: {total / gpus:.1f} h on as many)" if gpus > 1 else ""))
     print(f"training images: {source}. Per run: max(6 x MACs x images / {rate}, iterations x depth x "
           f"{LAUNCH_MS} ms); assumed rates, evaluation not counted, search trials at full length. Nothing was written.")
+    if k > 1:
+        print_packs(spec, k, pack_plan(spec, k, args.tflops))
     return 0
+
+
+def dry_run_pack(spec) -> int:
+    """The K a dry run shows packs for: resources.pack, or for auto (measured on the GPU at run
+    time) the seeds of a variant, the natural pack."""
+    pack = spec.resources.pack
+    return min(len(spec.seeds), 16) if pack == "auto" else pack
+
+
+def print_packs(spec, k: int, packs: list[dict]) -> None:
+    from .table import text_table
+    print(f"\npacks of up to {k}" + (" (resources.pack auto: K is measured on the GPU; shown for the seeds of a "
+                                    "variant)" if spec.resources.pack == "auto" else "") + ":")
+    print(text_table(["pack", "cells", "GPU-h", "alone GPU-h", "bound"],
+                     [[str(i + 1), compact(p["cells"]), f"{p['gpu_hours']:.2f}", f"{p['alone_gpu_hours']:.2f}",
+                       p["bound"]] for i, p in enumerate(packs)]))
+    packed, alone = sum(p["gpu_hours"] for p in packs), sum(p["alone_gpu_hours"] for p in packs)
+    print(f"confirmation cells packed: {len(packs)} packs, estimated {packed:.1f} GPU-hours (alone: {alone:.1f}); a "
+          "pack assumed to cost its K models' compute at one model's launches (ablate bench --pack measures it)")
+
+
+def compact(cells: list[str]) -> str:
+    """"v/seed=0", "v/seed=1", "w/seed=0" -> "v seeds 0,1; w seed 0"."""
+    seeds: dict[str, list[str]] = {}
+    for c in cells:
+        variant, _, seed = c.partition("/seed=")
+        seeds.setdefault(variant, []).append(seed)
+    return "; ".join(f"{v} seed{'s' if len(s) > 1 else ''} {','.join(s)}" for v, s in seeds.items())

@@ -26,7 +26,17 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                                                              "storage; a trial is retried after 3 missed")
     p.add_argument("--retry-failed", action="store_true",
                    help="retry the cells that used up their attempts (their count starts again)")
+    p.add_argument("--pack", dest="overrides", action=PackOption, metavar="K|auto",
+                   help="train up to K cells that pack (seeds, plain/option-A twins) as one step: the spec's "
+                        "resources.pack (auto: measured on a GPU, 1 on a CPU)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+
+
+class PackOption(argparse.Action):
+    """--pack K is --set resources.pack=K: the spawned workers get it with the other overrides."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        namespace.overrides = [*(namespace.overrides or []), f"resources.pack={value}"]
 
 
 def runner_options(args) -> dict:

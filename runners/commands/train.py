@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("processes")
     e.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="train on N local processes (GPUs) with DDP; the batch is the global batch")
+    e.add_argument("--pack", type=int, default=1, metavar="K",
+                   help="train K seeds (--seed, --seed + 1, ...) as one packed step, each its own MLflow run and "
+                        "checkpoint (README: Packed training)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any field: arch.F (or bare F), train.F or data.F; VALUE is YAML (repeatable)")
     m = p.add_argument_group("tracking and checkpoints")
@@ -51,6 +54,8 @@ def run(args) -> int:
     from ..train.job import prepare
     job = assemble(args.model, {s: field_values(args, s, cls) for s, cls in CONFIG_CLASSES.items()}, args.set)
     options = dict(checkpoint_dir=args.checkpoint_dir, fresh=args.fresh, keep=not args.no_checkpoint)
+    if args.pack != 1:
+        return _train_pack(args, job)
     if args.nproc_per_node > 1 and not distributed.launched():
         # Everything a process would refuse is refused here, in one line, before any starts.
         distributed.local_batch(job.train.batch_size, args.nproc_per_node)
@@ -106,4 +111,35 @@ def _train(args, job, ctx, options: dict) -> int:
     print(f"  view: mlflow ui --backend-store-uri {redact(out.tracking_uri)}   then open the run (its metrics, "
           f"parameters, dataset):\n  {run_link(out.experiment_id, out.run_id)}\n"
           f"  or the experiment's runs, to compare: {experiment_link(out.experiment_id)}")
+    return 0
+
+
+def _train_pack(args, job) -> int:
+    """--pack K: seeds seed..seed+K-1 of the job as one pack (runners/train/job.py train_pack_tracked)."""
+    import dataclasses
+
+    from ..errors import ConfigError
+    from ..train.job import train_pack_tracked
+    if args.pack < 1:
+        raise ConfigError(f"--pack must be a positive number of seeds, got {args.pack}")
+    for flag, given in (("--nproc-per-node", args.nproc_per_node > 1), ("--checkpoint-dir", args.checkpoint_dir),
+                        ("--run-name", args.run_name), ("--no-checkpoint", args.no_checkpoint)):
+        if given:
+            raise ConfigError(f"{flag} does not combine with --pack: each packed seed has its own run and "
+                              "default checkpoint directory")
+    jobs = [dataclasses.replace(job, train=dataclasses.replace(job.train, seed=job.train.seed + i))
+            for i in range(args.pack)]
+    started = time.perf_counter()
+    print(f"{job.model}: seeds {', '.join(str(j.train.seed) for j in jobs)} packed into one step")
+    out = train_pack_tracked(jobs, experiment=args.experiment, tracking_uri=args.tracking_uri, fresh=args.fresh,
+                             on_epoch=lambda e, m: print(f"epoch {e:>3}  seed {job.train.seed}: train "
+                                                         f"{m['train_error']:.4f}  test {m['test_error']:.4f}",
+                                                         flush=True))
+    for j, t in zip(jobs, out):
+        f = t.result.final
+        where = f"MLflow run {t.run_id}" if t.run_id else "already done: its checkpoint (--fresh trains again)"
+        print(f"seed {j.train.seed}: {t.result.status}, {t.result.epochs} epochs, test error "
+              f"{f.get('test_error', float('nan')):.4f}; {where}")
+    print(f"{len(jobs)} runs in {time.perf_counter() - started:.1f} s, experiment {args.experiment!r} of "
+          f"{redact(out[0].tracking_uri)}")
     return 0

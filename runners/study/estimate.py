@@ -115,3 +115,35 @@ def dry_run_document(spec: StudySpec, tflops: float | None = None) -> dict:
     return {"study": spec.name, "data": dataclasses.asdict(spec.dataset), "training_images": source,
             "runs": sum(r.runs for r in rows),
             "gpu_hours": sum(r.total_gpu_hours for r in rows), "tflops": tflops, "variants": variants}
+
+
+def pack_plan(spec: StudySpec, k: int, tflops: float | None = None, launch_ms: float = LAUNCH_MS) -> list[dict]:
+    """The packs a study's workers form with `resources.pack` K from its confirmation cells (in
+    the order they are enqueued and claimed, runners/study/pack.py), each with its estimated
+    GPU-hours. A pack's step is assumed to do its K models' compute at one model's launches:
+    max(K x compute, launch) per pack, the premise of packing, which `ablate bench --pack`
+    measures (an assumption, like the rates above)."""
+    from ..train.packed import pack_key
+    groups: dict = {}
+    for v in spec.variants:
+        for seed in spec.seeds:
+            cfg = v.recipe(spec.train, seed=seed)
+            key = pack_key(v.arch, cfg, spec.dataset) or ("alone", v.key, seed)
+            groups.setdefault(key, []).append((v, seed, cfg))
+    n, _ = train_images(spec.dataset, spec.variants[0].arch.family)
+    packs = []
+    for cells in groups.values():
+        v, _, cfg = cells[0]
+        with torch.device("meta"):
+            macs = ResNet(v.arch).complexity().macs
+        plan = Plan.of(cfg, n - spec.dataset.val_size)
+        rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
+        compute = 6 * macs * plan.iterations * cfg.batch_size / rate
+        launch = plan.iterations * v.arch.depth * launch_ms / 1e3
+        for i in range(0, len(cells), k):  # a model that never packs has a group of its own
+            chunk = cells[i:i + k]
+            work = len(chunk) * compute
+            packs.append({"cells": [f"{c[0].key}/seed={c[1]}" for c in chunk], "size": len(chunk),
+                          "gpu_hours": max(work, launch) / 3600, "bound": "compute" if work >= launch else "launch",
+                          "alone_gpu_hours": len(chunk) * max(compute, launch) / 3600})
+    return packs

@@ -26,6 +26,7 @@ from ..train.execution import resolve_device
 from ..tracking.store import client
 from . import parent
 from .layout import ACTIVE, Layout
+from .pack import claim_pack, pack_size, run_pack
 from .progress import NoProgress
 from .spec import StudySpec, load_spec
 from .storage import fail_stale_trials, is_database, open_storage
@@ -165,10 +166,16 @@ class StudyRunner:
         layout, failed, ctx = self.layout, 0, distributed.current()
         worker = Worker(self.mlflow, self.parent_run_id, lambda stage: self.dataset(stage=stage),
                         self.device, self.threads, self.progress)
+        # -- packed cells (runners/study/pack.py): up to `pack` cells claimed and trained together --
+        pack = pack_size(self.spec, self.device, self.dataset()) if self.spec.resources.pack != 1 else 1
         while True:
             studies = layout.all_studies()
             for s in studies:
                 fail_stale_trials(s, self._on_stale)
+            if pack > 1 and (group := claim_pack(layout, studies, pack)):
+                failed += run_pack(layout, worker, group)
+                continue
+            # -- end packed cells --
             claimed = layout.claim(studies)
             if claimed is not None:
                 distributed.broadcast_object(TRIAL, ctx)

@@ -62,6 +62,9 @@ class SearchSpec:
 @dataclass(frozen=True)
 class Resources:
     gpus_per_trial: int = 1  # >1: each trial runs as that many processes (runners/train/distributed.py)
+    # >1: a worker trains up to that many cells that pack (seeds, plain/option-A twins) as one step
+    # (runners/train/packed.py, runners/study/pack.py); "auto": measured on the worker's GPU, 1 on a CPU.
+    pack: int | str = 1
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,10 @@ class StudySpec:
     def fingerprint(self) -> str:
         """Changes when anything that defines the trials changes (checked on resume)."""
         body = {k: v for k, v in self.resolved.items() if k not in NOT_IDENTITY}
+        if isinstance(body.get("resources"), dict):  # packing changes how cells run, not what they compute
+            body["resources"] = {k: v for k, v in body["resources"].items() if k != "pack"}
+            if not body["resources"]:
+                del body["resources"]
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def variant(self, key: str) -> Variant:
@@ -163,16 +170,22 @@ def _family(grids: list) -> str:
 
 def _parse_resources(value, where: str, train: TrainConfig) -> Resources:
     value = _mapping(value, f"{where}: resources")
-    unknown = sorted(set(value) - {"gpus_per_trial"})
+    unknown = sorted(set(value) - {"gpus_per_trial", "pack"})
     if unknown:
-        raise ConfigError(f"{where}: resources: unknown field(s) {', '.join(unknown)}; allowed: gpus_per_trial")
+        raise ConfigError(f"{where}: resources: unknown field(s) {', '.join(unknown)}; allowed: gpus_per_trial, pack")
     gpus = value.get("gpus_per_trial", 1)
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
         raise ConfigError(f"{where}: resources.gpus_per_trial must be a positive integer, got {gpus!r}")
     if train.batch_size % gpus:
         raise ConfigError(f"{where}: train.batch_size {train.batch_size} is the global batch and must divide "
                           f"evenly among resources.gpus_per_trial {gpus}")
-    return Resources(gpus)
+    pack = value.get("pack", 1)
+    if pack != "auto" and (not isinstance(pack, int) or isinstance(pack, bool) or pack < 1):
+        raise ConfigError(f"{where}: resources.pack must be a positive integer or auto, got {pack!r}")
+    if pack != 1 and gpus > 1:
+        raise ConfigError(f"{where}: resources.pack packs models into one process; it does not combine with "
+                          f"resources.gpus_per_trial {gpus}: set one of them to 1")
+    return Resources(gpus, pack)
 
 
 def _mapping(value, where: str) -> dict:

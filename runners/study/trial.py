@@ -106,26 +106,35 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         study.tell(trial, state=TrialState.PRUNED)
         worker.progress.finish("pruned")
     else:
-        final = result.final
-        diverged = result.status == "diverged"
-        # The objective is the final validation error (never test); a diverged trial counts as
-        # chance-or-worse so the search learns to avoid its region.
-        value = final.get("val_error", final.get("train_error"))
-        if diverged or value is None or not math.isfinite(value):
-            value = 1.0
-        trial.set_user_attr("diverged", diverged)
-        trial.set_user_attr("epochs", result.epochs)
-        for k in ("train_error", "val_error", "test_error"):
-            if final.get(k) is not None and math.isfinite(final[k]):
-                trial.set_user_attr(f"final_{k}", final[k])
-        study.tell(trial, value)
-        worker.progress.finish("diverged" if diverged else "done",
-                               {k: final.get(k) for k in ("train_error", "val_error", "test_error")})
-    # The weights live in MLflow now. A checkpoint set aside as unreadable stays, for inspection.
+        tell_result(study, trial, result, worker.progress)
+    remove_checkpoint(checkpoint)
+    return True
+
+
+def tell_result(study: optuna.Study, trial: optuna.Trial, result, progress) -> None:
+    """Tell Optuna how a trained trial ended (also a packed one's, runners/study/pack.py)."""
+    final = result.final
+    diverged = result.status == "diverged"
+    # The objective is the final validation error (never test); a diverged trial counts as
+    # chance-or-worse so the search learns to avoid its region.
+    value = final.get("val_error", final.get("train_error"))
+    if diverged or value is None or not math.isfinite(value):
+        value = 1.0
+    trial.set_user_attr("diverged", diverged)
+    trial.set_user_attr("epochs", result.epochs)
+    for k in ("train_error", "val_error", "test_error"):
+        if final.get(k) is not None and math.isfinite(final[k]):
+            trial.set_user_attr(f"final_{k}", final[k])
+    study.tell(trial, value)
+    progress.finish("diverged" if diverged else "done",
+                    {k: final.get(k) for k in ("train_error", "val_error", "test_error")})
+
+
+def remove_checkpoint(checkpoint: str) -> None:
+    """The weights live in MLflow now. A checkpoint set aside as unreadable stays, for inspection."""
     Path(checkpoint, "checkpoint.pt").unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         Path(checkpoint).rmdir()
-    return True
 
 
 def _give_back(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> None:

@@ -34,6 +34,7 @@ from models.spec import ArchSpec
 from .config import TrainConfig
 from .data import Dataset
 from .execution import runtime, sync
+from .packed import Stack, pack_net, stacked
 from .trainer import Run, Tally
 
 PREFETCH = 2  # the DataLoader's prefetch_factor: batches queued per worker
@@ -146,6 +147,85 @@ class Matmul:
     def __call__(self, k: int) -> None:
         for _ in range(k):
             torch.mm(self.a, self.b, out=self.out)
+
+
+class PackedLoop:
+    """K Runs' steps as one packed step (runners/train/packed.py's `Stack`), through epochs."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        net = pack_net(runs)
+        net.train()
+        self.runs, self.stack = runs, Stack(runs, net)
+        self.batches = [endless(r) for r in runs]
+        self.lrs = [r.cfg.lr for r in runs]
+
+    def __call__(self, steps: int) -> None:
+        for _ in range(steps):
+            self.stack.step(*stacked([next(b) for b in self.batches]), self.lrs)
+
+
+def endless(run: Run):
+    """`run`'s training batches, epoch after epoch."""
+    epoch = 1
+    while True:
+        yield from run.batches(epoch)
+        epoch += 1
+
+
+class SeparateLoops:
+    """K Runs stepping one after another, each its own ordinary steps: K runs in one process."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        self.loops = [OursLoop(r, r.forward()) for r in runs]
+
+    def __call__(self, steps: int) -> None:
+        for loop in self.loops:
+            loop(steps)
+
+
+def bench_packed(arch: ArchSpec, data: Dataset, *, device: torch.device, packs: tuple[int, ...] = (1, 2, 4),
+                 batch_size: int = 128, steps: int | None = None, repeats: int = 5, warmup_steps: int = 3,
+                 threads: int | None = None, precision: str = "fp32") -> dict:
+    """Aggregate images/s (all K models' images) of K models packed into one step and of the same
+    K models trained separately (one after another, in this process), for each K in `packs`;
+    medians of repeats that alternate packed and separate, K after K, so drift hits all alike."""
+    steps = steps or default_steps(device)
+    cfg = TrainConfig(iterations=10**9, batch_size=batch_size, device=str(device), threads=threads,
+                      schedule="constant", probe=False, precision=precision).validate()
+    with runtime(cfg, device):
+        loops = {}
+        for k in packs:
+            runs = [Run(arch, dataclasses.replace(cfg, seed=s), data, device, None, None, None) for s in range(k)]
+            loops[("packed", k)] = PackedLoop(runs)
+            loops[("separate", k)] = SeparateLoops(
+                [Run(arch, dataclasses.replace(cfg, seed=s), data, device, None, None, None) for s in range(k)])
+        for fn in loops.values():
+            fn(max(warmup_steps, 1))  # untimed
+        rates: dict = {key: [] for key in loops}
+        for _ in range(repeats):
+            for (kind, k), fn in loops.items():
+                rates[(kind, k)].append(k * steps * batch_size / timed(fn, steps, device))
+        threads_used = torch.get_num_threads()
+    rows = []
+    for k in packs:
+        packed, separate = statistics.median(rates[("packed", k)]), statistics.median(rates[("separate", k)])
+        rows.append({"k": k, "packed": packed, "separate": separate, "ratio": packed / separate,
+                     "packed_repeats": rates[("packed", k)], "separate_repeats": rates[("separate", k)]})
+    return {"model": arch.as_dict(), "dataset": data.name, "train_images": len(data.train), "batch_size": batch_size,
+            "device": str(device), "threads": threads_used, "cpus": os.cpu_count(), "steps": steps,
+            "repeats": repeats, "warmup_steps": warmup_steps, "precision": precision, "torch": torch.__version__,
+            "packs": rows, "recommended": recommend(rows)}
+
+
+def recommend(rows: list[dict]) -> int:
+    """The K to pack with: the smallest whose aggregate rate is within 5% of the best measured
+    (a larger K costs memory and coarsens scheduling for no gain), and 1 unless packing beats
+    K separate runs by more than 5%."""
+    best = max(r["packed"] for r in rows)
+    for r in sorted(rows, key=lambda r: r["k"]):
+        if r["packed"] >= 0.95 * best:
+            return r["k"] if r["k"] == 1 or r["ratio"] > 1.05 else 1
+    return 1
 
 
 def timed(fn, steps: int, device: torch.device) -> float:

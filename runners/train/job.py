@@ -102,3 +102,51 @@ def train_tracked(job: Job, prepared: Prepared, ctx: distributed.Context, *, exp
     if tracker is None:
         return Tracked(result, None, None, uri)
     return Tracked(result, tracker.run_id, tracker.client.get_run(tracker.run_id).info.experiment_id, uri)
+
+
+def train_pack_tracked(jobs: list[Job], *, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+                       fresh: bool = False, on_epoch: Callable[[int, dict], None] | None = None) -> list[Tracked]:
+    """`ablate train --pack K`: the jobs (seeds of one model) trained as one pack
+    (runners/train/packed.py), each into its own MLflow run and its default checkpoint
+    directory, so the same command resumes every one of them. `on_epoch` sees the first job's epochs."""
+    from .packed import Member, check_packable, train_packed
+    data = load_data(jobs[0])
+    check_packable([Member(j.arch, j.train, model_name=j.model) for j in jobs], jobs[0].data)  # before any run exists
+    uri = tracking_uri or default_tracking_uri()
+    out: list[Tracked | None] = [None] * len(jobs)
+    todo = []  # (index, job, folder) of the jobs not finished yet
+    for i, job in enumerate(jobs):
+        folder = default_checkpoint_dir(job)
+        if fresh:
+            (folder / CHECKPOINT).unlink(missing_ok=True)
+        saved = load_checkpoint(folder / CHECKPOINT)
+        if saved is not None:
+            check_signature(folder / CHECKPOINT, saved["signature"], config_signature(job.arch, job.train, job.data))
+        if saved is not None and saved["status"] in ("finished", "diverged"):  # as `ablate train`: not again
+            out[i] = Tracked(saved_result(saved), None, None, uri)
+        else:
+            todo.append((i, job, folder))
+    if not todo:
+        return out
+    c = client(uri)
+    with contextlib.ExitStack() as stack:
+        names = [f"{j.model}-{data.name}-s{j.train.seed}" for _, j, _ in todo]
+        trackers = [stack.enter_context(tracked_run(Tracker.start(c, experiment, n))) for n in names]
+        members = [Member(j.arch, j.train, t, folder, on_epoch if n == 0 else None, j.model)
+                   for n, ((_, j, folder), t) in enumerate(zip(todo, trackers))]
+        results = train_packed(members, data)
+    exp = c.get_run(trackers[0].run_id).info.experiment_id
+    for (i, _, _), r, t in zip(todo, results, trackers):
+        if isinstance(r, Exception):
+            raise r
+        out[i] = Tracked(r, t.run_id, exp, uri)
+    return out
+
+
+def saved_result(saved: dict) -> TrainResult:
+    """The result a finished checkpoint holds."""
+    history = list(saved["history"])
+    vals = [m["val_error"] for m in history if "val_error" in m]
+    return TrainResult(status=saved["status"], epochs=len(history), history=history,
+                       final=dict(history[-1]) if history else {}, best_val_error=min(vals) if vals else None,
+                       responses=saved["responses"])
