@@ -103,9 +103,17 @@ def unpackable(arch: ArchSpec) -> str | None:
     return None
 
 
+def unpackable_recipe(arch: ArchSpec, cfg: TrainConfig) -> str | None:
+    """Why `arch` trained by `cfg` cannot be packed, or None: the packed SGD decays every
+    parameter alike, so a gate's b_g kept out of weight decay trains alone."""
+    if arch.shortcut in ("gate", "shortcut-gate") and not cfg.gate_bias_decay:
+        return "train.gate_bias_decay false: the packed step decays every parameter"
+    return None
+
+
 def pack_key(arch: ArchSpec, cfg: TrainConfig, data: DataConfig) -> tuple | None:
     """Models with equal keys pack together; None for one that never packs."""
-    if unpackable(arch):
+    if unpackable(arch) or unpackable_recipe(arch, cfg):
         return None
     shared = tuple((k, v) for k, v in dataclasses.asdict(cfg).items() if k not in PER_MEMBER)
     return template(arch), shared, data
@@ -116,7 +124,7 @@ def check_packable(members: list[Member], data_cfg: DataConfig) -> None:
     if not members:
         raise ConfigError("a pack needs at least one model")
     for m in members:
-        why = unpackable(m.arch)
+        why = unpackable(m.arch) or unpackable_recipe(m.arch, m.cfg)
         if why:
             raise ConfigError(f"{m.model_name or m.arch.shortcut}: cannot pack ({why}); train it alone")
     first = pack_key(members[0].arch, members[0].cfg, data_cfg)

@@ -180,6 +180,9 @@ def test_only_same_shape_models_with_a_shared_recipe_pack(data):
     first = Member(TINY, recipe())
     assert pack_key(TINY, recipe(seed=1), DATA_CFG) == pack_key(PLAIN, recipe(seed=2, lr=0.5), DATA_CFG)
     assert pack_key(TINY.replace(shortcut="dropout"), recipe(), DATA_CFG) is None
+    gated = TINY.replace(shortcut="gate")
+    assert pack_key(gated, recipe(), DATA_CFG) is not None
+    assert pack_key(gated, recipe(gate_bias_decay=False), DATA_CFG) is None  # the packed SGD decays every b_g
     for other, words in ((Member(TINY.replace(depth=14), recipe()), "parameters differ"),
                          (Member(TINY.replace(shortcut="B"), recipe()), "parameters differ"),
                          (Member(TINY, recipe(batch_size=64)), "train.batch_size"),
