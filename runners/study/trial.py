@@ -20,6 +20,7 @@ from ..errors import cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
 from ..tracking.tracker import Tracker, tracked_run
+from ..tracking.view import group_tags
 from ..train import distributed
 from ..train.schedule import Plan
 from ..train.trainer import train
@@ -43,6 +44,11 @@ class Worker:
     progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
 
 
+def view_tags(spec) -> dict[str, dict[str, str]]:
+    """{variant name: the tags that colour and order its group in the MLflow comparison view}."""
+    return group_tags([(label(v.arch), v.arch.total_depth) for v in spec.variants])
+
+
 def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> bool:
     """Train the trial's cell; False if it failed with an error.
 
@@ -61,7 +67,8 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,
             "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
             "attempt": attrs.get("attempt", 1), **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {}),
-            **({"processes": ctx.world} if ctx.distributed else {})}
+            **({"processes": ctx.world} if ctx.distributed else {}),
+            **(view_tags(spec)[label(v.arch)] if stage == CONFIRM else {})}
     # Named as the figures name the line: "ResNet-20 (A) s0", "search plain-20 trial 3".
     run_name = arch_run_name(v.arch, seed) if stage == CONFIRM else f"search {label(v.arch)} trial {trial.number}"
     resumed = Path(checkpoint).is_dir() and any(Path(checkpoint).glob("checkpoint.pt"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError
-from .view import CHART_METRICS, SECTION_TITLE
+from .view import BAR_TITLE, CHART_METRICS, SECTION_TITLE
 
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -104,8 +104,20 @@ def settled_dom(url: str, ready: Callable[[str], bool], *, waits=(20000, 40000, 
 
 
 def charts_loaded(dom: str) -> bool:
-    """The comparison's first chart is drawn, legend and all (not a loading placeholder)."""
-    return SECTION_TITLE in dom and f"({CHART_METRICS[0]})" in dom[dom.index(SECTION_TITLE):]
+    """The comparison's bar charts and first curve are drawn, legend and all (not a loading placeholder)."""
+    return (BAR_TITLE in dom and 'class="trace bars"' in dom[dom.index(BAR_TITLE):]
+            and SECTION_TITLE in dom and f"({CHART_METRICS[0]})" in dom[dom.index(SECTION_TITLE):])
+
+
+def run_page_loaded(dom: str) -> bool:
+    """A run's page is drawn (its tabs, in either layout)."""
+    return "Model metrics" in dom
+
+
+def genai_layout(dom: str) -> bool:
+    """MLflow 3's GenAI layout, whose side bar lists evaluation runs and judges (the model-training
+    layout lists runs, models and traces)."""
+    return "Evaluation runs" in dom or "Judges" in dom
 
 
 def screenshot(url: str, path: Path, *, size: tuple[int, int] = (2200, 1300), wait_ms: int = 20000,
