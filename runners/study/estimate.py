@@ -140,6 +140,13 @@ def estimate(spec: StudySpec, tflops: float | None = None,
     return rows, source
 
 
+def cell_costs(spec: StudySpec) -> dict[tuple[str, str], float]:
+    """{(stage, variant key): MACs per image x images seen} of one cell: the weights of the
+    study's ETA (runners/study/progress.py)."""
+    return {("search" if r.variant.endswith(" (search)") else "confirm", r.variant.removesuffix(" (search)")):
+            float(r.macs * r.images) for r in estimate(spec)[0]}
+
+
 def dry_run_document(spec: StudySpec, tflops: float | None = None, cpu_rate: tuple[float, str] | None = None) -> dict:
     """`ablate run SPEC --dry-run --json`: every variant's resolved architecture (ArchSpec fields)
     and training config (precision included), its params, MACs and runs, and its estimate rows,

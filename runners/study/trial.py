@@ -16,7 +16,7 @@ import optuna
 import torch.distributed as dist
 from optuna.trial import TrialState
 
-from ..errors import cut, redact
+from ..errors import ConfigError, cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
 from ..tracking.tracker import Tracker, tracked_run
@@ -27,6 +27,7 @@ from ..train.trainer import train
 from . import optuna_private as private
 from . import parent
 from .layout import CONFIRM, SEARCH, Layout
+from .estimate import cell_costs, size_of
 from .progress import NoProgress, cell_counts
 from .spec import SEARCHABLE
 from .storage import Heartbeat, worker_id
@@ -42,6 +43,20 @@ class Worker:
     device: str
     threads: int | None
     progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
+
+
+_COSTS: dict[str, dict | None] = {}
+
+
+def _costs(spec) -> dict | None:
+    """The study's cell costs (estimate.cell_costs), once per process; None where its data
+    cannot be counted (the ETA then averages the finished trials)."""
+    if spec.fingerprint not in _COSTS:
+        try:
+            _COSTS[spec.fingerprint] = cell_costs(spec)
+        except ConfigError:
+            _COSTS[spec.fingerprint] = None
+    return _COSTS[spec.fingerprint]
 
 
 def view_tags(spec) -> dict[str, dict[str, str]]:
@@ -75,7 +90,7 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     trial.set_user_attr("resumed", resumed)
 
     pruned = False
-    worker.progress.set_done(*cell_counts(spec, layout.all_studies()))
+    worker.progress.set_done(*cell_counts(spec, layout.all_studies(), _costs(spec)))
     attempt = f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""
     title = f"trial {trial.number} {run_name}{attempt}"
     tracker = None
@@ -176,7 +191,9 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
         hparams = attrs["hparams"]
     cfg = v.recipe(spec.train, seed=seed, device=worker.device, threads=worker.threads, **hparams)
     data = worker.data(stage)
-    worker.progress.start(title, Plan.of(cfg, len(data.train)).epochs, resumed)
+    plan = Plan.of(cfg, len(data.train))
+    worker.progress.start(title, plan.epochs, resumed,
+                          cost=size_of(v.arch)["macs"] * plan.iterations * cfg.batch_size)
 
     def report(epoch: int, metrics: dict) -> None:  # only search trials prune; confirmations never do
         worker.progress.epoch(epoch, metrics)

@@ -200,6 +200,33 @@ def test_progress_counts_cells_estimates_and_totals():
     assert duration(59.4) == "59 s" and duration(61) == "1m 01s"
 
 
+def test_progress_eta_weighs_the_cells_left_by_their_cost():
+    out, clock = io.StringIO(), Clock()
+    p = StudyProgress(out, 3, tty=False, clock=clock)
+    p.set_done(0, 3, left_cost=1 + 4 + 4)  # a ResNet-8 cell, then two four times as costly
+    p.start("trial 0 ResNet-8 (A) s0", epochs=2, cost=1)
+    clock.t = 10
+    p.finish("done")
+    # 10 s per unit of cost, 8 units left: 80 s (the mean of finished trials would say 20 s).
+    assert out.getvalue().splitlines()[-1].endswith("elapsed 10 s, ETA 1m 20s")
+    p.set_done(1, 3)  # no costs given: the mean trial time, times the cells left
+    p.start("trial 1", epochs=2)
+    clock.t = 20
+    p.finish("done")
+    assert out.getvalue().splitlines()[-1].endswith("ETA 10 s")
+
+
+def test_cell_costs_are_macs_times_images():
+    from runners.study.estimate import cell_costs
+    from runners.study.progress import cell_counts
+    from runners.study.spec import load_spec
+    spec = load_spec(REPO / "ablations" / "cpu-demo.yaml", check_data=False)
+    costs = cell_costs(spec)
+    plain8, res20 = costs[("confirm", "cifar-d8-basic-none-post-w1")], costs[("confirm", "cifar-d20-basic-A-post-w1")]
+    assert 3.2 < res20 / plain8 < 3.4  # ResNet-20 costs 3.3 times plain-8: their MACs
+    assert cell_counts(spec, [], costs) == (0, 30, pytest.approx(5 * sum(costs.values())))
+
+
 def test_progress_on_a_terminal_redraws_one_bar():
     out = io.StringIO()
     p = StudyProgress(out, 2, tty=True, clock=Clock(), width=4)
