@@ -38,6 +38,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_ui(tracking_uri: str, port: int | None = None, timeout: float = 180.0) -> Iterator[str]:
     """`mlflow ui` on `tracking_uri` for the duration; yields its base URL (http://127.0.0.1:PORT)."""
+    with ui_process(tracking_uri, port, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def ui_process(tracking_uri: str, port: int | None = None,
+               timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`serve_ui`, yielding the server's process too (to wait on it); however the block ends
+    (Ctrl-C, SIGTERM raised as `Terminated`), the server's process group is stopped and reaped."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
@@ -59,7 +68,7 @@ def serve_ui(tracking_uri: str, port: int | None = None, timeout: float = 180.0)
             if time.monotonic() > deadline:
                 raise ConfigError(f"mlflow ui did not answer on {url} within {timeout:.0f} s")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
