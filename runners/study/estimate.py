@@ -24,6 +24,7 @@ that change no weight or multiply, models.registry.SIZE_NEUTRAL), and are counte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,10 @@ class VariantCost:
         return None if self.cpu_hours is None else self.runs * self.cpu_hours
 
 
+@functools.lru_cache(maxsize=None)
 def size_of(arch) -> dict:
-    """{"params", "macs", "input_size"}: the golden file's for a preset, else counted (meta device)."""
+    """{"params", "macs", "input_size"}: the golden file's for a preset, else counted (meta device),
+    once per process (a study's trials ask for their variant's at every start)."""
     return preset_size(arch) or measure(arch)
 
 
