@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..report.figures import write_all
     from ..study.spec import load_spec
-    from ..tracking.results import load_study
+    from ..tracking.results import load_study, unfinished
     from ..tracking.store import client
     from ..tracking.view import comparison_link
 
@@ -53,7 +53,10 @@ def run(args) -> int:
     study = load_study(c, name)
     out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
-    written, skipped, notes = write_all(study, out, x=args.x, band=args.band)
+    partial = unfinished(c, study)
+    written, skipped, notes = write_all(study, out, x=args.x, band=args.band, partial=partial)
+    if partial:
+        print(f"partial: {partial}; the figures and tables say so (rerun when the study is done)")
     for p in written:
         print(p)
     for s in skipped:
