@@ -65,7 +65,7 @@ def run(args) -> int:
         print(f"note: {n}")
     if args.mlflow_screenshot:
         print(_screenshot(c, uri, name, out / "mlflow-comparison.png"))
-    print(f"MLflow comparison: {comparison_link(c, name, ui=args.ui_url)} "
+    print(f"MLflow comparison: {comparison_link(c, name, ui=args.ui_url, refresh=True)} "
           f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
     return 0
 
@@ -77,7 +77,7 @@ def _screenshot(c, uri: str, name: str, path: Path) -> Path:
         raise ConfigError("--mlflow-screenshot needs Chromium; install it with `apt-get install -y chromium`")
 
     def shoot(ui: str) -> Path:
-        link = comparison_link(c, name, ui=ui)
+        link = comparison_link(c, name, ui=ui, refresh=True)
         _, wait = settled_dom(link, charts_loaded)  # how long the charts take to load here
         return screenshot(link, path, wait_ms=wait)
 
