@@ -79,7 +79,7 @@ def _screenshot(c, uri: str, name: str, path: Path) -> Path:
     def shoot(ui: str) -> Path:
         link = comparison_link(c, name, ui=ui, refresh=True)
         _, wait = settled_dom(link, charts_loaded)  # how long the charts take to load here
-        return screenshot(link, path, wait_ms=wait)
+        return screenshot(link, path, size=(2200, 1750), wait_ms=wait)  # tall enough for the curves and legends
 
     if uri.startswith(("http://", "https://")):
         return shoot(uri)

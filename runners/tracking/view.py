@@ -200,12 +200,12 @@ def comparison_view_state(axes: list[str], ranges: dict[str, tuple[float, float]
         "groupsExpanded": {}, "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
         # A reordered section keeps our order; metrics we did not list are appended after it.
         "isAccordionReordered": True,
-        # Two wide cards a row (the UI's default is three at 360 px), tall enough that a curve's
-        # legend lists every group.
+        # The bars two a row (the UI's default is three cards at 360 px); the curves one a row, so
+        # that their legend ("<group> (train_error)" per group, two lines at most) lists every group.
         "compareRunSections": [{"uuid": BAR_SECTION, "name": BAR_TITLE, "display": True, "isReordered": True,
                                 "deleted": False, "columns": 2, "cardHeight": 400},
                                {"uuid": SECTION, "name": SECTION_TITLE, "display": True, "isReordered": True,
-                                "deleted": False, "columns": 2, "cardHeight": 520}]
+                                "deleted": False, "columns": 1, "cardHeight": 440}]
         + [{"uuid": f"ablate-parent-{name}", "name": name, "display": False, "isReordered": True, "deleted": False}
            for name in PARENT_SECTIONS],
         "compareRunCharts": charts,
