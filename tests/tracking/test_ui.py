@@ -31,8 +31,11 @@ def store(tmp_path):
 
 def _start(*args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # SIGINT as a terminal's foreground job has it: a suite started in the background (`pytest &`)
+    # hands its children SIGINT ignored, and Python then installs no KeyboardInterrupt for it.
     return subprocess.Popen([sys.executable, "-m", "runners.cli", "ui", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.timeout(300)
