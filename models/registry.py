@@ -14,6 +14,7 @@ checked against the live count by the tests), stay instant.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import json
@@ -107,6 +108,22 @@ def measure(spec: ArchSpec) -> dict:
     from .network import ResNet
     with torch.device("meta"):
         return complexity(ResNet(spec)).as_dict()
+
+
+# Fields that change how a net trains, not its weights or multiplies: a spec differing from a
+# preset only in these has the preset's size.
+SIZE_NEUTRAL = ("bn_batch", "zero_init_last", "gate_bias")
+
+
+def preset_size(spec: ArchSpec) -> dict | None:
+    """{"params", "macs", "input_size"} from the golden file when `spec` is a registered preset
+    (up to SIZE_NEUTRAL fields); None otherwise (then `measure` it)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ArchSpec) if f.name in SIZE_NEUTRAL}
+    plain = spec.replace(**defaults)
+    for name, preset in _REGISTRY.items():
+        if preset.replace(**defaults) == plain:
+            return _golden().get(name)
+    return None
 
 
 _GOLDEN_CACHE: dict | None = None

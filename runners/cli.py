@@ -23,6 +23,7 @@ COMMANDS = {
     "worker": "join an existing study and run trials until none are left",
     "status": "per-variant progress and results of a study",
     "figures": "paper figures and tables from the MLflow store alone",
+    "ui": "serve the MLflow UI on the lab's store and print the study's comparison link",
     "analyze": "why residual nets train: lesions, loss landscape, CKA, gradients, signal propagation",
     "doctor": "self-check of this machine: the CUDA path, agreement, throughput, several nets at once",
 }

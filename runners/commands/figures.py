@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from ..report.figures import write_all
     from ..study.spec import load_spec
-    from ..tracking.results import load_study
+    from ..tracking.results import load_study, unfinished
     from ..tracking.store import client
     from ..tracking.view import comparison_link
 
@@ -53,7 +53,10 @@ def run(args) -> int:
     study = load_study(c, name)
     out = Path(args.out) if args.out else results_dir() / "figures" / name.replace("/", "_")
     out.mkdir(parents=True, exist_ok=True)
-    written, skipped, notes = write_all(study, out, x=args.x, band=args.band)
+    partial = unfinished(c, study)
+    written, skipped, notes = write_all(study, out, x=args.x, band=args.band, partial=partial)
+    if partial:
+        print(f"partial: {partial}; the figures and tables say so (rerun when the study is done)")
     for p in written:
         print(p)
     for s in skipped:
@@ -62,7 +65,7 @@ def run(args) -> int:
         print(f"note: {n}")
     if args.mlflow_screenshot:
         print(_screenshot(c, uri, name, out / "mlflow-comparison.png"))
-    print(f"MLflow comparison: {comparison_link(c, name, ui=args.ui_url)} "
+    print(f"MLflow comparison: {comparison_link(c, name, ui=args.ui_url, refresh=True)} "
           f"(serve it with: mlflow ui --backend-store-uri {redact(uri)})")
     return 0
 
@@ -74,9 +77,9 @@ def _screenshot(c, uri: str, name: str, path: Path) -> Path:
         raise ConfigError("--mlflow-screenshot needs Chromium; install it with `apt-get install -y chromium`")
 
     def shoot(ui: str) -> Path:
-        link = comparison_link(c, name, ui=ui)
+        link = comparison_link(c, name, ui=ui, refresh=True)
         _, wait = settled_dom(link, charts_loaded)  # how long the charts take to load here
-        return screenshot(link, path, wait_ms=wait)
+        return screenshot(link, path, size=(2200, 1750), wait_ms=wait)  # tall enough for the curves and legends
 
     if uri.startswith(("http://", "https://")):
         return shoot(uri)

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tflops", type=float, metavar="R",
                    help="with --dry-run: the sustained TFLOP/s per GPU assumed (default: 25 for CIFAR nets, "
                         "60 for ImageNet's)")
+    p.add_argument("--cpu-rate", type=float, metavar="GMACS",
+                   help="with --dry-run on a CPU: a training rate recorded earlier (forward GMAC/s, as a dry run "
+                        "prints it) instead of measuring one for about 2 s")
 
 
 def run(args) -> int:
@@ -57,25 +60,43 @@ def run(args) -> int:
     return outcome.code
 
 
+def _cpu_rate(args) -> tuple[float, str] | None:
+    """(forward MACs/s, where it came from) when the study would train on a CPU; else None."""
+    if args.cpu_rate is not None:
+        if args.cpu_rate <= 0:
+            raise ConfigError(f"--cpu-rate must be positive, got {args.cpu_rate}")
+        return args.cpu_rate * 1e9, "recorded (--cpu-rate)"
+    import torch
+    if args.device not in ("auto", "cpu") or (args.device == "auto" and torch.cuda.is_available()):
+        return None
+    from ..study.estimate import measure_cpu_rate
+    return measure_cpu_rate(), f"measured now: a ResNet-20 training step on {torch.get_num_threads()} CPU thread(s)"
+
+
 def dry_run(args) -> int:
     """`--dry-run`: the spec checked, its runs sized and costed (runners/study/estimate.py)."""
-    from ..study.estimate import LAUNCH_MS, TFLOPS, dry_run_document, estimate, pack_plan
+    from ..study.estimate import LAUNCH_MS, TFLOPS, dry_run_document, estimate, pack_plan, with_cpu_rate
     from ..study.spec import load_spec
     from .table import text_table
+    from ..study.progress import duration
     if args.tflops is not None and args.tflops <= 0:
         raise ConfigError(f"--tflops must be positive, got {args.tflops}")
     spec = load_spec(args.spec, args.overrides, check_data=False)
     k = dry_run_pack(spec)
+    cpu = _cpu_rate(args)
     if args.json:
-        doc = dry_run_document(spec, args.tflops)
+        doc = dry_run_document(spec, args.tflops, cpu)
         if k > 1:
             doc["pack"] = {"k": k, "packs": pack_plan(spec, k, args.tflops)}
         print(json.dumps(doc, indent=2))
         return 0
     rows, source = estimate(spec, args.tflops)
-    print(text_table(["variant", "params", "GMACs/img", "runs", "iterations", "images/run", "GPU-h/run", "bound"],
+    rows = with_cpu_rate(rows, cpu[0]) if cpu else rows
+    print(text_table(["variant", "params", "GMACs/img", "runs", "iterations", "images/run", "GPU-h/run", "bound"]
+                     + (["CPU-h/run"] if cpu else []),
                      [[r.variant, f"{r.params / 1e6:.2f}M", f"{r.macs / 1e9:.3f}", str(r.runs), f"{r.iterations:,}",
-                       f"{r.images / 1e6:.2f}M", f"{r.gpu_hours:.2f}", r.bound] for r in rows]))
+                       f"{r.images / 1e6:.2f}M", f"{r.gpu_hours:.2f}", r.bound]
+                      + ([f"{r.cpu_hours:.2f}"] if cpu else []) for r in rows]))
     total = sum(r.total_gpu_hours for r in rows)
     rate = f"{args.tflops:g} TFLOP/s" if args.tflops else " or ".join(
         f"{TFLOPS[f]:g} TFLOP/s ({f})" for f in sorted({v.arch.family for v in spec.variants}))
@@ -84,6 +105,11 @@ def dry_run(args) -> int:
           + (f" ({gpus} GPUs per trial: {total / gpus:.1f} h on as many)" if gpus > 1 else ""))
     print(f"training images: {source}. Per run: max(6 x MACs x images / {rate}, iterations x depth x "
           f"{LAUNCH_MS} ms); assumed rates, evaluation not counted, search trials at full length. Nothing was written.")
+    if cpu:
+        cpu_h = sum(r.total_cpu_hours for r in rows)
+        print(f"On this CPU: estimated {duration(cpu_h * 3600)} of training ({cpu_h:.2f} CPU-hours, one worker), "
+              f"MACs x images at {cpu[0] / 1e9:.2f} forward GMAC/s, {cpu[1]}; evaluation not counted. "
+              f"Give it back with --cpu-rate {cpu[0] / 1e9:.2f}.")
     if k > 1:
         print_packs(spec, k, pack_plan(spec, k, args.tflops))
     return 0

@@ -6,8 +6,8 @@ import argparse
 from .table import text_table
 
 
-def add_spec_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="the study spec, e.g. ablations/he2016a-fig6.yaml")
+def add_spec_arguments(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("spec", nargs="?" if optional else None, help="the study spec, e.g. ablations/he2016a-fig6.yaml")
     p.add_argument("--storage", help="Optuna storage: a journal file path (default: $ABLATE_STORAGE, else "
                                      "results/optuna/<name>.journal) "
                                      "or a database URL such as postgresql://user:pass@host/db")

@@ -13,10 +13,19 @@ Figures (PDF with TrueType fonts and no creation date, + PNG; the same store giv
 bytes): training curves per kind of net (Fig. 6) and per depth (plain and residual overlaid),
 final error vs depth, the training loss (2016b Figs. 1, 3, 6), layer responses (Fig. 7), error by variant at a fixed depth (Table 3 of
 2016a, Tables 1-2 of 2016b). Every band or bar is clipped to [0, 100]% and is a 95% t-interval
-from 3 seeds on, min..max below; n is in the legend; y ranges fit the data.
+from 3 seeds on, min..max below; n is in the legend.
+
+For a paper: one column (3.3 in) or two (6.9 in) wide; legends outside the data; y ranges that
+hold every point drawn (the first epochs' near-chance errors included); one meaning per line
+style in the whole set (dashed = training error, solid = test error; kinds of net differ by
+colour or marker, never by dashes); the papers' numbers drawn where they fall inside the range our
+data sets, and as an edge mark with its value where they do not (a CPU-scale study's 55% beside
+the paper's 8.75% would otherwise flatten the data to a line); an unfinished study's figures say
+PARTIAL in their title.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import defaultdict
@@ -29,13 +38,24 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
-from matplotlib.transforms import ScaledTranslation, blended_transform_factory
+from matplotlib.transforms import IdentityTransform, ScaledTranslation, blended_transform_factory
 
 from ..tracking.results import RunRecord, Study, VariantAxes, parse_float
 from . import paper, stats, tables
 
 
 # -- drawing ------------------------------------------------------------------------------------
+ONE_COLUMN, TWO_COLUMNS = 3.3, 6.9  # inches: a two-column paper's column and text widths
+
+
+def figure_width(panels: int) -> float:
+    return ONE_COLUMN if panels == 1 else TWO_COLUMNS
+
+
+def _suptitle(fig, text: str, partial: str | None) -> None:
+    fig.suptitle(("PARTIAL (" + partial + "): " if partial else "") + text, fontsize=7.5)
+
+
 def paper_style() -> dict:
     rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper")}
     # TrueType (Type 42) fonts: journals reject Type 3, and text stays selectable.
@@ -155,11 +175,8 @@ def _draw_variant_curves(ax, study: Study, v: VariantAxes, x: str, band: str, co
             label = label[:-1] + ", min..max band)"
         ax.plot(xs, 100 * mean, style, color=color, lw=width, label=label if metric == "test_error" else None)
         ax.fill_between(xs, 100 * lo, 100 * hi, **band_style(kind, color))
-        # The first epochs sit near chance (90%); leave them out of the fitted top, as Fig. 6 does,
-        # so the gaps that matter (a few points at the end) stay visible.
-        late = xs >= xs.min() + 0.1 * (xs.max() - xs.min())
-        lows.extend(100 * lo[late])
-        highs.extend(100 * hi[late])
+        lows.extend(100 * np.fmin(lo, mean))  # every point, the first (near-chance) epochs too
+        highs.extend(100 * np.fmax(hi, mean))
     for r in (r for r in runs if r.diverged and r.curves.get("test_error")):
         steps = sorted(r.curves["test_error"])
         xs = _x_values([r], np.array(steps), x) if x == "iteration" and "iteration" in r.curves \
@@ -172,7 +189,8 @@ def _draw_variant_curves(ax, study: Study, v: VariantAxes, x: str, band: str, co
             highs.append(ys[good][-1])
 
 
-def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path], list[str]]:
+def plot_curves(study: Study, out: Path, x: str, band: str,
+                partial: str | None = None) -> tuple[list[Path], list[str]]:
     """He 2016a Fig. 6, twice: one panel per kind of net (plain, each residual kind) with one line
     per depth (curves*), and one panel per depth overlaying the kinds (curves_by_depth*)."""
     depth_colors, kind_colors, paths, notes = _depth_colors(study), _kind_colors(study), [], []
@@ -194,7 +212,7 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
         for stem, keys, members, style, title in panels:
             if not keys:
                 continue
-            fig = Figure(figsize=(2.9 * len(keys) + 0.5, 2.9), layout="constrained")
+            fig = Figure(figsize=(figure_width(len(keys)), 3.3), layout="constrained")
             axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
             lows, highs, bands = [], [], set()
             for ax, key in zip(axes, keys):
@@ -206,11 +224,11 @@ def plot_curves(study: Study, out: Path, x: str, band: str) -> tuple[list[Path],
                 ax.set_title(title(vs))
                 ax.set_xlabel("iteration" if x == "iteration" else "epoch")
                 integer_ticks(ax.xaxis)
-                ax.legend(loc="upper right")
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=5.5)  # below the data
             axes[0].set_ylabel("error (%)")
             _fit_ylim(axes[0], lows, highs)
-            fig.legend(handles=_style_handles(bands, diverged), loc="outside lower center", ncol=4)
-            fig.suptitle(f"{study.name}: mean over converged seeds (n in each legend)", fontsize=7.5)
+            fig.legend(handles=_style_handles(bands, diverged), loc="outside lower center", ncol=2, fontsize=5.5)
+            _suptitle(fig, f"{study.name}: mean over converged seeds (n in each legend)", partial)
             paths += save_figure(fig, out, stem + _line_suffix(line, lines))
     return paths, notes
 
@@ -221,14 +239,14 @@ def _shade(color, rank: int, count: int) -> tuple:
     return tuple(t * c + (1 - t) for c in color[:3])
 
 
-def plot_training_loss(study: Study, out: Path, x: str, band: str) -> list[Path]:
+def plot_training_loss(study: Study, out: Path, x: str, band: str, partial: str | None = None) -> list[Path]:
     """He 2016b Figs. 1, 3 and 6: the training loss of the compared nets, one figure per line, on a
     log axis (the loss spans decades; the papers' curves differ most at its low end). Hue: the
     kind of net; shade: its depth (darker is deeper)."""
     colors, paths, lines = _kind_colors(study), [], study.lines()
     for line, variants in lines.items():
         depths = sorted({v.depth for v in variants})
-        fig = Figure(figsize=(3.3, 3.1), layout="constrained")
+        fig = Figure(figsize=(figure_width(1), 3.1), layout="constrained")
         ax = fig.subplots()
         bands = set()
         for v in sorted(variants, key=lambda v: (v.kind, v.depth)):
@@ -254,7 +272,7 @@ def plot_training_loss(study: Study, out: Path, x: str, band: str) -> list[Path]
         handles = ax.get_legend_handles_labels()[0] + [Patch(**band_style(b, "0.3"), label=BAND_TEXT[b])
                                                        for b in sorted(bands)]
         fig.legend(handles=handles, loc="outside lower center", ncol=1)
-        ax.set_title("training loss, mean over converged seeds", fontsize=7.5)
+        _suptitle(fig, f"{study.name}: training loss, mean over converged seeds", partial)
         paths += save_figure(fig, out, "training_loss" + _line_suffix(line, lines))
     return paths
 
@@ -288,15 +306,45 @@ def _n_text(ns: list[int]) -> str:
     return f"n={ns[0]}" if len(set(ns)) == 1 else "n=" + "/".join(map(str, ns)) + " by depth"
 
 
-def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]:
+def _paper_marks(ax, pts: list[tuple[float, float]], *, marker: str, color, label: str, shift=None,
+                 value_axis: str = "y") -> None:
+    """The papers' errors (%) at `pts` (position, error), drawn after the axis's range is set from
+    our data: inside it as markers, outside it as an edge mark with the value, so the paper's
+    number never sets the range. `shift`: a display-space offset (the dodge of the point's kind)."""
+    shift = shift or IdentityTransform()
+    lo, hi = ax.get_ylim() if value_axis == "y" else ax.get_xlim()
+    lo, hi = min(lo, hi), max(lo, hi)
+    ms = 7 if marker == "*" else 4
+    off = [(a, v) for a, v in pts if not lo <= v <= hi]
+    ax.plot([], [], marker, color=color, mec="k", mew=0.5, ms=ms,
+            label=label + (" (off the axis: value at its edge)" if off else ""))
+    for a, v in pts:
+        xy = (a, v) if value_axis == "y" else (v, a)
+        if (a, v) not in off:
+            ax.plot(*xy, marker, color=color, mec="k", mew=0.5, ms=ms, transform=ax.transData + shift)
+            continue
+        edge = 0.03 if v < lo else 0.97
+        if value_axis == "y":
+            tr = blended_transform_factory(ax.transData, ax.transAxes) + shift
+            where, arrow, text_at = (a, edge), "v" if v < lo else "^", (4, 0)
+        else:
+            tr = blended_transform_factory(ax.transAxes, ax.transData) + shift
+            where, arrow, text_at = (edge, a), "<" if v < lo else ">", (0, 5)
+        ax.plot(*where, arrow, color=color, mec="k", mew=0.5, ms=4, transform=tr, clip_on=False)
+        ax.annotate(f"{v:g}%", where, xycoords=tr, xytext=text_at, textcoords="offset points", fontsize=5.5,
+                    va="bottom" if value_axis == "x" else "center", color="0.2")
+
+
+def plot_final_vs_depth(study: Study, out: Path, band: str = "ci", partial: str | None = None) -> list[Path]:
     """Final training and test error against depth, one line per kind: mean and 95% t-interval
     (min..max below 3 seeds), n per depth in the legend, the papers' numbers as stars."""
     lines = study.lines()
     groups = [(line, kind, sorted((v for v in vs if v.kind == kind), key=lambda v: v.depth))
               for line, vs in lines.items() for kind in sorted({v.kind for v in vs})]
     palette = sns.color_palette("colorblind", len(groups))
-    fig = Figure(figsize=(6.6, 3.0), layout="constrained")
+    fig = Figure(figsize=(TWO_COLUMNS, 3.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
+    marks = []  # the papers' numbers, drawn once the data has set the range
     depths = sorted({v.depth for v in study.by_variant})
     refs = tables.paper_numbers(study)
     lows: list[float] = []
@@ -338,10 +386,8 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
                     pts = [(v.depth, refs[v][p_].error) for v in vs
                            if p_ in refs.get(v, {}) and refs[v][p_].error is not None]
                     if pts:
-                        lows += [e for _, e in pts]
-                        ax.plot([d for d, _ in pts], [e for _, e in pts], marker, color=color, mec="k", mew=0.5,
-                                ms=7 if marker == "*" else 4,
-                                label=f"{p_} ({paper.STAT[p_]}), {vs[0].kind_label()}", transform=data)
+                        marks.append((ax, pts, marker, color, f"{p_} ({paper.STAT[p_]}), {vs[0].kind_label()}",
+                                      shift))
         ax.set_title(title)
         ax.set_xlabel("depth (layers)")
         lo, hi = depths[0], depths[-1]
@@ -357,39 +403,45 @@ def plot_final_vs_depth(study: Study, out: Path, band: str = "ci") -> list[Path]
         axes[1].plot([], [], "x", color="0.3", label="diverged run (not in mean)")
     axes[0].set_ylabel("error (%)")
     _fit_ylim(axes[0], lows, highs)
+    for ax, pts, marker, color, label, shift in marks:
+        _paper_marks(ax, pts, marker=marker, color=color, label=label, shift=shift)
     entries = sorted(zip(*axes[1].get_legend_handles_labels()),
                      key=lambda hl: (hl[1].startswith("He "), hl[1].startswith("diverged")))
-    fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 2))
+    fig.legend(*zip(*entries), loc="outside lower center", ncol=min(len(entries), 2), fontsize=5.5)
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
-    fig.suptitle(f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else ""), fontsize=7.5)
+    _suptitle(fig, f"{study.name}: mean over converged seeds" + (f", bars = {what}" if what else ""), partial)
     return save_figure(fig, out, "final_error_vs_depth")
 
 
-def plot_layer_responses(study: Study, out: Path) -> list[Path]:
-    """He 2016a Fig. 7: std of each 3x3 layer's response, in layer order and sorted by magnitude."""
+def plot_layer_responses(study: Study, out: Path, partial: str | None = None) -> list[Path]:
+    """He 2016a Fig. 7: std of each 3x3 layer's response, in layer order and sorted by magnitude.
+    Colour is depth and the marker the kind of net (open circles plain), lines all solid: dashes
+    mean training error in this figure set."""
     colors = _depth_colors(study)
-    styles = {}
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    markers = {}
+    fig = Figure(figsize=(TWO_COLUMNS, 4.6), layout="constrained")
     axes = fig.subplots(2, 1)
     for v, runs in study.by_variant.items():
         curves = [r.curves["layer_response_std"] for r in runs if r.converged and "layer_response_std" in r.curves]
         if not curves:
             continue
         steps, mean, _, _, n = _aggregate(curves, "ci")
-        style = styles.setdefault(v.kind, ["--", "-", "-.", ":", (0, (5, 1))][len(styles) % 5])
+        marker = markers.setdefault(v.kind, "osD^v"[len(markers) % 5])
+        face = "white" if not v.residual else colors[v.depth]
+        look = dict(color=colors[v.depth], lw=1.0, marker=marker, ms=2.6, mfc=face, mew=0.7)
         label = f"{v.label(with_line=len(study.lines()) > 1)} (n={int(n.min())})"
-        axes[0].plot(steps + 1, mean, style, color=colors[v.depth], lw=1.1, label=label)
+        axes[0].plot(steps + 1, mean, "-", label=label, **look)
         # Averaged in layer order first, then sorted: the sorted curve of the seeds' mean profile.
         srt = np.sort(mean[np.isfinite(mean)])[::-1]
-        axes[1].plot(np.arange(1, len(srt) + 1), srt, style, color=colors[v.depth], lw=1.1, label=label)
+        axes[1].plot(np.arange(1, len(srt) + 1), srt, "-", label=label, **look)
     axes[0].set_xlabel("layer index (original)")
     axes[1].set_xlabel("layer index (sorted by magnitude)")
     for ax in axes:
         ax.set_ylabel("std")
         integer_ticks(ax.xaxis)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3)
-    fig.suptitle(f"{study.name}: std of each 3x3 layer's response (He 2016a Fig. 7), "
-                 "mean over converged seeds", fontsize=7.5)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=5.5)
+    _suptitle(fig, f"{study.name}: std of each 3x3 layer's response (He 2016a Fig. 7), "
+              "mean over converged seeds", partial)
     return save_figure(fig, out, "layer_responses")
 
 
@@ -406,16 +458,17 @@ def ablation_groups(study: Study) -> dict[tuple, list[VariantAxes]]:
             if sum(v.residual for v in vs) > 1}
 
 
-def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Path, band: str = "ci") -> list[Path]:
+def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Path, band: str = "ci",
+                  partial: str | None = None) -> list[Path]:
     """Error by variant at a fixed depth: points with 95% t-intervals (min..max below 3 seeds),
     the papers' test error as stars."""
     rows = max(len(vs) for vs in groups.values())
     refs = tables.paper_numbers(study)
-    fig = Figure(figsize=(max(3.6 * len(groups) + 0.8, 5.0), 0.4 * rows + 1.9), layout="constrained")
+    fig = Figure(figsize=(figure_width(len(groups)), 0.4 * rows + 2.1), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     bands: set[str] = set()
     for ax, ((family, width, depth), vs) in zip(axes, groups.items()):
-        labels, lows, highs, drawn = [], [], [], set()
+        labels, lows, highs, marks = [], [], [], defaultdict(list)
         for i, v in enumerate(vs):
             runs = study.by_variant[v]
             for attr, marker, color, name, dy in (("final_test", "o", "C0", "test", -0.12),
@@ -433,13 +486,10 @@ def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Pat
                 for r in (r for r in runs if r.diverged and math.isfinite(getattr(r, attr))):
                     ax.plot(100 * getattr(r, attr), i + dy, "x", color=color, ms=6, mew=1.5)
                     highs.append(100 * getattr(r, attr))
-            for p_, marker in zip(paper.PAPERS, ("*", "D")):
+            for p_ in paper.PAPERS:
                 num = refs.get(v, {}).get(p_)
                 if num is not None and num.error is not None:
-                    lows.append(num.error)
-                    ax.plot(num.error, i - 0.12, marker, color="k", ms=6 if marker == "*" else 3.5,
-                            label=None if p_ in drawn else f"{p_} test ({paper.STAT[p_]})")
-                    drawn.add(p_)
+                    marks[p_].append((i - 0.12, num.error))
             block = f" [{v.block}]" if len({u.block for u in vs}) > 1 else ""
             labels.append(f"{v.label()}{block} ({_seeds_text(runs)})")
         ax.set_yticks(range(len(vs)), labels)
@@ -448,13 +498,18 @@ def plot_ablation(study: Study, groups: dict[tuple, list[VariantAxes]], out: Pat
             a, b = min(lows), max(highs)
             pad = max(0.08 * (b - a), 0.5)
             ax.set_xlim(max(0.0, a - pad), min(100.0, b + pad))
+        for p_, marker in zip(paper.PAPERS, ("*", "D")):
+            if marks[p_]:
+                _paper_marks(ax, marks[p_], marker=marker, color="k", label=f"{p_} test ({paper.STAT[p_]})",
+                             value_axis="x")
         ax.set_xlabel("final error (%)")
         ax.set_title(f"{family}, depth {depth}, width {width}")
     entries = dict(kv for ax in axes for kv in zip(*reversed(ax.get_legend_handles_labels())))
-    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=min(len(entries), 3))
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=min(len(entries), 2),
+               fontsize=5.5)
     what = " or ".join({"ci": "95% t-interval", "minmax": "min..max (under 3 seeds)"}[b] for b in sorted(bands))
-    fig.suptitle(f"{study.name}: mean over converged seeds; x = diverged run"
-                 + (f"\nbars = {what}" if what else ""), fontsize=7.5)
+    _suptitle(fig, f"{study.name}: mean over converged seeds; x = diverged run"
+              + (f"\nbars = {what}" if what else ""), partial)
     return save_figure(fig, out, "ablation")
 
 
@@ -466,8 +521,23 @@ def _no_ablation_reason(study: Study) -> str:
             f"of: {', '.join(residual)}); plain vs residual is in plain_vs_residual.*")
 
 
-def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
-    """Every figure and table the data supports; returns (paths written, skipped + why, notes)."""
+# What `write_all` may write: an earlier draw's file of these names that this one does not redraw
+# is removed (and listed in summary.md), so no figure of older runs sits beside the new ones.
+STEMS = ("curves", "curves_by_depth", "final_error_vs_depth", "layer_responses", "ablation", "variants",
+         "plain_vs_residual", "degradation")
+EXTENSIONS = ("pdf", "png", "csv", "md", "tex")
+
+
+def _earlier_draws(out: Path) -> set[Path]:
+    return {p for stem in STEMS for ext in EXTENSIONS
+            for p in [*out.glob(f"{stem}.{ext}"), *out.glob(f"{stem}_*.{ext}")]}
+
+
+def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci", partial: str | None = None):
+    """Every figure and table the data supports; returns (paths written, skipped + why, notes).
+    `partial` (why the study is unfinished, e.g. "12 of 30 runs finished") marks every figure's
+    title, every table's caption and summary.md."""
+    earlier = _earlier_draws(out)
     written: list[Path] = []
     skipped: list[str] = []
     notes: list[str] = []
@@ -477,26 +547,26 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
     else:
         with rc_context(paper_style()):
             if any(r.converged and "test_error" in r.curves for r in runs):
-                paths, n = plot_curves(study, out, x, band)
+                paths, n = plot_curves(study, out, x, band, partial)
                 written += paths
                 notes += n
             else:
                 skipped.append("training curves: no converged run logged test_error")
             if any(r.converged and r.curves.get("train_loss") for r in runs):
-                written += plot_training_loss(study, out, x, band)
+                written += plot_training_loss(study, out, x, band, partial)
             else:
                 skipped.append("training loss: no converged run logged train_loss")
             if len({v.depth for v in study.by_variant}) > 1:
-                written += plot_final_vs_depth(study, out, band)
+                written += plot_final_vs_depth(study, out, band, partial)
             else:
                 skipped.append("final error vs depth: only one depth")
             if any(r.converged and "layer_response_std" in r.curves for r in runs):
-                written += plot_layer_responses(study, out)
+                written += plot_layer_responses(study, out, partial)
             else:
                 skipped.append("layer responses: no run logged layer_response_std")
             groups = ablation_groups(study)
             if groups:
-                written += plot_ablation(study, groups, out, band)
+                written += plot_ablation(study, groups, out, band, partial)
             else:
                 skipped.append(_no_ablation_reason(study))
         for stem, table, why in (("variants", tables.variant_table(study), ""),
@@ -510,11 +580,17 @@ def write_all(study: Study, out: Path, x: str = "epoch", band: str = "ci"):
             if table is None or not table.rows:
                 skipped.append(f"table {stem}: {why}")
                 continue
-            for ext, render in (("csv", tables.to_csv), ("md", tables.to_markdown), ("tex", tables.to_latex)):
+            if partial:
+                table = dataclasses.replace(table, title=f"{table.title} (PARTIAL: {partial})")
+            for ext, render in (("csv", tables.to_csv), ("md", tables.to_markdown),
+                                ("tex", lambda t, stem=stem: tables.to_latex(t, label=f"{study.name}-{stem}"))):
                 path = out / f"{stem}.{ext}"
                 path.write_text(render(table), encoding="utf-8")
                 written.append(path)
+    removed = sorted(earlier - set(written))
+    for path in removed:
+        path.unlink()
     summary = out / "summary.md"
-    summary.write_text(tables.summary_markdown(study, [p.name for p in written], skipped, notes),
-                       encoding="utf-8")
+    summary.write_text(tables.summary_markdown(study, [p.name for p in written], skipped, notes, partial,
+                                               [p.name for p in removed]), encoding="utf-8")
     return written + [summary], skipped, notes

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass
 
 from . import paper
@@ -76,11 +77,43 @@ def to_markdown(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_latex(t: Table) -> str:
-    lines = ["% " + t.title, "\\begin{tabular}{" + "l" * len(t.headers) + "}", "\\toprule",
-             " & ".join(_tex(h) for h in t.headers) + " \\\\", "\\midrule"]
-    lines += [" & ".join(_tex(c) for c in r) + " \\\\" for r in t.rows]
-    lines += ["\\bottomrule", "\\end{tabular}"]
+# A number's cell starts with a digit (or a sign, or an interval's bracket): "52.01 ± 1.21", "[53.46, 57.10]",
+# "0/5", "0.27M". Such columns are aligned on their first decimal point by hand (two columns, r@{}l,
+# the point starting the right one) rather than with siunitx's S columns, which parse one number
+# per cell and would reject "52.01 ± 1.21 " or an interval.
+_NUMBER = re.compile(r"^[\[(]?[-−+]?\d")
+
+
+def _numeric(cells: list[str]) -> bool:
+    shown = [c for c in cells if c not in ("", "n/a", "-")]
+    return bool(shown) and all(_NUMBER.match(c) for c in shown)
+
+
+def _split_point(cell: str) -> tuple[str, str]:
+    i = cell.find(".")
+    return (cell[:i], cell[i:]) if i >= 0 else (cell, "")
+
+
+def to_latex(t: Table, label: str | None = None) -> str:
+    """A booktabs table (\\usepackage{booktabs}) with the title as caption and `label`
+    (tab:<label>), number columns aligned on the decimal point; the notes as comments below."""
+    cols = list(zip(*t.rows)) if t.rows else [() for _ in t.headers]
+    numeric = [_numeric(list(c)) for c in cols]
+    spec = "".join("r@{}l" if n else "l" for n in numeric)
+    head = " & ".join(f"\\multicolumn{{2}}{{c}}{{{_tex(h)}}}" if n else _tex(h) for h, n in zip(t.headers, numeric))
+    lines = ["% " + t.title + " (needs \\usepackage{booktabs})", "\\begin{table}[t]", "\\centering", "\\small",
+             f"\\caption{{{_tex(t.title)}.}}"] + ([f"\\label{{tab:{label}}}"] if label else []) + [
+             f"\\begin{{tabular}}{{{spec}}}", "\\toprule", head + " \\\\", "\\midrule"]
+    for r in t.rows:
+        cells = []
+        for c, n in zip(r, numeric):
+            if n:
+                whole, frac = _split_point(c)
+                cells += [_tex(whole), _tex(frac)]
+            else:
+                cells.append(_tex(c))
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     lines += ["% " + n for n in t.notes]
     return "\n".join(lines) + "\n"
 
@@ -463,18 +496,26 @@ def imagenet_table(study) -> Table | None:
                  rows, notes)
 
 
-def summary_markdown(study, written: list[str], skipped: list[str], notes: list[str]) -> str:
+def summary_markdown(study, written: list[str], skipped: list[str], notes: list[str],
+                     partial: str | None = None, removed: list[str] = ()) -> str:
+    """`partial`: why the study is unfinished (its figures and tables say so too); `removed`: older
+    files of an earlier draw that this one did not redraw, deleted so none is read as current."""
     runs = study.runs
-    lines = [f"# {study.name}: figures and tables from MLflow", "",
-             f"- experiment id: {study.experiment_id}",
-             f"- runs used: {len(runs)} FINISHED (stage confirm/train) in {len(study.by_variant)} variants, "
-             f"of which {sum(r.diverged for r in runs)} diverged (counted, drawn as x, not averaged) and "
-             f"{sum(not r.diverged and r.final_test > FAIL_TEST_ERROR for r in runs)} more ended above "
-             f"{FAIL_PCT:g}% test error: fails by {FAIL_RULE.split(':')[0]} (kept in the means)"]
+    lines = [f"# {study.name}: figures and tables from MLflow" + (" (PARTIAL)" if partial else ""), ""]
+    if partial:
+        lines += [f"**Partial: {partial}.** Every figure and table below is of the runs finished so far; "
+                  "rerun `ablate figures` when the study is done.", ""]
+    lines += [f"- experiment id: {study.experiment_id}",
+              f"- runs used: {len(runs)} FINISHED (stage confirm/train) in {len(study.by_variant)} variants, "
+              f"of which {sum(r.diverged for r in runs)} diverged (counted, drawn as x, not averaged) and "
+              f"{sum(not r.diverged and r.final_test > FAIL_TEST_ERROR for r in runs)} more ended above "
+              f"{FAIL_PCT:g}% test error: fails by {FAIL_RULE.split(':')[0]} (kept in the means)"]
     names = getattr(study, "left_out", {})
     for reason, k in sorted(study.ignored.items()):
         lines.append(f"- not used: {k} run(s) with {reason}{named(names.get(reason, []))}")
     lines += ["", "## Written", ""] + ([f"- {w}" for w in written] or ["- nothing yet"])
+    if removed:
+        lines += ["", "## Removed (an earlier draw's, not redrawn now)", ""] + [f"- {r}" for r in removed]
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in skipped]
     if notes:

@@ -11,16 +11,25 @@ The estimate of one run is the larger of two bounds, both from assumed rates (no
 
 Evaluation (every epoch, 10-crop if asked) and data loading are not counted. A search trial is
 counted at its full length (pruning only shortens it), so search costs are upper bounds.
+
+On a CPU the GPU-hours mean little, so the dry run also gives CPU-hours at a measured rate: MACs
+per image x images seen, over the forward MACs per second a ResNet-20 training step reached on
+this machine in about two seconds (`measure_cpu_rate`), or at a rate recorded earlier and given
+back (`--cpu-rate`). Per-layer overheads make the deeper nets somewhat slower per MAC than the
+rate says: an estimate, and the output says which rate it used.
+
+Sizes come from `models/complexity.json` where a variant is a registered preset (up to fields
+that change no weight or multiply, models.registry.SIZE_NEUTRAL), and are counted otherwise.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from models.network import ResNet
+from models.registry import measure, preset_size
 
 from ..errors import ConfigError
 from ..report import paper
@@ -47,10 +56,50 @@ class VariantCost:
     images: int  # per run: iterations x batch
     gpu_hours: float  # per run
     bound: str  # "compute" or "launch"
+    cpu_hours: float | None = None  # per run, at a CPU rate (`with_cpu_rate`)
 
     @property
     def total_gpu_hours(self) -> float:
         return self.runs * self.gpu_hours
+
+    @property
+    def total_cpu_hours(self) -> float | None:
+        return None if self.cpu_hours is None else self.runs * self.cpu_hours
+
+
+@functools.lru_cache(maxsize=None)
+def size_of(arch) -> dict:
+    """{"params", "macs", "input_size"}: the golden file's for a preset, else counted (meta device),
+    once per process (a study's trials ask for their variant's at every start)."""
+    return preset_size(arch) or measure(arch)
+
+
+def measure_cpu_rate(seconds: float = 2.0, batch: int = 64) -> float:
+    """Forward MACs per second of training (forward, backward, SGD step) that a ResNet-20 reaches
+    on this machine's CPU: one warm-up step, then steps for about `seconds`."""
+    import torch
+
+    from models.registry import build
+    model = build("resnet20")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()
+    steps, start = 0, time.perf_counter()
+    while steps < 2 or time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return size_of(model.spec)["macs"] * batch * steps / (time.perf_counter() - start)
+
+
+def with_cpu_rate(rows: list[VariantCost], rate: float) -> list[VariantCost]:
+    """`rows` with CPU-hours per run at `rate` forward MACs per second."""
+    return [dataclasses.replace(r, cpu_hours=r.macs * r.images / rate / 3600) for r in rows]
 
 
 def train_images(data: DataConfig, family: str) -> tuple[int, str]:
@@ -77,8 +126,7 @@ def estimate(spec: StudySpec, tflops: float | None = None,
     rows, counted = [], {}  # (dataset name, subset, family) -> (images, source): a folder is listed once
     stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
     for v in spec.variants:
-        with torch.device("meta"):  # shapes only
-            cx = ResNet(v.arch).complexity()
+        cx = size_of(v.arch)
         rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
         for stage, runs in stages:
             data = spec.data_of(stage)
@@ -89,20 +137,29 @@ def estimate(spec: StudySpec, tflops: float | None = None,
             cfg = v.recipe(spec.train)
             plan = Plan.of(cfg, n - data.val_size)
             images = plan.iterations * cfg.batch_size
-            compute = 6 * cx.macs * images / rate
+            compute = 6 * cx["macs"] * images / rate
             launch = plan.iterations * v.arch.depth * launch_ms / 1e3
-            rows.append(VariantCost(v.key if stage == "confirm" else f"{v.key} (search)", cx.params, cx.macs, runs,
-                                    plan.iterations, images, max(compute, launch) / 3600,
+            rows.append(VariantCost(v.key if stage == "confirm" else f"{v.key} (search)", cx["params"],
+                                    cx["macs"], runs, plan.iterations, images, max(compute, launch) / 3600,
                                     "compute" if compute >= launch else "launch"))
     return rows, source
 
 
-def dry_run_document(spec: StudySpec, tflops: float | None = None) -> dict:
-    """`ablate run SPEC --dry-run --json`: the data config, and every variant's resolved
-    architecture (ArchSpec fields) and training config (precision included), its params, MACs and
-    runs, its estimate rows and the papers' numbers for it (`paper.numbers_for`), as one
-    JSON-ready dict; nothing is written."""
+def cell_costs(spec: StudySpec) -> dict[tuple[str, str], float]:
+    """{(stage, variant key): MACs per image x images seen} of one cell: the weights of the
+    study's ETA (runners/study/progress.py)."""
+    return {("search" if r.variant.endswith(" (search)") else "confirm", r.variant.removesuffix(" (search)")):
+            float(r.macs * r.images) for r in estimate(spec)[0]}
+
+
+def dry_run_document(spec: StudySpec, tflops: float | None = None, cpu_rate: tuple[float, str] | None = None) -> dict:
+    """`ablate run SPEC --dry-run --json`: every variant's resolved architecture (ArchSpec fields)
+    and training config (precision included), its params, MACs and runs, its estimate rows and
+    the papers' numbers for it (`paper.numbers_for`), and the data config, as one JSON-ready dict;
+    nothing is written. `cpu_rate`: (forward MACs/s, where it came from)."""
     rows, source = estimate(spec, tflops)
+    if cpu_rate:
+        rows = with_cpu_rate(rows, cpu_rate[0])
     variants = []
     for v in spec.variants:
         own = [r for r in rows if r.variant in (v.key, f"{v.key} (search)")]
@@ -110,11 +167,15 @@ def dry_run_document(spec: StudySpec, tflops: float | None = None) -> dict:
         variants.append({"variant": v.key, "arch": v.arch.as_dict(),
                          "train": dataclasses.asdict(recipe), "params": own[0].params,
                          "macs": own[0].macs, "runs": sum(r.runs for r in own),
-                         "estimate": [{**dataclasses.asdict(r), "total_gpu_hours": r.total_gpu_hours} for r in own],
+                         "estimate": [{**dataclasses.asdict(r), "total_gpu_hours": r.total_gpu_hours,
+                                       "total_cpu_hours": r.total_cpu_hours} for r in own],
                          "paper": paper.numbers_for(run_params(v.arch, recipe, spec.dataset))})
     return {"study": spec.name, "data": dataclasses.asdict(spec.dataset), "training_images": source,
             "runs": sum(r.runs for r in rows),
-            "gpu_hours": sum(r.total_gpu_hours for r in rows), "tflops": tflops, "variants": variants}
+            "gpu_hours": sum(r.total_gpu_hours for r in rows), "tflops": tflops,
+            "cpu_hours": sum(r.total_cpu_hours for r in rows) if cpu_rate else None,
+            "cpu_rate_macs_per_s": cpu_rate[0] if cpu_rate else None,
+            "cpu_rate_source": cpu_rate[1] if cpu_rate else None, "variants": variants}
 
 
 def pack_plan(spec: StudySpec, k: int, tflops: float | None = None, launch_ms: float = LAUNCH_MS) -> list[dict]:
@@ -134,8 +195,7 @@ def pack_plan(spec: StudySpec, k: int, tflops: float | None = None, launch_ms: f
     packs = []
     for cells in groups.values():
         v, _, cfg = cells[0]
-        with torch.device("meta"):
-            macs = ResNet(v.arch).complexity().macs
+        macs = size_of(v.arch)["macs"]
         plan = Plan.of(cfg, n - spec.dataset.val_size)
         rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
         compute = 6 * macs * plan.iterations * cfg.batch_size / rate

@@ -1,14 +1,16 @@
 """Per-variant progress and results of a study, read from its Optuna storage alone (no MLflow)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from statistics import mean, stdev
 
+import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, redact
 from ..database import canonical_url
-from ..paths import default_storage, journal_path
+from ..paths import STORAGE_ENV, default_storage, journal_path, results_dir
 from .layout import FINISHED, Layout
 from .spec import StudySpec
 from .storage import open_storage
@@ -60,4 +62,37 @@ def status(layout: Layout) -> list[dict]:
             "mean_test_error": mean(errors) if errors else None,
             "std_test_error": stdev(errors) if len(errors) > 1 else None,
             "n": len(errors)})
+    return rows
+
+
+def known_storages(storage: str | None = None) -> list[str]:
+    """The storages `ablate status` without a spec looks in: `storage` (or $ABLATE_STORAGE) if
+    given, else every study journal under results/optuna/."""
+    given = storage or os.environ.get(STORAGE_ENV)
+    if given:
+        return [canonical_url(given)]
+    return [str(p) for p in sorted((results_dir() / "optuna").glob("*.journal"))]
+
+
+def list_studies(storages: list[str]) -> list[dict]:
+    """One row per study in `storages`: its cells (the latest attempt of each) by state, read
+    from Optuna alone; search studies (`<name>:search:<variant>`) count as their study's."""
+    rows = []
+    for url in storages:
+        storage = open_storage(url)
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        names = [s.study_name for s in summaries]
+        for name in (n for n in names if ":search:" not in n):
+            latest: dict[str, object] = {}
+            for n in (x for x in names if x == name or x.startswith(f"{name}:search:")):
+                for t in optuna.load_study(study_name=n, storage=storage).get_trials(deepcopy=False):
+                    cell = t.user_attrs.get("cell") or f"{n}#{t.number}"
+                    if cell not in latest or t.number > latest[cell].number:
+                        latest[cell] = t
+            states = [t.state for t in latest.values()]
+            failed = sum(t.state == TrialState.FAIL and "error" in t.user_attrs for t in latest.values())
+            rows.append({"study": name, "storage": redact(url), "cells": len(latest),
+                         "done": sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
+                         "running": states.count(TrialState.RUNNING), "waiting": states.count(TrialState.WAITING),
+                         "failed": failed})
     return rows

@@ -16,16 +16,18 @@ import optuna
 import torch.distributed as dist
 from optuna.trial import TrialState
 
-from ..errors import cut, redact
+from ..errors import ConfigError, cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
 from ..tracking.tracker import Tracker, tracked_run
+from ..tracking.view import group_tags
 from ..train import distributed
 from ..train.schedule import Plan
 from ..train.trainer import train
 from . import optuna_private as private
 from . import parent
 from .layout import CONFIRM, SEARCH, Layout
+from .estimate import cell_costs, size_of
 from .progress import NoProgress, cell_counts
 from .spec import SEARCHABLE
 from .storage import Heartbeat, worker_id
@@ -41,6 +43,25 @@ class Worker:
     device: str
     threads: int | None
     progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
+
+
+_COSTS: dict[str, dict | None] = {}
+
+
+def _costs(spec) -> dict | None:
+    """The study's cell costs (estimate.cell_costs), once per process; None where its data
+    cannot be counted (the ETA then averages the finished trials)."""
+    if spec.fingerprint not in _COSTS:
+        try:
+            _COSTS[spec.fingerprint] = cell_costs(spec)
+        except ConfigError:
+            _COSTS[spec.fingerprint] = None
+    return _COSTS[spec.fingerprint]
+
+
+def view_tags(spec) -> dict[str, dict[str, str]]:
+    """{variant name: the tags that colour and order its group in the MLflow comparison view}."""
+    return group_tags([(label(v.arch), v.arch.total_depth) for v in spec.variants])
 
 
 def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> bool:
@@ -61,14 +82,15 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,
             "trial": trial.number, "optuna_study": study.study_name, "worker": worker_id(),
             "attempt": attrs.get("attempt", 1), **({"retry_of": attrs["retry_of"]} if "retry_of" in attrs else {}),
-            **({"processes": ctx.world} if ctx.distributed else {})}
+            **({"processes": ctx.world} if ctx.distributed else {}),
+            **(view_tags(spec)[label(v.arch)] if stage == CONFIRM else {})}
     # Named as the figures name the line: "ResNet-20 (A) s0", "search plain-20 trial 3".
     run_name = arch_run_name(v.arch, seed) if stage == CONFIRM else f"search {label(v.arch)} trial {trial.number}"
     resumed = Path(checkpoint).is_dir() and any(Path(checkpoint).glob("checkpoint.pt"))
     trial.set_user_attr("resumed", resumed)
 
     pruned = False
-    worker.progress.set_done(*cell_counts(spec, layout.all_studies()))
+    worker.progress.set_done(*cell_counts(spec, layout.all_studies(), _costs(spec)))
     attempt = f" (attempt {attrs['attempt']})" if attrs.get("attempt", 1) > 1 else ""
     title = f"trial {trial.number} {run_name}{attempt}"
     tracker = None
@@ -178,7 +200,9 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
         hparams = attrs["hparams"]
     cfg = v.recipe(spec.train, seed=seed, device=worker.device, threads=worker.threads, **hparams)
     data = worker.data(stage)
-    worker.progress.start(title, Plan.of(cfg, len(data.train)).epochs, resumed)
+    plan = Plan.of(cfg, len(data.train))
+    worker.progress.start(title, plan.epochs, resumed,
+                          cost=size_of(v.arch)["macs"] * plan.iterations * cfg.batch_size)
 
     def report(epoch: int, metrics: dict) -> None:  # only search trials prune; confirmations never do
         worker.progress.epoch(epoch, metrics)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ConfigError
-from .view import CHART_METRICS, SECTION_TITLE
+from .view import BAR_TITLE, CHART_METRICS, SECTION_TITLE
 
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -38,6 +38,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_ui(tracking_uri: str, port: int | None = None, timeout: float = 180.0) -> Iterator[str]:
     """`mlflow ui` on `tracking_uri` for the duration; yields its base URL (http://127.0.0.1:PORT)."""
+    with ui_process(tracking_uri, port, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def ui_process(tracking_uri: str, port: int | None = None,
+               timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`serve_ui`, yielding the server's process too (to wait on it); however the block ends
+    (Ctrl-C, SIGTERM raised as `Terminated`), the server's process group is stopped and reaped."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
@@ -59,7 +68,7 @@ def serve_ui(tracking_uri: str, port: int | None = None, timeout: float = 180.0)
             if time.monotonic() > deadline:
                 raise ConfigError(f"mlflow ui did not answer on {url} within {timeout:.0f} s")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -104,8 +113,20 @@ def settled_dom(url: str, ready: Callable[[str], bool], *, waits=(20000, 40000, 
 
 
 def charts_loaded(dom: str) -> bool:
-    """The comparison's first chart is drawn, legend and all (not a loading placeholder)."""
-    return SECTION_TITLE in dom and f"({CHART_METRICS[0]})" in dom[dom.index(SECTION_TITLE):]
+    """The comparison's bar charts and first curve are drawn, legend and all (not a loading placeholder)."""
+    return (BAR_TITLE in dom and 'class="trace bars"' in dom[dom.index(BAR_TITLE):]
+            and SECTION_TITLE in dom and f"({CHART_METRICS[0]})" in dom[dom.index(SECTION_TITLE):])
+
+
+def run_page_loaded(dom: str) -> bool:
+    """A run's page is drawn (its tabs, in either layout)."""
+    return "Model metrics" in dom
+
+
+def genai_layout(dom: str) -> bool:
+    """MLflow 3's GenAI layout, whose side bar lists evaluation runs and judges (the model-training
+    layout lists runs, models and traces)."""
+    return "Evaluation runs" in dom or "Judges" in dom
 
 
 def screenshot(url: str, path: Path, *, size: tuple[int, int] = (2200, 1300), wait_ms: int = 20000,

@@ -283,3 +283,20 @@ def _runtime(c, run_id: str, params: dict) -> tuple[str | None, str | None]:
     if "precision" in cfg:
         return device, cfg["precision"]
     return device, "bf16" if cfg.get("amp") else _precision(None, "off", device)
+
+
+def unfinished(c, study: Study) -> str | None:
+    """Why `study` is not finished, in a few words ("12 of 30 runs finished, the study KILLED"),
+    read from its parent run (stage=study: status, and the planned variants x seeds); None when
+    it is finished, or has no parent run (runs logged by `ablate train` alone)."""
+    parents = c.search_runs([study.experiment_id], filter_string="tags.stage = 'study'", max_results=1)
+    if not parents or parents[0].info.status == "FINISHED":
+        return None
+    parent = parents[0]
+    params = parent.data.params
+    try:
+        planned = int(params["variants"]) * len(params["seeds"].split(","))
+    except (KeyError, ValueError):
+        planned = None
+    done = f"{len(study.runs)} of {planned} runs finished" if planned else f"{len(study.runs)} runs finished"
+    return f"{done}, the study {parent.info.status}"

@@ -41,10 +41,12 @@ def store(tmp_path):
 
 
 def _run(c, exp_id, *, shortcut, seed, stage="confirm", status="FINISHED", test_error=0.3):
-    run = c.create_run(exp_id, run_name=f"{shortcut} s{seed}", tags={
+    name = "plain-20" if shortcut == "none" else f"ResNet-20 ({shortcut})"
+    run = c.create_run(exp_id, run_name=f"{name} s{seed}", tags={
         "family": "cifar", "depth": "20", "block": "basic", "shortcut": shortcut, "preact": "false",
         "width": "1", "seed": str(seed), "stage": stage})
     c.log_metric(run.info.run_id, "test_error", test_error, step=1)
+    c.log_metric(run.info.run_id, "test_error", test_error + 0.1, step=0)
     c.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
@@ -66,31 +68,54 @@ def test_comparison_view_is_a_shared_view_state_the_ui_reads(store):
     state = json.loads(tags[f"mlflow.sharedViewState.{key}"])
     assert set(state) <= UI_FIELDS
     assert state["groupBy"] == {"aggregateFunction": "average",
-                                "groupByKeys": [{"mode": "tag", "groupByData": "shortcut"}]}
+                                "groupByKeys": [{"mode": "tag", "groupByData": view.GROUP_TAG}]}
+    assert (state["orderByKey"], state["orderByAsc"]) == (f"tags.`{view.ORDER_TAG}`", True)
     for column in ("tags.`depth`", "tags.`shortcut`", "tags.`seed`", "metrics.`train_error`",
                    "metrics.`test_error`"):
         assert column in state["selectedColumns"]
-    assert [c["metricKey"] for c in state["compareRunCharts"][:2]] == ["train_error", "test_error"]
-    first, *parent = state["compareRunSections"]  # the comparison open, the parent run's metrics folded
-    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {first["uuid"]} and first["display"]
+    assert state["selectedColumns"][0] == "tags.`shortcut`"  # the varying axis first
+    charts = state["compareRunCharts"]
+    # The bar charts of the final errors first, then the paper's curves, y fitted to the data.
+    assert [(c["type"], c["metricKey"]) for c in charts[:4]] == [
+        ("BAR", "test_error"), ("BAR", "train_error"), ("LINE", "train_error"), ("LINE", "test_error")]
+    assert charts[3]["range"] == {"yMin": 0.296, "yMax": 0.404}  # 0.3 to 0.4, and 4% of that each side
+    bars, curves, *parent = state["compareRunSections"]  # the comparison open, the parent run's metrics folded
+    assert {c["metricSectionId"] for c in charts if c["type"] == "BAR"} == {bars["uuid"]} and bars["display"]
+    assert {c["metricSectionId"] for c in charts if c["type"] == "LINE"} == {curves["uuid"]} and curves["display"]
     assert [s["name"] for s in parent] == list(view.PARENT_SECTIONS) and not any(s["display"] for s in parent)
     # The view's filter, run by MLflow itself: FINISHED confirmation runs only.
     shown = store.search_runs([exp], filter_string=state["searchFilter"])
     assert {r.info.run_id for r in shown} == keep
+    # Every confirmation run got its group tags when the view was published.
+    assert {r.data.tags[view.GROUP_TAG].rstrip() for r in shown} == {"plain-20", "ResNet-20 (A)"}
 
     # Idempotent: every worker may publish; `status` and `figures` find the same link.
     assert view.publish_comparison_view(store, exp, ["shortcut"], ui="http://127.0.0.1:5123") == url
     assert view.comparison_link(store, "view", ui="http://127.0.0.1:5123") == url
     assert view.comparison_link(store, "no-such-experiment") is None
-    assert view.observed_axes(store, exp) == ["shortcut"]
+    assert view.observed_axes(shown) == ["shortcut"]
+
+
+def test_group_tags_colour_plain_and_residual_apart_and_pair_them_by_depth():
+    variants = [(f"plain-{d}", d) for d in (8, 14, 20)] + [(f"ResNet-{d} (A)", d) for d in (8, 14, 20)]
+    tags = view.group_tags(variants)
+    colour = {n: view.ui_group_colour(f"tag.{view.GROUP_TAG}.{t[view.GROUP_TAG]}") for n, t in tags.items()}
+    plain, residual = view.RAMPS[0], view.RAMPS[1]
+    assert [colour[f"plain-{d}"] for d in (20, 14, 8)] == list(plain[:3])  # deeper is darker
+    assert [colour[f"ResNet-{d} (A)"] for d in (20, 14, 8)] == list(residual[:3])
+    assert all(t[view.GROUP_TAG].rstrip() == n for n, t in tags.items())  # only spaces are added
+    order = sorted(tags, key=lambda n: tags[n][view.ORDER_TAG])
+    assert order == ["plain-8", "ResNet-8 (A)", "plain-14", "ResNet-14 (A)", "plain-20", "ResNet-20 (A)"]
+    # The UI's hash (mlflow/server/js getStableColorForRun), checked on a value worked by hand.
+    assert view.ui_group_colour("ab") == ((97 + 98) % 255 | (97 + 97 + 98) % 255 << 8) % 29
 
 
 def test_varying_axes_come_from_the_specs():
     specs = [models.resolve(n) for n in ("plain20", "resnet20", "plain56", "resnet56")]
     assert view.varying_axes(specs) == ["depth", "shortcut"]
     assert view.varying_axes([models.resolve("resnet20")]) == []
-    state = view.comparison_view_state([])  # one variant: grouped by the variant tag
-    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "variant"}]
+    state = view.comparison_view_state([])  # before any run finished: no fitted range yet
+    assert all(c["range"] == {} for c in state["compareRunCharts"] if c["type"] == "LINE")
 
 
 def test_find_comparison_link_creates_no_store(tmp_path):
@@ -173,6 +198,33 @@ def test_progress_counts_cells_estimates_and_totals():
     assert lines[3].startswith("[2/4] trial 1 plain-8 s1: started")
     assert lines[4] == "1/4 cells done; this process ran 1 trial(s) in 1h 01m"
     assert duration(59.4) == "59 s" and duration(61) == "1m 01s"
+
+
+def test_progress_eta_weighs_the_cells_left_by_their_cost():
+    out, clock = io.StringIO(), Clock()
+    p = StudyProgress(out, 3, tty=False, clock=clock)
+    p.set_done(0, 3, left_cost=1 + 4 + 4)  # a ResNet-8 cell, then two four times as costly
+    p.start("trial 0 ResNet-8 (A) s0", epochs=2, cost=1)
+    clock.t = 10
+    p.finish("done")
+    # 10 s per unit of cost, 8 units left: 80 s (the mean of finished trials would say 20 s).
+    assert out.getvalue().splitlines()[-1].endswith("elapsed 10 s, ETA 1m 20s")
+    p.set_done(1, 3)  # no costs given: the mean trial time, times the cells left
+    p.start("trial 1", epochs=2)
+    clock.t = 20
+    p.finish("done")
+    assert out.getvalue().splitlines()[-1].endswith("ETA 10 s")
+
+
+def test_cell_costs_are_macs_times_images():
+    from runners.study.estimate import cell_costs
+    from runners.study.progress import cell_counts
+    from runners.study.spec import load_spec
+    spec = load_spec(REPO / "ablations" / "cpu-demo.yaml", check_data=False)
+    costs = cell_costs(spec)
+    plain8, res20 = costs[("confirm", "cifar-d8-basic-none-post-w1")], costs[("confirm", "cifar-d20-basic-A-post-w1")]
+    assert 3.2 < res20 / plain8 < 3.4  # ResNet-20 costs 3.3 times plain-8: their MACs
+    assert cell_counts(spec, [], costs) == (0, 30, pytest.approx(5 * sum(costs.values())))
 
 
 def test_progress_on_a_terminal_redraws_one_bar():

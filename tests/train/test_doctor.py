@@ -69,3 +69,21 @@ def test_bench_reports_the_ratio_and_the_utilization(tmp_path):
     assert r["steps"] == 1 and r["workers"] == 0  # the CPU default: no loader workers
     assert r["utilization"]["ours"] == r["training_flops_per_s"]["ours"] / r["matmul"]["flops_per_s"]
     assert "ratio ours / conventional" in out.stdout and "of the matmul rate" in out.stdout
+
+
+def test_doctor_starts_no_measurement_that_would_end_past_its_budget(monkeypatch):
+    from runners.doctor import context
+    clock = [0.0]
+    monkeypatch.setattr(context.time, "perf_counter", lambda: clock[0])
+    d = context.Doctor(context.Options(budget_s=100.0))
+
+    def measurement(seconds):
+        def fn():
+            clock[0] += seconds
+            return d.add("throughput", "m", "info", "x")
+        return fn
+    ran = [d.guarded("throughput", f"m{k}", measurement(30)).status for k in range(4)]
+    # 0-30, 30-60, 60-90 s run; a fourth would end at 120 s: skipped, saying why.
+    assert ran == ["info", "info", "info", "skip"]
+    assert d.checks[-1].value == "time budget (100 s): 10 s left, a measurement has taken up to 30 s"
+    assert d.guarded("data", "d", measurement(5), measurement=False).status == "info"  # not a measurement
