@@ -259,8 +259,8 @@ def variant_table(study) -> Table:
     for p in shown:
         tables = sorted({num.tables for r in refs.values() if (num := r.get(p))})
         notes.append(f"{p} ({', '.join(tables)}): CIFAR test error, {paper.STAT[p]}; set beside every variant "
-                     "with the same depth, block, shortcut/activation form and shortcut option (A, B) as the paper's net, "
-                     "whatever our recipe (below)")
+                     "with the same depth, block, shortcut/activation form and shortcut option (A, B) as the "
+                     "paper's net, whatever our recipe (below)")
     notes += recipe_notes(study.runs)
     return Table("Final error per variant", columns, headers, csv_rows, rows, notes)
 
