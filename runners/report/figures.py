@@ -12,8 +12,8 @@ and tests, where one exploded run would otherwise set the result. Statistics liv
 Figures (PDF with TrueType fonts and no creation date, + PNG; the same store gives the same
 bytes): training curves per kind of net (Fig. 6) and per depth (plain and residual overlaid),
 final error vs depth, the training loss (2016b Figs. 1, 3, 6), layer responses (Fig. 7), error
-by variant at a fixed depth (Table 3 of 2016a, Tables 1-2 of 2016b). Every band or bar is clipped to [0, 100]% and is a 95% t-interval
-from 3 seeds on, min..max below; n is in the legend.
+by variant at a fixed depth (Table 3 of 2016a, Tables 1-2 of 2016b). Every band or bar is
+clipped to [0, 100]% and is a 95% t-interval from 3 seeds on, min..max below; n is in the legend.
 
 For a paper: one column (3.3 in) or two (6.9 in) wide; legends outside the data; y ranges that
 hold every point drawn (the first epochs' near-chance errors included); one meaning per line
