@@ -61,7 +61,7 @@ class StudyRunner:
                  heartbeat: int = 30, poll: float = 2.0, attempts: int | None = None) -> None:
         self.spec = spec
         self.storage_url = canonical_url(storage or default_storage(spec.name))
-        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.tracking_uri = canonical_url(tracking_uri or default_tracking_uri())
         self.device, self.threads, self.poll, self.heartbeat = device, threads, poll, heartbeat
         if attempts is not None and attempts < 1:
             raise ConfigError(f"--attempts must be at least 1, got {attempts}")

@@ -6,14 +6,16 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from ..database import advisory_lock, check_database
+from ..database import advisory_lock, canonical_url, check_database
 from ..errors import ConfigError, first_line, redact
 from ..paths import default_tracking_uri, results_dir, sqlite_path
 
 
 def client(uri: str | None = None):
-    """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line."""
-    uri = uri or default_tracking_uri()
+    """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line. A raw
+    password in the URI (`--tracking-uri` or MLFLOW_TRACKING_URI) is percent-encoded first, so
+    every command reads the URI as `ablate run` does."""
+    uri = canonical_url(uri or default_tracking_uri())
     quiet_mlflow()
     # MLflow prints "View run ... at: <the tracking URI>" when a run ends, password and all; the
     # lab prints its own links, redacted.
