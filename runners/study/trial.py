@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..errors import cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
-from ..tracking.tracker import Tracker, tracked_run
+from ..tracking.tracker import Abandoned, Tracker, tracked_run
 from ..train import distributed
 from ..train.schedule import Plan
 from ..train.trainer import train
@@ -77,7 +77,8 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
             try:
-                result = _fit(spec, attrs, worker, trial, tracker, title, resumed)
+                result = _fit(spec, attrs, worker, trial, tracker, title, resumed, guard=owned(study, trial))
+                owned(study, trial)()  # the run is ended FINISHED only while the trial is still ours
             except optuna.TrialPruned:
                 pruned = True
                 tracker.set_tags({"pruned": "true"})
@@ -85,6 +86,16 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         _give_back(layout, worker, study, trial)
         raise
     except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
+        if isinstance(e, Abandoned) or not _owns(study, trial):
+            # Paused past the heartbeat grace (SIGSTOP, a VM pause, a swap storm): another worker
+            # failed this trial and runs its retry, which owns the cell's checkpoint and closed
+            # this attempt's MLflow run KILLED. Nothing more is written for it.
+            worker.progress.finish("given to another worker")
+            worker.progress.warn(f"trial {trial.number} ({run_name}) was given to another worker while this one "
+                                 "was paused (past the heartbeat grace); left to its retry, going on")
+            if ctx.distributed:
+                raise
+            return True
         if ctx.distributed and lost_peer(e):  # a dead rank or node: no fault of the trial's
             if tracker is not None:  # its run was ended FAILED on the way out; it was killed
                 worker.mlflow.set_tag(tracker.run_id, "killed", "lost a process of its group")
@@ -128,6 +139,24 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     return True
 
 
+def owned(study: optuna.Study, trial: optuna.Trial) -> Callable[[], None]:
+    """The guard `train()` calls before it writes a result: raises Abandoned once the trial is no
+    longer this worker's (failed as stale by another worker, which enqueued its retry)."""
+    def guard() -> None:
+        if not _owns(study, trial):
+            raise Abandoned(f"trial {trial.number} is no longer this worker's")
+    return guard
+
+
+def _owns(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the trial is still RUNNING and claimed by this process, as the storage says now."""
+    try:
+        t = private.get_trial(study, private.trial_id(trial))
+    except Exception:  # noqa: BLE001 - a storage that cannot answer: go on, the next check will tell
+        return True
+    return t.state == TrialState.RUNNING and t.user_attrs.get("worker") in (None, worker_id())
+
+
 def _give_back(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> None:
     """An interrupted trial: fail it and enqueue its retry now (same attempt), so the rerun
     resumes it from its checkpoint."""
@@ -156,7 +185,7 @@ def follow_trial(spec, worker: Worker) -> None:
 
 
 def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
-         title: str = "", resumed: bool = False):
+         title: str = "", resumed: bool = False, guard: Callable[[], None] | None = None):
     """Train the cell `attrs` describes (every rank of a group calls this together; `trial` and
     `tracker` only on rank 0); search trials draw their hyperparameters from `trial`."""
     stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
@@ -179,7 +208,7 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
                 raise optuna.TrialPruned()
 
     return train(v.arch, cfg, data, tracker=tracker, checkpoint_dir=attrs["checkpoint"],
-                 on_epoch=report, model_name=v.model_name)
+                 on_epoch=report, model_name=v.model_name, guard=guard)
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: dict):

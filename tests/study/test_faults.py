@@ -204,3 +204,43 @@ def test_kill_9_mid_checkpoint_write_then_a_corrupt_checkpoint(results):
     kept = list(results.rglob("checkpoint.pt.unreadable-*"))
     assert len(kept) == 1 and kept[0].stat().st_size == 10 and kept[0].name in out.stderr
     _assert_complete_once(results)
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_a_paused_worker_whose_trial_was_retried_writes_nothing_more_for_it(results, monkeypatch):
+    """A worker paused past its heartbeat grace (SIGSTOP, a VM pause) finds, when it wakes, that
+    another worker failed its trial, closed its MLflow run KILLED and enqueued the retry. The
+    takeover is played here at the moment the worker wakes (its first write after epoch 1): it
+    must then write no checkpoint, no metric and no run state for that trial, say so in one line
+    and go on; the retry trains the cell once."""
+    from runners.study import optuna_private as private, parent, runner as runner_mod, trial as trial_mod
+    seen, real_fit, real_run = {}, trial_mod._fit, trial_mod.run_trial
+
+    def run_trial(layout, worker, study, trial):
+        seen.update(layout=layout, worker=worker, study=study)
+        ok = real_run(layout, worker, study, trial)
+        if seen.get("number") == trial.number:  # the paused attempt is over: what did it leave?
+            seen["left"] = (Path(seen["checkpoint"], "checkpoint.pt").exists(),
+                            worker.mlflow.get_run(seen["run"]).info.status,
+                            worker.mlflow.get_metric_history(seen["run"], "train_error"))
+        return ok
+
+    def fit(spec, attrs, worker, trial, tracker, title="", resumed=False, guard=None):
+        def wake():
+            if "number" not in seen:  # the other worker's move, while this one was stopped
+                failed = private.fail(seen["study"], private.trial_id(trial))
+                parent.supersede(worker.mlflow, failed.user_attrs["mlflow_run_id"])
+                seen["layout"].requeue(seen["study"], failed)
+                seen.update(number=trial.number, run=tracker.run_id, checkpoint=attrs["checkpoint"])
+            guard()
+        return real_fit(spec, attrs, worker, trial, tracker, title, resumed, guard=wake)
+
+    monkeypatch.setattr(runner_mod, "run_trial", run_trial)
+    monkeypatch.setattr(trial_mod, "_fit", fit)
+    out = ablate("run", SMOKE, *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "UpdateFinishedTrialError" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if "given to another worker" in line], out.stderr
+    assert seen["left"] == (False, "KILLED", []), seen["left"]
+    trials, runs = _assert_complete_once(results)
+    assert {r.info.run_id: r.info.status for r in runs}[seen["run"]] == "KILLED"
