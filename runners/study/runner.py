@@ -109,7 +109,7 @@ class StudyRunner:
             self.parent_run_id = parent.ensure_parent(self.mlflow, self.spec, main, redact(self.storage_url))
         for s in self.layout.all_studies():  # dead workers' trials first, so their runs are closed once
             fail_stale_trials(s, self._on_stale)
-        parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number())
+        parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number(), self.parent_run_id)
 
     def found_line(self) -> str | None:
         """One line on what a rerun found (None for a study that has just been set up): how many

@@ -54,8 +54,9 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     spec, ctx = layout.spec, distributed.current()
     attrs = dict(private.get_trial(study, private.trial_id(trial)).user_attrs)
     if attrs["stage"] == SEARCH and not attrs.get("checkpoint"):
-        attrs["checkpoint"] = str(layout.checkpoint_root / SEARCH / attrs["variant"] / f"trial{trial.number}")
+        attrs["checkpoint"] = f"{SEARCH}/{attrs['variant']}/trial{trial.number}"
         trial.set_user_attr("checkpoint", attrs["checkpoint"])
+    attrs["checkpoint"] = str(layout.checkpoint_dir(attrs["checkpoint"]))  # recorded relative to the root
     distributed.broadcast_object(attrs, ctx)
     stage, v, seed, checkpoint = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"], attrs["checkpoint"]
     tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,

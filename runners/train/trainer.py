@@ -34,7 +34,7 @@ from models.spec import ArchSpec
 from ..tracking.naming import axis_tags, git_commit, run_name, run_params, variant_name
 from . import distributed
 from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config_signature, generator_state,
-                         load_checkpoint, restore_generator, save_checkpoint)
+                         load_checkpoint, restore_generator, save_checkpoint, set_aside, signature_difference)
 from .config import DataConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluation import evaluate, layer_responses
@@ -219,6 +219,13 @@ class Run:
     # -- the loop --
     def run(self, on_epoch, progress: bool) -> TrainResult:
         saved = load_checkpoint(self.path) if self.path is not None else None
+        if saved is not None and (difference := signature_difference(saved.get("signature") or {}, self.signature)):
+            # Another run's checkpoint in this run's folder (a study started over under the same
+            # name with a changed spec): never resumed, never a failure of every attempt.
+            self.guard()
+            if self.dist.is_main:
+                set_aside(self.path, "other-run", f"is of another run ({difference})")
+            saved = None
         if saved is not None:
             self.restore(saved)
         self.log_start()

@@ -244,3 +244,42 @@ def test_a_paused_worker_whose_trial_was_retried_writes_nothing_more_for_it(resu
     assert seen["left"] == (False, "KILLED", []), seen["left"]
     trials, runs = _assert_complete_once(results)
     assert {r.info.run_id: r.info.status for r in runs}[seen["run"]] == "KILLED"
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_a_copied_results_folder_resumes_from_its_own_checkpoints(results, tmp_path):
+    """Checkpoint folders are recorded relative to the checkpoint root: a results/ copied
+    elsewhere (and the original deleted) resumes the interrupted cell from the copy's checkpoint."""
+    import shutil
+    killed = _inject("mlflow", "run", SMOKE, *SMALL)
+    assert killed.returncode == -9
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    shutil.rmtree(results)
+    out = ablate("run", SMOKE, *SMALL, env={"ABLATE_RESULTS": str(copy)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 interrupted, resuming first" in out.stdout + out.stderr, out.stdout + out.stderr
+    trials = _assert_complete_once(copy)[0]
+    assert any(t.user_attrs.get("resumed") for t in trials if t.state == TrialState.COMPLETE)
+    assert not (results / "checkpoints").exists()
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_starting_over_with_a_changed_spec_sets_a_leftover_checkpoint_aside(results):
+    """The journal moved aside (as the advice for a damaged journal says) and the spec changed:
+    the old attempt's checkpoint in the cell's folder is another run's. It is kept aside with a
+    warning and the cell trains from scratch (no attempt fails on it); the old study's parent
+    run, left RUNNING by the kill, is closed."""
+    killed = _inject("mlflow", "run", SMOKE, *SMALL)
+    assert killed.returncode == -9
+    journal = results / "optuna" / "smoke.journal"
+    journal.rename(journal.with_name("smoke.journal.old"))
+    out = ablate("run", SMOKE, *SMALL, "--set", "train.lr=0.05")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "is of another run (train.lr: 0.1 there, 0.05 here)" in out.stderr, out.stderr
+    assert "--fresh" not in out.stderr and "failed" not in out.stderr
+    assert list(results.rglob("checkpoint.pt.other-run-*"))
+    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
+    assert sorted(r.info.status for r in runs if r.data.tags["stage"] == "study") == ["FINISHED", "KILLED"]
