@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..errors import cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
-from ..tracking.tracker import Abandoned, Tracker, tracked_run
+from ..tracking.tracker import Abandoned, StoreLost, Tracker, tracked_run
 from ..train import distributed
 from ..train.schedule import Plan
 from ..train.trainer import train
@@ -41,6 +41,7 @@ class Worker:
     device: str
     threads: int | None
     progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
+    store_lost: Callable[[], bool] = lambda: False  # whether the tracking store's file went away
 
 
 def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> bool:
@@ -78,8 +79,8 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
             try:
-                result = _fit(spec, attrs, worker, trial, tracker, title, resumed, guard=owned(study, trial))
-                owned(study, trial)()  # the run is ended FINISHED only while the trial is still ours
+                result = _fit(spec, attrs, worker, trial, tracker, title, resumed, guard=owned(study, trial, worker))
+                owned(study, trial, worker)()  # the run is ended FINISHED only while the trial is still ours
             except optuna.TrialPruned:
                 pruned = True
                 tracker.set_tags({"pruned": "true"})
@@ -87,6 +88,14 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         _give_back(layout, worker, study, trial)
         raise
     except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
+        if isinstance(e, StoreLost) or worker.store_lost():
+            # Not the trial's fault, and no MLflow call can succeed: its retry is enqueued at
+            # once with the same attempt (as an interruption's), and the worker stops.
+            failed = private.fail(study, private.trial_id(trial))
+            if failed is not None:
+                layout.requeue(study, failed)
+            worker.progress.finish("stopped: the MLflow store is gone")
+            raise StoreLost("the MLflow store was deleted while the trial ran") from None
         if isinstance(e, Abandoned) or not _owns(study, trial):
             # Paused past the heartbeat grace (SIGSTOP, a VM pause, a swap storm): another worker
             # failed this trial and runs its retry, which owns the cell's checkpoint and closed
@@ -140,10 +149,13 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     return True
 
 
-def owned(study: optuna.Study, trial: optuna.Trial) -> Callable[[], None]:
+def owned(study: optuna.Study, trial: optuna.Trial, worker: Worker) -> Callable[[], None]:
     """The guard `train()` calls before it writes a result: raises Abandoned once the trial is no
-    longer this worker's (failed as stale by another worker, which enqueued its retry)."""
+    longer this worker's (failed as stale by another worker, which enqueued its retry), and
+    StoreLost once the tracking store's file is gone."""
     def guard() -> None:
+        if worker.store_lost():
+            raise StoreLost("the MLflow store was deleted while the trial ran")
         if not _owns(study, trial):
             raise Abandoned(f"trial {trial.number} is no longer this worker's")
     return guard

@@ -56,6 +56,17 @@ def client(uri: str | None = None):
     return c
 
 
+def store_identity(uri: str) -> tuple[int, int] | None:
+    """(device, inode) of the SQLite file behind `uri`; None for other stores or no file. A file
+    deleted, or deleted and made again empty by a stray connection, has another identity."""
+    db = sqlite_path(canonical_url(uri))
+    try:
+        st = db.stat() if db is not None else None
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
+
+
 def quiet_mlflow() -> None:
     """MLflow's INFO lines (schema creation and migration on a new store) are not ours to show."""
     for name in ("mlflow.store", "alembic"):

@@ -127,6 +127,11 @@ class Abandoned(Exception):
     this one was paused): it is left exactly as it is, never ended by `tracked_run`."""
 
 
+class StoreLost(Abandoned):
+    """The tracking store went away under the run (a deleted `mlflow.db`): nothing more can be
+    written to it, the run included."""
+
+
 @contextlib.contextmanager
 def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
     """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), never

@@ -146,10 +146,11 @@ class TrainConfig:
     """The training recipe. Give `epochs` or `iterations` (default: the paper's 64k iterations).
     Each field's declaration says what it is (and is its command-line help)."""
 
-    epochs: int | None = option(None, "the run's length in epochs", high=100_000)
-    iterations: int | None = option(None, "the run's length in iterations (default: the paper's 64k)", high=100_000_000)
+    epochs: int | None = option(None, "the run's length in epochs", high=1_000_000)
+    iterations: int | None = option(None, "the run's length in iterations (default: the paper's 64k)",
+                                       high=10**9)
     batch_size: int = option(128, "the global batch (split among processes)", high=1 << 20)
-    lr: float = option(0.1, "the initial learning rate", high=10)
+    lr: float = option(0.1, "the initial learning rate", high=1e4)  # doctor diverges a run at 1e4
     momentum: float = option(0.9, "SGD momentum", low=0, high=1)
     weight_decay: float = option(1e-4, "on every parameter, BN included (the papers' recipe)", low=0, high=1)
     nesterov: bool = option(False, "Nesterov momentum")
@@ -165,7 +166,7 @@ class TrainConfig:
                                       "(validation error, else training error)", low=0, below=1)
     warmup: bool = option(False, "He 2016a Sec. 4.2 (ResNet-110): lr warmup_lr until the training error is below "
                           "warmup_until_error, then the schedule")
-    warmup_lr: float = option(0.01, "the warm-up's lr", high=10)
+    warmup_lr: float = option(0.01, "the warm-up's lr", high=1e4)
     warmup_until_error: float = option(0.8, "the training error that ends the warm-up (an error rate in (0, 1])")
     warmup_iterations: int | None = option(None, "He 2016b Appendix: warm up for this many iterations instead "
                                            "(400)", low=1)

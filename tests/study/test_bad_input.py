@@ -128,7 +128,7 @@ WIDE = "[" + ", ".join(str(1 + i / 1000) for i in range(1000)) + "]"
     (["--set", f"model.width={WIDE}", "--set", f"model.shortcut_scale={WIDE}", "--set", "model.shortcut=scale"],
      ["1,000,000 variants", "MAX_VARIANTS"]),
     (["--set", f"model.width={WIDE[:3000]}]", "--set", "seeds=20"], ["cells, above the limit of 10,000", "MAX_CELLS"]),
-    (["--set", "train.lr=1e300"], ["lr must be a number <= 10, got 1e+300", "raise it there"]),
+    (["--set", "train.lr=1e300"], ["lr must be a number <= 10000.0, got 1e+300", "raise it there"]),
     (["--set", "train.momentum=2"], ["momentum must be a number in [0, 1]"]),
     (["--set", "model.width=1e300"], ["width must be a number <= 64"]),
     (["--set", "description={a: 1}"], ["description must be text"]),

@@ -283,3 +283,36 @@ def test_starting_over_with_a_changed_spec_sets_a_leftover_checkpoint_aside(resu
     runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
     assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
     assert sorted(r.info.status for r in runs if r.data.tags["stage"] == "study") == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_an_mlflow_store_deleted_mid_run_stops_in_one_line_and_uses_no_attempt(results, monkeypatch):
+    """`mlflow.db` deleted while a trial trains: the worker stops at its next write with one line
+    (no traceback, no trial failed, no attempt used, no empty store made); the rerun makes a new
+    store and completes the study, every cell on its first attempt."""
+    from runners.study import trial as trial_mod
+    real_fit = trial_mod._fit
+
+    def fit(spec, attrs, worker, trial, tracker, title="", resumed=False, guard=None):
+        def delete_then_guard():
+            (results / "mlflow.db").unlink(missing_ok=True)
+            guard()
+        return real_fit(spec, attrs, worker, trial, tracker, title, resumed, guard=delete_then_guard)
+
+    monkeypatch.setattr(trial_mod, "_fit", fit)
+    out = ablate("run", SMOKE, *SMALL)
+    monkeypatch.setattr(trial_mod, "_fit", real_fit)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and "mlflow.db was deleted while the study ran" in lines[-1], out.stderr
+    assert "failed" not in out.stderr, out.stderr
+    assert not (results / "mlflow.db").exists()
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna" / "smoke.journal")))
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert not [t for t in trials if "error" in t.user_attrs]
+    again = ablate("run", SMOKE, *SMALL)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE) == Counter(
+        {c: 1 for c in CELLS})
+    assert {t.user_attrs["attempt"] for t in trials} == {1}
