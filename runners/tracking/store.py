@@ -1,6 +1,7 @@
 """The MLflow tracking store: a checked client, its experiments, and a run's `superseded` mark."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -8,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from ..database import advisory_lock, canonical_url, check_database
 from ..errors import ConfigError, first_line, redact
+from ..files import file_lock
 from ..paths import default_tracking_uri, results_dir, sqlite_path
 
 
@@ -31,12 +33,12 @@ def client(uri: str | None = None):
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     try:
-        if uri.startswith("postgresql"):
-            # The first client on an empty database creates MLflow's schema: once, not N times.
-            with advisory_lock(uri, "mlflow-schema"):
-                c = MlflowClient(tracking_uri=uri)
-                c.search_experiments(max_results=1)
-        else:
+        # The first client on an empty database creates MLflow's schema, which is not safe to do
+        # twice at once (two `ablate run` started together on an empty results/): once, under a
+        # lock, while any other waits.
+        lock = advisory_lock(uri, "mlflow-schema") if uri.startswith("postgresql") else \
+            file_lock(db.with_name(db.name + ".schema-lock")) if db is not None else contextlib.nullcontext()
+        with lock:
             c = MlflowClient(tracking_uri=uri)
             c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable

@@ -316,3 +316,15 @@ def test_an_mlflow_store_deleted_mid_run_stops_in_one_line_and_uses_no_attempt(r
     assert Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE) == Counter(
         {c: 1 for c in CELLS})
     assert {t.user_attrs["attempt"] for t in trials} == {1}
+
+
+def test_processes_creating_one_new_mlflow_store_at_once_all_succeed(tmp_path):
+    """Two `ablate run` started together on an empty results/ both create MLflow's schema; MLflow
+    does not do that safely twice at once. Under the schema lock one creates it and the others
+    wait, then find it: all succeed and the store has its tables."""
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    code = "import sys\nfrom runners.tracking.store import client\nprint(client(sys.argv[1]).search_experiments()[0].name)\n"
+    procs = [Forked(code, uri) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    assert all(out.strip() == "Default" for out, _ in outs), outs
