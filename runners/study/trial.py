@@ -221,7 +221,7 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
                 raise optuna.TrialPruned()
 
     return train(v.arch, cfg, data, tracker=tracker, checkpoint_dir=attrs["checkpoint"],
-                 on_epoch=report, model_name=v.model_name, guard=guard)
+                 on_epoch=report, model_name=v.model_name, guard=guard, foreign_checkpoint="set_aside")
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: dict):

@@ -80,7 +80,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamDataset, *,
           tracker: Tracker | None = None, checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
-          progress: bool = False, guard: Callable[[], None] | None = None) -> TrainResult:
+          progress: bool = False, guard: Callable[[], None] | None = None,
+          foreign_checkpoint: str = "refuse") -> TrainResult:
     """Train `arch` with recipe `cfg` on `data`; log to `tracker` (without ending its run).
 
     With `checkpoint_dir`, every epoch is checkpointed there; a checkpoint found there is resumed
@@ -89,7 +90,9 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamD
     propagates unchanged (e.g. optuna.TrialPruned). `progress` shows a tqdm bar on a terminal.
     `guard()` runs before each epoch's results are written (metrics, checkpoint) and before the
     final ones; what it raises propagates, and nothing more is written (a study's worker checks
-    there that its trial is still its own: runners/study/trial.py).
+    there that its trial is still its own: runners/study/trial.py). A checkpoint of another
+    configuration in `checkpoint_dir` is refused (ConfigError), or with `foreign_checkpoint`
+    "set_aside" kept aside with a warning and the run started from scratch (a study's cell folder).
 
     Under torch.distributed (runners/train/distributed.py: the caller initialises the group),
     every rank calls this with the same arguments; cfg.batch_size is the global batch, and only
@@ -104,7 +107,7 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamD
         if isinstance(dataset, StreamDataset):
             dataset = dataset.with_workers(cfg.workers if cfg.workers is not None else default_workers(ctx.local_world))
         run = Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name)
-        run.guard = guard or run.guard
+        run.guard, run.foreign_checkpoint = guard or run.guard, foreign_checkpoint
         result = run.run(on_epoch, progress)
     # Rank 0 may still be writing the last checkpoint and logging to MLflow: the ranks return
     # together, since a rank that tears its process group down first aborts (and torchrun then
@@ -154,6 +157,7 @@ class Run:
         self.epoch, self.iteration, self.status, self.responses = 0, 0, "running", None
         self.reseeded_at: int | None = None  # the epoch after which the augmentation was reseeded
         self.guard: Callable[[], None] = lambda: None  # before each write of results (see train)
+        self.foreign_checkpoint = "refuse"  # or "set_aside" (see train)
 
     # -- checkpoint state --
     def state(self) -> dict:
@@ -219,7 +223,8 @@ class Run:
     # -- the loop --
     def run(self, on_epoch, progress: bool) -> TrainResult:
         saved = load_checkpoint(self.path) if self.path is not None else None
-        if saved is not None and (difference := signature_difference(saved.get("signature") or {}, self.signature)):
+        if saved is not None and self.foreign_checkpoint == "set_aside" and \
+                (difference := signature_difference(saved.get("signature") or {}, self.signature)):
             # Another run's checkpoint in this run's folder (a study started over under the same
             # name with a changed spec): never resumed, never a failure of every attempt.
             self.guard()

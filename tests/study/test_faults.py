@@ -323,7 +323,8 @@ def test_processes_creating_one_new_mlflow_store_at_once_all_succeed(tmp_path):
     does not do that safely twice at once. Under the schema lock one creates it and the others
     wait, then find it: all succeed and the store has its tables."""
     uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
-    code = "import sys\nfrom runners.tracking.store import client\nprint(client(sys.argv[1]).search_experiments()[0].name)\n"
+    code = ("import sys\nfrom runners.tracking.store import client\n"
+            "print(client(sys.argv[1]).search_experiments()[0].name)\n")
     procs = [Forked(code, uri) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]

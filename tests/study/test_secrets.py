@@ -66,3 +66,76 @@ def test_figures_reads_the_tracking_uri_as_run_does(results, uri):
         assert_one_line_error(out, "cannot reach the MLflow tracking store", "127.0.0.1")
         for part in (SECRET[:4], SECRET[4:]):
             assert part not in out.stdout + out.stderr
+
+
+# -- a planted secret, everywhere a study leaves text --------------------------------------------------
+PARTS = ("Pl4ntedZq7", "Xw9s3cr3tK")  # a password "Pl4ntedZq7@?Xw9s3cr3tK": raw '@' and '?' in it
+FORMS = {  # the connection-string forms README's Scale-out documents
+    "userinfo, raw '@' and '?'": "postgresql://postgres:{0}@?{1}@127.0.0.1:5432/{db}",
+    "?password=": "postgresql://postgres@127.0.0.1:5432/{db}?sslmode=disable&password={0}{1}",
+    "dialect+driver": "postgresql+psycopg://postgres:{0}{1}@127.0.0.1:5432/{db}",
+}
+
+
+def _postgres_up() -> bool:
+    try:
+        import psycopg
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3).close()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not _postgres_up(), reason="PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
+@pytest.mark.parametrize("form", list(FORMS))
+def test_a_planted_secret_is_nowhere_a_study_leaves_text(results, monkeypatch, form):
+    """The password in the Optuna storage URL (--storage) and in the MLflow tracking URI
+    ($MLFLOW_TRACKING_URI): not in what `ablate run` prints, the files it writes (results/:
+    checkpoints, artifacts, logs), what it stores in either database (Optuna's attributes,
+    MLflow's params, tags and runs: every row, as pg_dump writes it) nor on its workers'
+    command lines. (The local server uses trust authentication, so the password is accepted.)"""
+    import subprocess
+    import uuid
+
+    import psycopg
+
+    from runners.study import host
+    names = [f"ablate_secret_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        for n in names:
+            conn.execute(f'CREATE DATABASE "{n}"')
+    storage, tracking = (FORMS[form].format(*PARTS, db=n) for n in names)
+    small = ["--set", "model.shortcut=A", "--set", "seeds=[0]", "--set", "dataset.subset=192",
+             "--set", "dataset.val_size=64"]
+    argvs = []
+
+    def spawn(plan, command, storage_url, tracking_uri):  # the workers' command lines, nothing run
+        argvs.extend(command.argv(plan.gpus, plan.threads) for _ in range(plan.workers))
+        return 0
+
+    try:
+        monkeypatch.setattr(host, "spawn_workers", spawn)
+        spawned = ablate("run", SMOKE, *small, "--storage", storage, "--workers", "2",
+                         env={"MLFLOW_TRACKING_URI": tracking})
+        monkeypatch.undo()
+        monkeypatch.setenv("ABLATE_RESULTS", str(results))
+        out = ablate("run", SMOKE, *small, "--storage", storage, env={"MLFLOW_TRACKING_URI": tracking})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert len(argvs) == 2
+        dumps = [subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", n], capture_output=True,
+                                check=True).stdout for n in names]
+    finally:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            for n in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+    texts = {"printed": (spawned.stdout + spawned.stderr + out.stdout + out.stderr).encode(),
+             "argv": "\n".join(" ".join(a) for a in argvs).encode(),
+             **{f"database {n}": d for n, d in zip(names, dumps)},
+             **{str(p): p.read_bytes() for p in results.rglob("*") if p.is_file()}}
+    assert b"study" in texts[f"database {names[1]}"]  # the dump holds the runs it is searched for
+    for where, text in texts.items():
+        for part in PARTS:
+            assert part.encode() not in text, (form, where)
