@@ -68,7 +68,7 @@ class ArchSpec:
                             "imagenet (Table 1: 7x7/2 stem, 4 stages) or seed (the tutorial's bottleneck net)",
                             tag="always", name="{}")
     depth: int | None = option(20, "weighted layers; cifar: 6n+2 (basic), 9n+2 (bottleneck), 3n+2 (single); "
-                               "imagenet: 18, 34, 50, 101, 152", tag="always", name="d{}")
+                               "imagenet: 18, 34, 50, 101, 152", tag="always", name="d{}", low=1, high=2000)
     block: BlockKind = option("basic", "basic (3x3, 3x3), bottleneck (1x1, 3x3, 1x1, expansion 4) or single "
                               "(one 3x3: He 2016b Table 3's 1-layer skip)", tag="always", name="{}")
     shortcut: ShortcutKind = option("A", "none (plain), He 2016a's A (zero-pad identity), B (projection where "
@@ -80,17 +80,17 @@ class ArchSpec:
                                  "relu-preact (d, ReLU-only pre-activation), preact (e, full pre-activation)",
                                  tag="always", name=lambda v: ORDER_NAMES[v])
     width: float = option(1, "multiplier on the family's base width (cifar 16, imagenet and seed 64)",
-                          tag="always", name="w{}")
+                          tag="always", name="w{}", high=64)
     pad: Literal["append", "split"] = option("append", "option A's zero channels: appended after the input's "
                                              "(fb.resnet.torch) or split before and after (akamaster's, whose "
                                              "checkpoints then load)", group="shortcut", kinds=PADDING_SHORTCUTS)
     shortcut_scale: float = option(0.5, "shortcut=scale: the shortcut's factor (paper: 0.5; 0 is the plain net)",
-                                   tag="used", group="shortcut", kinds=("scale",), low=0)
+                                   tag="used", group="shortcut", kinds=("scale",), low=0, high=100)
     branch_scale: float = option(0.5, "shortcut=scale: the residual branch's factor (paper: 0.5; 0.5 and 1 "
-                                 "fails to converge)", tag="used", group="shortcut", kinds=("scale",), low=0)
+                                 "fails to converge)", tag="used", group="shortcut", kinds=("scale",), low=0, high=100)
     gate_bias: float = option(-6.0, "shortcut=gate|shortcut-gate: the initial b_g of the gates "
                               "sigmoid(conv1x1(x) + b_g) (paper: -6)", tag="used", group="shortcut",
-                              kinds=("gate", "shortcut-gate"))
+                              kinds=("gate", "shortcut-gate"), low=-100, high=100)
     shortcut_dropout: float = option(0.5, "shortcut=dropout: the drop probability (paper: 0.5)", tag="used",
                                      group="shortcut", kinds=("dropout",), low=0, below=1)
     bn_batch: int | None = option(None, "ghost BN: training-mode statistics over sub-batches of N images (the "
@@ -271,8 +271,14 @@ def check_declared(obj) -> None:
                 raise ConfigError(f"{f.name} must be one of {', '.join(map(str, typing.get_args(literal)))}, "
                                   f"got {value!r}")
             continue
-        if hint is float or float in args or meta(f, "low") is not None or meta(f, "below") is not None:
+        if hint is float or float in args or any(meta(f, k) is not None for k in ("low", "below", "high")):
             _number(f.name, value, meta(f, "low"), meta(f, "below"), meta(f, "high"))
+
+
+def shown_number(value) -> str:
+    """A rejected value as an error quotes it: never thousands of digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _number(field: str, value, low: float | None = None, below: float | None = None,
@@ -282,10 +288,16 @@ def _number(field: str, value, low: float | None = None, below: float | None = N
     if not ok:
         if low is not None and below is not None:
             bounds = f" in [{low}, {below})"
+        elif low is not None and high is not None:
+            bounds = f" in [{low}, {high}]"
         else:
             bounds = "".join(f" {op} {b}" for op, b in ((">=", low), ("<", below), ("<=", high)) if b is not None)
+        # An upper bound is the largest a study of the papers needs, not a law: say where it lives.
+        raise_it = ("; the bound is the field's declaration (option(high=...) in models/spec.py or "
+                    "runners/train/config.py): raise it there for more") if high is not None and ok is False \
+            and isinstance(value, (int, float)) and not isinstance(value, bool) and value > high else ""
         raise ConfigError(f"{field} must be a {'finite ' if low is None and below is None and high is None else ''}"
-                          f"number{bounds}, got {value!r}")
+                          f"number{bounds}, got {shown_number(value)}{raise_it}")
 
 
 def _nearest(depth: int, per: int) -> tuple[int, ...]:

@@ -3,30 +3,37 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from typing import Iterator
 from urllib.parse import quote, unquote
 
 import sqlalchemy
 
-from .errors import ConfigError, first_line, redact
+from .errors import ConfigError, first_line, redact, split_url
 
 
 def canonical_url(url: str) -> str:
     """`url` with its user and password percent-encoded, as SQLAlchemy and libpq expect.
 
-    People write passwords raw (`postgresql://u:p@ss/w@host/db`); SQLAlchemy would then split at
-    the first '@' and take part of the password for the host, which reaches error messages. The
-    userinfo ends at the last '@' before the query string, as libpq reads it.
+    People write passwords raw (`postgresql://u:p@ss?w/rd@host/db`); SQLAlchemy would then split
+    at the first '@' (or '?') and take part of the password for the host, which reaches error
+    messages. The userinfo is found as `redact` finds it (runners/errors.py `split_url`).
+    A libpq keyword/value string (`host=db password=...`) is refused: Optuna and MLflow take URLs.
     """
     if "://" not in url:
+        if _KEYWORD_DSN.match(url):
+            raise ConfigError(f"{redact(url)!r} is a libpq keyword/value string; Optuna and MLflow take URLs: "
+                              "write it as postgresql://USER:PASSWORD@HOST:PORT/DBNAME (or set PGPASSWORD)")
         return url
-    scheme, rest = url.split("://", 1)
-    head, q, query = rest.partition("?")
-    userinfo, at, hostpath = head.rpartition("@")
-    if not at or ":" not in userinfo:
+    parts = split_url(url)
+    if parts is None or parts[2] is None:
         return url
-    user, _, password = userinfo.partition(":")
-    return f"{scheme}://{quote(unquote(user), safe='')}:{quote(unquote(password), safe='')}@{hostpath}{q}{query}"
+    scheme, user, password, tail = parts
+    return f"{scheme}://{quote(unquote(user), safe='')}:{quote(unquote(password), safe='')}@{tail}"
+
+
+# libpq's keyword/value form: `key=value` words, e.g. `host=db dbname=x password=y`.
+_KEYWORD_DSN = re.compile(r"^\s*(host|hostaddr|port|dbname|user|password|service|sslmode)\s*=", re.I)
 
 
 def check_database(url: str, what: str, fix: str) -> None:

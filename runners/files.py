@@ -1,9 +1,12 @@
-"""Writing a file so that a crash leaves the old version or the new one, never half of one."""
+"""Writing a file so that a crash leaves the old version or the new one, never half of one; and
+a lock file that serialises processes on one host."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True) -> Path:
@@ -33,3 +36,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool
 def stale_temporaries(path: Path) -> list[Path]:
     """The temporary files `atomic_write` left beside `path` when its process died mid-write."""
     return list(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if needed) for the block; the kernel releases it
+    when its holder dies, so a killed process never leaves it held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -80,6 +80,13 @@ def _clear_mlflow_caches() -> None:
     registry = getattr(registry_utils, "_model_registry_store_registry", None)
     if registry is not None:
         registry._get_store_with_resolved_uri.cache_clear()
+    # ... and one SQLAlchemy engine per database URI, whose pooled connections outlive a deleted
+    # SQLite file (a new process opens the new file).
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    engines = getattr(SqlAlchemyStore, "_engine_map", None)
+    if engines is not None:
+        with SqlAlchemyStore._engine_map_lock:
+            engines.clear()
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from ..database import canonical_url
     from ..report.figures import write_all
     from ..study.spec import load_spec
     from ..tracking.results import load_study, unfinished
@@ -43,7 +44,7 @@ def run(args) -> int:
         raise ConfigError("--set overrides a spec's fields; give SPEC, or drop --set and name the experiment")
     # The spec is validated, not its data: figures outlive the dataset.
     name = args.experiment or load_spec(args.spec, args.overrides, check_data=False).name
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = canonical_url(args.tracking_uri or default_tracking_uri())  # as `ablate run` reads it
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         # A reader: opening a missing SQLite store would create an empty one.

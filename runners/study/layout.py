@@ -105,7 +105,7 @@ class Layout:
             if cell not in present:
                 main.enqueue_trial({}, user_attrs={
                     "stage": CONFIRM, "variant": v.key, "seed": seed, "cell": cell, "hparams": hparams,
-                    "checkpoint": str(self.checkpoint_root / CONFIRM / v.key / f"seed{seed}"), "attempt": 1})
+                    "checkpoint": f"{CONFIRM}/{v.key}/seed{seed}", "attempt": 1})
 
     def latest_per_cell(self, main: optuna.Study | None = None) -> dict[str, FrozenTrial]:
         latest: dict[str, FrozenTrial] = {}
@@ -161,7 +161,7 @@ class Layout:
         them those with a checkpoint to resume (an interrupted attempt's work) before fresh ones."""
         for study in studies:
             waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            for t in sorted(waiting, key=lambda t: (not resumable(t), t.number)):
+            for t in sorted(waiting, key=lambda t: (not self.resumable(t), t.number)):
                 trial = private.claim(study, t)
                 if trial is not None:
                     trial.set_user_attr("worker", worker_id())  # how a dead worker's trial is found
@@ -192,7 +192,7 @@ class Layout:
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 counts["finished"] += 1
             elif t.state == TrialState.WAITING:
-                counts["interrupted" if resumable(t) else "waiting"] += 1
+                counts["interrupted" if self.resumable(t) else "waiting"] += 1
             elif t.state == TrialState.RUNNING:
                 counts["running"] += 1
             elif t.number in exhausted:
@@ -209,8 +209,14 @@ class Layout:
         return all(v.key in present or not any(t.state == TrialState.COMPLETE for t in self.search_study(v).trials)
                    for v in self.spec.variants)
 
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint_dir(self, recorded: str) -> Path:
+        """A trial's checkpoint folder. Recorded relative to the checkpoint root, so a results/
+        copied or moved elsewhere resumes from its own checkpoints, never the original's;
+        journals from before record absolute paths, which are kept."""
+        return self.checkpoint_root / recorded
 
-def resumable(trial: FrozenTrial) -> bool:
-    """Whether the trial's cell has a checkpoint to resume from (an interrupted attempt's work)."""
-    folder = trial.user_attrs.get("checkpoint")
-    return bool(folder) and (Path(folder) / "checkpoint.pt").exists()
+    def resumable(self, trial: FrozenTrial) -> bool:
+        """Whether the trial's cell has a checkpoint to resume from (an interrupted attempt's work)."""
+        folder = trial.user_attrs.get("checkpoint")
+        return bool(folder) and (self.checkpoint_dir(folder) / "checkpoint.pt").exists()

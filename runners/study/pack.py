@@ -25,14 +25,14 @@ from optuna.trial import TrialState
 from ..errors import cut, redact
 from ..signals import Terminated
 from ..tracking.naming import run_name as arch_run_name
-from ..tracking.tracker import Tracker, tracked_run
+from ..tracking.tracker import Abandoned, StoreLost, Tracker, tracked_run
 from ..train.execution import resolve_device
 from ..train.packed import Member, pack_key, train_packed
 from ..train.schedule import Plan
 from . import optuna_private as private
-from .layout import CONFIRM, Layout, resumable
+from .layout import CONFIRM, Layout
 from .storage import Heartbeat, worker_id
-from .trial import Worker, _give_back, remove_checkpoint, run_trial, tell_result
+from .trial import Worker, _give_back, _owns, owned, remove_checkpoint, run_trial, tell_result
 
 AUTO_PACKS = (1, 2, 4, 8, 16)  # the sizes `resources.pack: auto` measures
 
@@ -76,7 +76,7 @@ def claim_pack(layout: Layout, studies: list[optuna.Study], k: int) -> list[tupl
     if key is None:
         return claimed
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for t in sorted(waiting, key=lambda t: (not resumable(t), t.number)):
+    for t in sorted(waiting, key=lambda t: (not layout.resumable(t), t.number)):
         if len(claimed) == k:
             break
         if cell_key(layout.spec, t.user_attrs) != key:
@@ -94,6 +94,8 @@ class Cell:
     trial: optuna.Trial
     attrs: dict
     run_name: str
+    contexts: contextlib.ExitStack | None = None  # its heartbeat and MLflow run
+    abandoned: bool = False  # given to another worker while this one was paused
 
 
 def run_pack(layout: Layout, worker: Worker, claimed: list[tuple[optuna.Study, optuna.Trial]]) -> int:
@@ -104,6 +106,7 @@ def run_pack(layout: Layout, worker: Worker, claimed: list[tuple[optuna.Study, o
     cells = []
     for study, trial in claimed:
         attrs = dict(private.get_trial(study, private.trial_id(trial)).user_attrs)
+        attrs["checkpoint"] = str(layout.checkpoint_dir(attrs["checkpoint"]))  # recorded relative to the root
         cells.append(Cell(study, trial, attrs, arch_run_name(spec.variant(attrs["variant"]).arch, attrs["seed"])))
     data = worker.data(CONFIRM)
     title = f"pack of {len(cells)}: " + ", ".join(c.run_name for c in cells)
@@ -120,18 +123,35 @@ def run_pack(layout: Layout, worker: Worker, claimed: list[tuple[optuna.Study, o
                 tracker = Tracker.start(worker.mlflow, spec.name, c.run_name, tags=tags,
                                         parent_run_id=worker.parent_run_id)
                 trial.set_user_attr("mlflow_run_id", tracker.run_id)
-                stack.enter_context(Heartbeat(c.study, private.trial_id(trial)))
-                stack.enter_context(tracked_run(tracker))
+                # Each cell's heartbeat and run end on their own (an abandoned one is left as is).
+                c.contexts = stack.enter_context(contextlib.ExitStack())
+                c.contexts.enter_context(Heartbeat(c.study, private.trial_id(trial)))
+                c.contexts.enter_context(tracked_run(tracker))
                 cfg = v.recipe(spec.train, seed=c.attrs["seed"], device=worker.device, threads=worker.threads,
                                **c.attrs["hparams"])
-                members.append(Member(v.arch, cfg, tracker, c.attrs["checkpoint"], model_name=v.model_name))
+                members.append(Member(v.arch, cfg, tracker, c.attrs["checkpoint"], model_name=v.model_name,
+                                      guard=owned(c.study, trial, worker)))
             members[0].on_epoch = worker.progress.epoch  # the pack's progress, shown by its first member
             worker.progress.start(title, Plan.of(members[0].cfg, len(data.train)).epochs,
                                   any((Path(c.attrs["checkpoint"]) / "checkpoint.pt").exists() for c in cells))
             outcomes = train_packed(members, data)
+            if worker.store_lost() or any(isinstance(o, StoreLost) for o in outcomes):
+                raise StoreLost("the MLflow store was deleted while the pack ran")
+            for c, outcome in zip(cells, outcomes):
+                c.abandoned = isinstance(outcome, Abandoned) or not _owns(c.study, c.trial)
+                if c.abandoned:  # its run is the retry's to end: tracked_run leaves it
+                    c.contexts.__exit__(Abandoned, Abandoned("retried elsewhere"), None)
     except (KeyboardInterrupt, Terminated):
         for c in cells:
             _give_back(layout, worker, c.study, c.trial)
+        raise
+    except StoreLost:
+        # No MLflow call can succeed: every cell's retry is enqueued now with the same attempt,
+        # as run_trial does, and the worker stops (runners/study/runner.py).
+        for c in cells:
+            failed = private.fail(c.study, private.trial_id(c.trial))
+            if failed is not None:
+                layout.requeue(c.study, failed)
         raise
     except Exception as e:  # noqa: BLE001 - a broken pack fails its cells' attempts; the study goes on
         for c in cells:
@@ -139,6 +159,12 @@ def run_pack(layout: Layout, worker: Worker, claimed: list[tuple[optuna.Study, o
         return len(cells)
     failed = 0
     for c, outcome in zip(cells, outcomes):
+        if c.abandoned:
+            # Retried by another worker while this one was paused: its run and checkpoint are the
+            # retry's now; nothing more is written for it here.
+            worker.progress.warn(f"trial {c.trial.number} ({c.run_name}) was given to another worker while this "
+                                 "one was paused; left to its retry, going on")
+            continue
         if isinstance(outcome, Exception):
             fail(c, outcome, worker)
             failed += 1

@@ -96,17 +96,21 @@ def close_dead_attempt(mlflow, run_id: str | None) -> None:
         mlflow.set_terminated(run_id, status="KILLED")
 
 
-def close_orphans(mlflow, study_name: str, trials: dict) -> None:
+def close_orphans(mlflow, study_name: str, trials: dict, parent_run_id: str | None = None) -> None:
     """End the RUNNING trial runs no attempt will ever close: their Optuna trial (`trials`, keyed
     (optuna study name, trial number)) is no longer RUNNING (it failed while the store was
     unwritable, or a crash lost the record naming the run), or the worker that started them, on
-    this host, is dead."""
+    this host, is dead. A parent run other than the study's own (`parent_run_id`) is one whose
+    Optuna study is gone (its journal moved aside to start over): ended KILLED too."""
     exp = mlflow.get_experiment_by_name(study_name)
     if exp is None:
         return
     for run in mlflow.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         if tags.get("stage") == "study":
+            if parent_run_id and run.info.run_id != parent_run_id:
+                mlflow.set_tag(run.info.run_id, "killed", "its study was started over (a new Optuna study)")
+                mlflow.set_terminated(run.info.run_id, status="KILLED")
             continue
         trial = trials.get((tags.get("optuna_study"), int(tags.get("trial", -1))))
         alive = trial is not None and trial.state.name == "RUNNING" and not worker_is_dead(tags.get("worker"))

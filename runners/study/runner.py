@@ -23,7 +23,8 @@ from ..paths import STORAGE_ENV, default_storage, default_tracking_uri, journal_
 from ..train import distributed
 from ..train.data import load_dataset
 from ..train.execution import resolve_device
-from ..tracking.store import client
+from ..tracking.store import client, store_identity
+from ..tracking.tracker import StoreLost
 from . import parent
 from .layout import ACTIVE, Layout
 from .pack import claim_pack, pack_size, run_pack
@@ -62,7 +63,7 @@ class StudyRunner:
                  heartbeat: int = 30, poll: float = 2.0, attempts: int | None = None) -> None:
         self.spec = spec
         self.storage_url = canonical_url(storage or default_storage(spec.name))
-        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.tracking_uri = canonical_url(tracking_uri or default_tracking_uri())
         self.device, self.threads, self.poll, self.heartbeat = device, threads, poll, heartbeat
         if attempts is not None and attempts < 1:
             raise ConfigError(f"--attempts must be at least 1, got {attempts}")
@@ -77,6 +78,7 @@ class StudyRunner:
         if sqlite_path(self.tracking_uri) is not None:
             check_writable(sqlite_path(self.tracking_uri).parent, "the MLflow store's directory")
         self.mlflow = None
+        self._store: tuple[int, int] | None = None  # the SQLite store's identity (store_identity)
         self.layout: Layout | None = None
         self.parent_run_id: str | None = None
         self._datasets: dict = {}  # DataConfig -> loaded Dataset
@@ -95,6 +97,7 @@ class StudyRunner:
         created = db is not None and not db.exists()
         try:
             self.mlflow = client(self.tracking_uri)
+            self._store = store_identity(self.tracking_uri)
         except BaseException:
             if created and db.exists():
                 db.unlink()  # e.g. a full disk: an empty or half-made store is worse than none
@@ -110,7 +113,7 @@ class StudyRunner:
             self.parent_run_id = parent.ensure_parent(self.mlflow, self.spec, main, redact(self.storage_url))
         for s in self.layout.all_studies():  # dead workers' trials first, so their runs are closed once
             fail_stale_trials(s, self._on_stale)
-        parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number())
+        parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number(), self.parent_run_id)
 
     def found_line(self) -> str | None:
         """One line on what a rerun found (None for a study that has just been set up): how many
@@ -145,9 +148,20 @@ class StudyRunner:
         parent.end_parent(self.mlflow, self.parent_run_id, self.spec.name, status,
                           done=status == "FINISHED" and self.layout.is_done())
 
+    def store_lost(self) -> bool:
+        """Whether the SQLite file of the MLflow store was deleted (or replaced) since `open()`."""
+        return self._store is not None and store_identity(self.tracking_uri) != self._store
+
+    def _stop_store_lost(self) -> ConfigError:
+        return ConfigError(f"the MLflow store {sqlite_path(self.tracking_uri)} was deleted while the study ran; "
+                           "no attempt was used and Optuna keeps every result: rerun the same command to go on "
+                           "with a new store")
+
     def close_parent(self, status: str) -> None:
         """`end_parent` on the way out of a command: a failure to close is logged, never raised
         over the error that got us here."""
+        if self.store_lost():
+            return  # nothing to close in a store that is gone; opening it would make an empty one
         try:
             self.end_parent(status)
         except Exception as e:  # noqa: BLE001 - never mask the error that got us here
@@ -165,21 +179,29 @@ class StudyRunner:
         to the stores; it tells the other ranks, in `follow()`, what comes next."""
         layout, failed, ctx = self.layout, 0, distributed.current()
         worker = Worker(self.mlflow, self.parent_run_id, lambda stage: self.dataset(stage=stage),
-                        self.device, self.threads, self.progress)
+                        self.device, self.threads, self.progress, self.store_lost)
         # -- packed cells (runners/study/pack.py): up to `pack` cells claimed and trained together --
         pack = pack_size(self.spec, self.device, self.dataset()) if self.spec.resources.pack != 1 else 1
         while True:
+            if self.store_lost():
+                raise self._stop_store_lost()
             studies = layout.all_studies()
             for s in studies:
                 fail_stale_trials(s, self._on_stale)
             if pack > 1 and (group := claim_pack(layout, studies, pack)):
-                failed += run_pack(layout, worker, group)
+                try:
+                    failed += run_pack(layout, worker, group)
+                except StoreLost:
+                    raise self._stop_store_lost() from None
                 continue
             # -- end packed cells --
             claimed = layout.claim(studies)
             if claimed is not None:
                 distributed.broadcast_object(TRIAL, ctx)
-                failed += not run_trial(layout, worker, *claimed)
+                try:
+                    failed += not run_trial(layout, worker, *claimed)
+                except StoreLost:
+                    raise self._stop_store_lost() from None
                 continue
             if self.spec.search and layout.enqueue_ready_cells():
                 continue

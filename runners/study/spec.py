@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ from models.registry import resolve
 from models.spec import BASE_WIDTH, ArchSpec
 
 from ..errors import ConfigError, cut, reject_unknown, shown
-from ..train.config import (BUILTIN_DATASETS, CONFIG_CLASSES, DataConfig, TrainConfig, apply_recipe, arch_of, coerce,
-                            from_mapping)
+from ..train.config import (BUILTIN_DATASETS, CONFIG_CLASSES, SEED_LIMIT, DataConfig, TrainConfig, apply_recipe,
+                            arch_of, coerce, from_mapping)
 from ..tracking.naming import fmt, variant_name
 from ..yaml_input import parse_override, read_yaml_file, set_path
 
@@ -29,6 +30,14 @@ TOP_LEVEL = ("name", "description", "dataset", "model", "train", "search", "seed
 NOT_IDENTITY = ("description", "attempts")  # may change between runs of one study
 DEFAULT_ATTEMPTS = 3
 MAX_NAME = 64
+# Upper bounds on a study's size: each far above what the papers' studies need (5 seeds, 20
+# variants, tens of search trials), and each a one-line refusal before anything is written
+# instead of a study that exhausts memory or never starts. Raise one here for a larger study.
+MAX_SEEDS = 1000  # seeds of one spec (a count or a list)
+MAX_VARIANTS = 1000  # variants of the model grid(s), counted before any is built
+MAX_CELLS = 10_000  # variants x seeds: trials of the confirmation study
+MAX_TRIALS_PER_VARIANT = 10_000  # search.trials_per_variant
+MAX_BLOCKS = 1000  # residual blocks of one net (He 2016a's 1202-layer net has 600)
 # Hyperparameters a search may tune: the recipe's numeric fields.
 SEARCHABLE = {"lr": float, "weight_decay": float, "momentum": float, "batch_size": int,
               "warmup_lr": float, "gamma": float}
@@ -126,6 +135,8 @@ def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
             or len(name) > MAX_NAME or ".." in name:
         raise ConfigError(f"{where}: name must be a word of at most {MAX_NAME} letters, digits, '-', '_' or '.', "
                           f"got {shown(name)}")
+    if not isinstance(raw.get("description", ""), str):
+        raise ConfigError(f"{where}: description must be text, got {shown(raw['description'])}")
     if "model" not in raw:
         raise ConfigError(f"{where}: model is required (the grid of architectures to compare)")
     grids = raw["model"] if isinstance(raw["model"], list) else [raw["model"]]
@@ -143,6 +154,10 @@ def parse_spec(raw: dict, where: str, check_data: bool = True) -> StudySpec:
         for v in _expand_grid(_mapping(grid, label), label, train):
             variants.setdefault(v.key, v)
     seeds = _parse_seeds(raw.get("seeds", [0]), where)
+    if len(variants) * len(seeds) > MAX_CELLS:
+        raise ConfigError(f"{where}: {len(variants)} variants x {len(seeds)} seeds is {len(variants) * len(seeds):,} "
+                          f"cells, above the limit of {MAX_CELLS:,} (MAX_CELLS in runners/study/spec.py: raise it "
+                          "there for a larger study)")
     search = _parse_search(raw.get("search"), where, dataset)
     attempts = raw.get("attempts", DEFAULT_ATTEMPTS)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
@@ -226,6 +241,10 @@ def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
         if sweep and not v:
             raise ConfigError(f"{where}.{k}: an empty list leaves nothing to run")
     names = list(axes)
+    count = math.prod(len(axes[n]) for n in names)
+    if count > MAX_VARIANTS:
+        raise ConfigError(f"{where}: the grid has {count:,} variants, above the limit of {MAX_VARIANTS:,} "
+                          "(MAX_VARIANTS in runners/study/spec.py: raise it there for a larger grid)")
     variants = []
     for combo in itertools.product(*(axes[n] for n in names)):
         fields = dict(zip(names, combo))
@@ -238,6 +257,9 @@ def _expand_grid(grid: dict, where: str, train: TrainConfig) -> list[Variant]:
         except TypeError as e:
             raise ConfigError(f"{where}: {cut(str(e), 200)}") from None
         _check_width(arch, f"{where} ({', '.join(f'{k}={fmt(v)}' for k, v in fields.items())})")
+        if sum(arch.stage_depths) > MAX_BLOCKS:
+            raise ConfigError(f"{where}: {sum(arch.stage_depths):,} blocks in one net, above the limit of "
+                              f"{MAX_BLOCKS:,} (MAX_BLOCKS in runners/study/spec.py: raise it there for a deeper net)")
         key = variant_name(arch) + "".join(f"+{k}={fmt(v)}" for k, v in sorted(overrides.items()))
         variants.append(Variant(key=key, arch=arch, model_name=base,
                                 train_overrides=tuple(sorted(overrides.items()))))
@@ -257,10 +279,18 @@ def _asdict_set(cfg: TrainConfig) -> dict:
 
 
 def _parse_seeds(value, where: str) -> tuple[int, ...]:
+    count = value if isinstance(value, int) and not isinstance(value, bool) else len(value) \
+        if isinstance(value, list) else None
+    if count is not None and count > MAX_SEEDS:
+        raise ConfigError(f"{where}: {count:,} seeds is above the limit of {MAX_SEEDS:,} (MAX_SEEDS in "
+                          "runners/study/spec.py: raise it there for more)")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return tuple(range(value))  # `seeds: 3` means seeds 0, 1, 2
     if (isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
             and len(set(value)) == len(value)):
+        bad = [s for s in value if not 0 <= s < SEED_LIMIT]
+        if bad:
+            raise ConfigError(f"{where}: seeds must lie in [0, 2**32), got {shown(bad[0])}")
         return tuple(value)
     raise ConfigError(f"{where}: seeds must be a list of distinct integers or a count, got {shown(value)}")
 
@@ -273,6 +303,10 @@ def _parse_search(value, where: str, dataset: DataConfig) -> SearchSpec | None:
     trials = value.get("trials_per_variant")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ConfigError(f"{where}: search.trials_per_variant must be a positive integer, got {shown(trials)}")
+    if trials > MAX_TRIALS_PER_VARIANT:
+        raise ConfigError(f"{where}: search.trials_per_variant {trials:,} is above the limit of "
+                          f"{MAX_TRIALS_PER_VARIANT:,} (MAX_TRIALS_PER_VARIANT in runners/study/spec.py: "
+                          "raise it there)")
     space = _mapping(value.get("space"), f"{where}: search.space")
     if not space:
         raise ConfigError(f"{where}: search.space is empty; give e.g. lr: {{low: 0.01, high: 0.4, log: true}}")
@@ -304,5 +338,8 @@ def _parse_search(value, where: str, dataset: DataConfig) -> SearchSpec | None:
     if val_size is not None and dataset.subset is not None and dataset.subset <= val_size:
         raise ConfigError(f"{where}: search.val_size ({val_size}) must be below dataset.subset ({dataset.subset})")
     startup = value.get("startup_trials", 3)
+    if not isinstance(startup, int) or isinstance(startup, bool) or not 0 <= startup <= MAX_TRIALS_PER_VARIANT:
+        raise ConfigError(f"{where}: search.startup_trials must be an integer in [0, {MAX_TRIALS_PER_VARIANT:,}], "
+                          f"got {shown(startup)}")
     return SearchSpec(trials_per_variant=trials, space=space, pruner=pruner, startup_trials=int(startup),
                       val_size=val_size)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..errors import ConfigError, cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
-from ..tracking.tracker import Tracker, tracked_run
+from ..tracking.tracker import Abandoned, StoreLost, Tracker, tracked_run
 from ..tracking.view import group_tags
 from ..train import distributed
 from ..train.schedule import Plan
@@ -43,6 +43,7 @@ class Worker:
     device: str
     threads: int | None
     progress: object = field(default_factory=NoProgress)  # a StudyProgress the command chose
+    store_lost: Callable[[], bool] = lambda: False  # whether the tracking store's file went away
 
 
 _COSTS: dict[str, dict | None] = {}
@@ -75,8 +76,9 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
     spec, ctx = layout.spec, distributed.current()
     attrs = dict(private.get_trial(study, private.trial_id(trial)).user_attrs)
     if attrs["stage"] == SEARCH and not attrs.get("checkpoint"):
-        attrs["checkpoint"] = str(layout.checkpoint_root / SEARCH / attrs["variant"] / f"trial{trial.number}")
+        attrs["checkpoint"] = f"{SEARCH}/{attrs['variant']}/trial{trial.number}"
         trial.set_user_attr("checkpoint", attrs["checkpoint"])
+    attrs["checkpoint"] = str(layout.checkpoint_dir(attrs["checkpoint"]))  # recorded relative to the root
     distributed.broadcast_object(attrs, ctx)
     stage, v, seed, checkpoint = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"], attrs["checkpoint"]
     tags = {"ablation": spec.name, "study": spec.name, "stage": stage, "variant": v.key,
@@ -99,7 +101,8 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         with Heartbeat(study, private.trial_id(trial)), tracked_run(tracker):
             try:
-                result = _fit(spec, attrs, worker, trial, tracker, title, resumed)
+                result = _fit(spec, attrs, worker, trial, tracker, title, resumed, guard=owned(study, trial, worker))
+                owned(study, trial, worker)()  # the run is ended FINISHED only while the trial is still ours
             except optuna.TrialPruned:
                 pruned = True
                 tracker.set_tags({"pruned": "true"})
@@ -107,6 +110,24 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         _give_back(layout, worker, study, trial)
         raise
     except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
+        if isinstance(e, StoreLost) or worker.store_lost():
+            # Not the trial's fault, and no MLflow call can succeed: its retry is enqueued at
+            # once with the same attempt (as an interruption's), and the worker stops.
+            failed = private.fail(study, private.trial_id(trial))
+            if failed is not None:
+                layout.requeue(study, failed)
+            worker.progress.finish("stopped: the MLflow store is gone")
+            raise StoreLost("the MLflow store was deleted while the trial ran") from None
+        if isinstance(e, Abandoned) or not _owns(study, trial):
+            # Paused past the heartbeat grace (SIGSTOP, a VM pause, a swap storm): another worker
+            # failed this trial and runs its retry, which owns the cell's checkpoint and closed
+            # this attempt's MLflow run KILLED. Nothing more is written for it.
+            worker.progress.finish("given to another worker")
+            worker.progress.warn(f"trial {trial.number} ({run_name}) was given to another worker while this one "
+                                 "was paused (past the heartbeat grace); left to its retry, going on")
+            if ctx.distributed:
+                raise
+            return True
         if ctx.distributed and lost_peer(e):  # a dead rank or node: no fault of the trial's
             if tracker is not None:  # its run was ended FAILED on the way out; it was killed
                 worker.mlflow.set_tag(tracker.run_id, "killed", "lost a process of its group")
@@ -159,6 +180,27 @@ def remove_checkpoint(checkpoint: str) -> None:
         Path(checkpoint).rmdir()
 
 
+def owned(study: optuna.Study, trial: optuna.Trial, worker: Worker) -> Callable[[], None]:
+    """The guard `train()` calls before it writes a result: raises Abandoned once the trial is no
+    longer this worker's (failed as stale by another worker, which enqueued its retry), and
+    StoreLost once the tracking store's file is gone."""
+    def guard() -> None:
+        if worker.store_lost():
+            raise StoreLost("the MLflow store was deleted while the trial ran")
+        if not _owns(study, trial):
+            raise Abandoned(f"trial {trial.number} is no longer this worker's")
+    return guard
+
+
+def _owns(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the trial is still RUNNING and claimed by this process, as the storage says now."""
+    try:
+        t = private.get_trial(study, private.trial_id(trial))
+    except Exception:  # noqa: BLE001 - a storage that cannot answer: go on, the next check will tell
+        return True
+    return t.state == TrialState.RUNNING and t.user_attrs.get("worker") in (None, worker_id())
+
+
 def _give_back(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna.Trial) -> None:
     """An interrupted trial: fail it and enqueue its retry now (same attempt), so the rerun
     resumes it from its checkpoint."""
@@ -187,7 +229,7 @@ def follow_trial(spec, worker: Worker) -> None:
 
 
 def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
-         title: str = "", resumed: bool = False):
+         title: str = "", resumed: bool = False, guard: Callable[[], None] | None = None):
     """Train the cell `attrs` describes (every rank of a group calls this together; `trial` and
     `tracker` only on rank 0); search trials draw their hyperparameters from `trial`."""
     stage, v, seed = attrs["stage"], spec.variant(attrs["variant"]), attrs["seed"]
@@ -212,7 +254,7 @@ def _fit(spec, attrs: dict, worker: Worker, trial: optuna.Trial | None, tracker,
                 raise optuna.TrialPruned()
 
     return train(v.arch, cfg, data, tracker=tracker, checkpoint_dir=attrs["checkpoint"],
-                 on_epoch=report, model_name=v.model_name)
+                 on_epoch=report, model_name=v.model_name, guard=guard, foreign_checkpoint="set_aside")
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: dict):

@@ -1,19 +1,23 @@
 """The MLflow tracking store: a checked client, its experiments, and a run's `superseded` mark."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from mlflow.tracking import MlflowClient
 
-from ..database import advisory_lock, check_database
+from ..database import advisory_lock, canonical_url, check_database
 from ..errors import ConfigError, first_line, redact
+from ..files import file_lock
 from ..paths import default_tracking_uri, results_dir, sqlite_path
 
 
 def client(uri: str | None = None):
-    """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line."""
-    uri = uri or default_tracking_uri()
+    """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line. A raw
+    password in the URI (`--tracking-uri` or MLFLOW_TRACKING_URI) is percent-encoded first, so
+    every command reads the URI as `ablate run` does."""
+    uri = canonical_url(uri or default_tracking_uri())
     quiet_mlflow()
     # MLflow prints "View run ... at: <the tracking URI>" when a run ends, password and all; the
     # lab prints its own links, redacted.
@@ -29,12 +33,12 @@ def client(uri: str | None = None):
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
     try:
-        if uri.startswith("postgresql"):
-            # The first client on an empty database creates MLflow's schema: once, not N times.
-            with advisory_lock(uri, "mlflow-schema"):
-                c = MlflowClient(tracking_uri=uri)
-                c.search_experiments(max_results=1)
-        else:
+        # The first client on an empty database creates MLflow's schema, which is not safe to do
+        # twice at once (two `ablate run` started together on an empty results/): once, under a
+        # lock, while any other waits.
+        lock = advisory_lock(uri, "mlflow-schema") if uri.startswith("postgresql") else \
+            file_lock(db.with_name(db.name + ".schema-lock")) if db is not None else contextlib.nullcontext()
+        with lock:
             c = MlflowClient(tracking_uri=uri)
             c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
@@ -52,6 +56,17 @@ def client(uri: str | None = None):
             if v is None:
                 os.environ.pop(k, None)
     return c
+
+
+def store_identity(uri: str) -> tuple[int, int] | None:
+    """(device, inode) of the SQLite file behind `uri`; None for other stores or no file. A file
+    deleted, or deleted and made again empty by a stray connection, has another identity."""
+    db = sqlite_path(canonical_url(uri))
+    try:
+        st = db.stat() if db is not None else None
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino) if st is not None else None
 
 
 def quiet_mlflow() -> None:

@@ -122,12 +122,25 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+class Abandoned(Exception):
+    """The run is no longer this process's to write (its trial was given to another worker while
+    this one was paused): it is left exactly as it is, never ended by `tracked_run`."""
+
+
+class StoreLost(Abandoned):
+    """The tracking store went away under the run (a deleted `mlflow.db`): nothing more can be
+    written to it, the run included."""
+
+
 @contextlib.contextmanager
 def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
-    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), never RUNNING."""
+    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), never
+    RUNNING; an `Abandoned` run is left as whoever took it over left it."""
     try:
         with sigterm_raises():
             yield tracker
+    except Abandoned:
+        raise
     except (KeyboardInterrupt, Terminated):
         tracker.end("KILLED")
         raise

@@ -59,19 +59,34 @@ def load_checkpoint(path: Path) -> dict | None:
         why = type(e).__name__
     if why is None:
         return state
-    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    set_aside(path, "unreadable", f"cannot be read ({why})")
+    return None
+
+
+def set_aside(path: Path, kind: str, why: str) -> Path:
+    """Move a checkpoint that will not be resumed to `<name>.<kind>-<time>-<pid>`, kept for
+    inspection and named in a warning: its run starts from scratch."""
+    aside = path.with_name(f"{path.name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.replace(path, aside)
-    _log.warning("checkpoint %s cannot be read (%s); kept as %s, starting this run from scratch", path, why, aside)
+    _log.warning("checkpoint %s %s; kept as %s, starting this run from scratch", path, why, aside)
+    return aside
+
+
+def signature_difference(saved: dict, current: dict) -> str | None:
+    """The first field in which two runs' signatures differ (`part.key: a there, b here`), or None."""
+    for part in ("arch", "train", "data"):
+        for key in sorted(set(saved.get(part, {})) | set(current[part])):
+            a, b = saved.get(part, {}).get(key), current[part].get(key)
+            if a != b:
+                return f"{part}.{key}: {a!r} there, {b!r} here"
     return None
 
 
 def check_signature(path: Path, saved: dict, current: dict) -> None:
-    for part in ("arch", "train", "data"):
-        for key in sorted(set(saved[part]) | set(current[part])):
-            a, b = saved[part].get(key), current[part].get(key)
-            if a != b:
-                raise ConfigError(f"checkpoint {path} is of another run ({part}.{key}: {a!r} there, "
-                                  f"{b!r} here); pass --fresh to discard it or use another checkpoint dir")
+    difference = signature_difference(saved, current)
+    if difference is not None:
+        raise ConfigError(f"checkpoint {path} is of another run ({difference}); discard it with "
+                          "`ablate train ... --fresh`, or give another --checkpoint-dir")
 
 
 def reseed(gen: torch.Generator, seed: int, epoch: int) -> torch.Generator:

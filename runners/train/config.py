@@ -72,6 +72,9 @@ RECIPES: dict[str, dict[str, dict]] = {
 }
 
 
+SEED_LIMIT = 2**32  # numpy's and most generators' seed range; torch's is wider
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The data of a run. Each field's declaration says what it is (and is its command-line help)."""
@@ -85,7 +88,8 @@ class DataConfig:
     normalize: Literal["pixel_mean", "channel"] = option(
         "pixel_mean", "subtract the per-pixel mean (the paper) or standardise per channel")
     augment: bool = option(True, "pad 4, random crop, horizontal flip (He 2016a Sec. 4.2)")
-    split_seed: int = option(0, "fixes the subset and the validation split (not the training seed)")
+    split_seed: int = option(0, "fixes the subset and the validation split (not the training seed)", low=0,
+                            below=SEED_LIMIT)
     loader: Literal["auto", "memory", "stream"] = option(
         "auto", "memory: decode everything once into one uint8 tensor on the device (CIFAR-sized data); stream: "
         "decode per batch in DataLoader workers (ImageNet-sized data, images of many sizes); auto: stream when the "
@@ -165,12 +169,13 @@ class TrainConfig:
     """The training recipe. Give `epochs` or `iterations` (default: the paper's 64k iterations).
     Each field's declaration says what it is (and is its command-line help)."""
 
-    epochs: int | None = option(None, "the run's length in epochs")
-    iterations: int | None = option(None, "the run's length in iterations (default: the paper's 64k)")
-    batch_size: int = option(128, "the global batch (split among processes)")
-    lr: float = option(0.1, "the initial learning rate")
-    momentum: float = option(0.9, "SGD momentum", low=0)
-    weight_decay: float = option(1e-4, "on every parameter, BN included (the papers' recipe)", low=0)
+    epochs: int | None = option(None, "the run's length in epochs", high=1_000_000)
+    iterations: int | None = option(None, "the run's length in iterations (default: the paper's 64k)",
+                                       high=10**9)
+    batch_size: int = option(128, "the global batch (split among processes)", high=1 << 20)
+    lr: float = option(0.1, "the initial learning rate", high=1e4)  # doctor diverges a run at 1e4
+    momentum: float = option(0.9, "SGD momentum", low=0, high=1)
+    weight_decay: float = option(1e-4, "on every parameter, BN included (the papers' recipe)", low=0, high=1)
     gate_bias_decay: bool = option(True, "weight decay on the gates' b_g too (He 2016b does not say; Caffe and "
                                    "Torch decay every parameter, which pulls b_g toward 0 as it trains); false: "
                                    "b_g is not decayed")
@@ -180,18 +185,18 @@ class TrainConfig:
         "improving (He 2016a Sec. 3.4)")
     milestones: tuple[float, ...] | None = option(None, "step schedule, in the run's unit (comma-separated; "
                                                   "default: 1/2 and 3/4 of the run, 32k and 48k of 64k)")
-    gamma: float = option(0.1, "lr factor at each milestone or plateau")
+    gamma: float = option(0.1, "lr factor at each milestone or plateau", high=1)
     plateau_patience: int = option(5, "schedule plateau: epochs without an improvement before the lr drops",
                                    low=1)
     plateau_threshold: float = option(0.001, "schedule plateau: the improvement on the best error that counts "
                                       "(validation error, else training error)", low=0, below=1)
     warmup: bool = option(False, "He 2016a Sec. 4.2 (ResNet-110): lr warmup_lr until the training error is below "
                           "warmup_until_error, then the schedule")
-    warmup_lr: float = option(0.01, "the warm-up's lr")
+    warmup_lr: float = option(0.01, "the warm-up's lr", high=1e4)
     warmup_until_error: float = option(0.8, "the training error that ends the warm-up (an error rate in (0, 1])")
     warmup_iterations: int | None = option(None, "He 2016b Appendix: warm up for this many iterations instead "
                                            "(400)", low=1)
-    seed: int = option(0, "initialisation and data order")
+    seed: int = option(0, "initialisation and data order", low=0, below=SEED_LIMIT)
     deterministic: bool = option(False, "deterministic algorithms: a resumed run ends with the same numbers")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: Literal["fp32", "tf32", "bf16"] = option(

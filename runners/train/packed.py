@@ -83,6 +83,7 @@ class Member:
     tracker: Tracker | None = None
     checkpoint_dir: str | Path | None = None
     on_epoch: Callable[[int, dict], None] | None = None
+    guard: Callable[[], None] | None = None  # before each write of its results (trainer.train's guard)
     model_name: str | None = None
 
 
@@ -159,6 +160,8 @@ def train_packed(members: list[Member], data: DataConfig | Dataset, *,
                               "a streamed dataset trains one model at a time")
         dataset = dataset.to(device)
         runs = [Run(m.arch, m.cfg, dataset, device, m.tracker, m.checkpoint_dir, m.model_name) for m in members]
+        for r, m in zip(runs, members):
+            r.guard = m.guard or r.guard
         return Pack(runs, [m.on_epoch for m in members]).run(progress)
 
 
@@ -373,6 +376,11 @@ class Pack:
                 r.status = "finished"
                 if r.cfg.probe:
                     r.responses = layer_responses(r.model, r.data, r.data.test)
+            try:
+                r.guard()
+            except Exception as e:  # noqa: BLE001 - no longer this member's to write
+                outcomes[i] = e
+                continue
             r.log_end()
             r.checkpoint()
             outcomes[i] = r.result()
@@ -384,6 +392,10 @@ class Pack:
         if metrics is None:
             r.status = "diverged"
             return None
+        try:
+            r.guard()  # before this epoch's results are written (a study: the trial is still ours)
+        except Exception as e:  # noqa: BLE001 - this member alone stops, writing nothing more
+            return e
         r.history.append(metrics)
         r.schedule.epoch_end(metrics)
         r.epoch += 1

@@ -35,7 +35,7 @@ from models.spec import ArchSpec
 from ..tracking.naming import axis_tags, git_commit, run_name, run_params, variant_name
 from . import distributed
 from .checkpoint import (CHECKPOINT, CHECKPOINT_VERSION, check_signature, config_signature, generator_state,
-                         load_checkpoint, restore_generator, save_checkpoint)
+                         load_checkpoint, restore_generator, save_checkpoint, set_aside, signature_difference)
 from .config import DataConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluation import evaluate, evaluate_multiscale, layer_responses
@@ -87,13 +87,19 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamDataset, *,
           tracker: Tracker | None = None, checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, model_name: str | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, guard: Callable[[], None] | None = None,
+          foreign_checkpoint: str = "refuse") -> TrainResult:
     """Train `arch` with recipe `cfg` on `data`; log to `tracker` (without ending its run).
 
     With `checkpoint_dir`, every epoch is checkpointed there; a checkpoint found there is resumed
     (its history first re-logged to `tracker`), and a finished one is returned without training.
     `on_epoch(epoch, metrics)` runs after each epoch is logged and checkpointed; what it raises
     propagates unchanged (e.g. optuna.TrialPruned). `progress` shows a tqdm bar on a terminal.
+    `guard()` runs before each epoch's results are written (metrics, checkpoint) and before the
+    final ones; what it raises propagates, and nothing more is written (a study's worker checks
+    there that its trial is still its own: runners/study/trial.py). A checkpoint of another
+    configuration in `checkpoint_dir` is refused (ConfigError), or with `foreign_checkpoint`
+    "set_aside" kept aside with a warning and the run started from scratch (a study's cell folder).
 
     Under torch.distributed (runners/train/distributed.py: the caller initialises the group),
     every rank calls this with the same arguments; cfg.batch_size is the global batch, and only
@@ -107,7 +113,9 @@ def train(arch: ArchSpec, cfg: TrainConfig, data: DataConfig | Dataset | StreamD
         dataset = (data if isinstance(data, (Dataset, StreamDataset)) else load_dataset(data, device)).to(device)
         if isinstance(dataset, StreamDataset):
             dataset = dataset.with_workers(cfg.workers if cfg.workers is not None else default_workers(ctx.local_world))
-        result = Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name).run(on_epoch, progress)
+        run = Run(arch, cfg, dataset, device, tracker, checkpoint_dir, model_name)
+        run.guard, run.foreign_checkpoint = guard or run.guard, foreign_checkpoint
+        result = run.run(on_epoch, progress)
     # Rank 0 may still be writing the last checkpoint and logging to MLflow: the ranks return
     # together, since a rank that tears its process group down first aborts (and torchrun then
     # kills rank 0 mid-write).
@@ -155,6 +163,8 @@ class Run:
         self.history: list[dict] = []
         self.epoch, self.iteration, self.status, self.responses = 0, 0, "running", None
         self.reseeded_at: int | None = None  # the epoch after which the augmentation was reseeded
+        self.guard: Callable[[], None] = lambda: None  # before each write of results (see train)
+        self.foreign_checkpoint = "refuse"  # or "set_aside" (see train)
 
     # -- checkpoint state --
     def state(self) -> dict:
@@ -223,10 +233,19 @@ class Run:
     # -- the loop --
     def run(self, on_epoch, progress: bool) -> TrainResult:
         saved = load_checkpoint(self.path) if self.path is not None else None
+        if saved is not None and self.foreign_checkpoint == "set_aside" and \
+                (difference := signature_difference(saved.get("signature") or {}, self.signature)):
+            # Another run's checkpoint in this run's folder (a study started over under the same
+            # name with a changed spec): never resumed, never a failure of every attempt.
+            self.guard()
+            if self.dist.is_main:
+                set_aside(self.path, "other-run", f"is of another run ({difference})")
+            saved = None
         if saved is not None:
             self.restore(saved)
         self.log_start()
         if self.status in ("finished", "diverged"):
+            self.guard()
             self.log_end()
             return self.result()
         bar = None
@@ -244,6 +263,7 @@ class Run:
                 self.history.append(metrics)
                 self.schedule.epoch_end(metrics)
                 self.epoch += 1
+                self.guard()
                 if self.tracker is not None:
                     self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=self.epoch)
                 self.checkpoint()
@@ -260,6 +280,7 @@ class Run:
             if self.cfg.probe and self.dist.is_main:  # logged and checkpointed by rank 0 only
                 self.responses = layer_responses(self.model, self.data, self.data.test)
             self.test_multiscale()
+        self.guard()
         self.log_end()
         self.checkpoint()
         return self.result()

@@ -217,7 +217,7 @@ def test_preact_is_an_alias_of_order():
     ({"gate_bias": -3}, r"gate_bias applies to shortcut gate, shortcut-gate, not to shortcut='A'"),
     ({"shortcut": "B", "pad": "split"}, r"pad applies to shortcut A, scale, gate, shortcut-gate, dropout"),
     ({"shortcut": "dropout", "shortcut_dropout": 1}, r"shortcut_dropout must be a number in \[0, 1\), got 1"),
-    ({"shortcut": "scale", "branch_scale": -1}, r"branch_scale must be a number >= 0, got -1"),
+    ({"shortcut": "scale", "branch_scale": -1}, r"branch_scale must be a number in \[0, 100\], got -1"),
     ({"bn_batch": 0}, r"bn_batch must be a positive integer or null, got 0"),
     ({"shortcut": "D"}, r"got 'D'; He 2016b Table 1 adds scale, gate, shortcut-gate, dropout"),
 ])

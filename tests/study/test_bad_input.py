@@ -113,3 +113,53 @@ def test_a_password_in_any_position_is_never_printed(results, storage):
     out = ablate("status", SMOKE, "--storage", storage, timeout=60)
     assert_one_line_error(out, "cannot reach the Optuna storage", "***")
     assert "s3cr" not in out.stderr + out.stdout and "tpw" not in out.stderr + out.stdout
+
+
+WIDE = "[" + ", ".join(str(1 + i / 1000) for i in range(1000)) + "]"
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--set", "seeds=1000000000"], ["1,000,000,000 seeds", "MAX_SEEDS in runners/study/spec.py"]),
+    (["--set", "seeds=[0, -1]"], ["seeds must lie in [0, 2**32)", "-1"]),
+    (["--set", f"seeds=[{2**64}]"], ["seeds must lie in [0, 2**32)"]),
+    (["--set", "train.seed=-1"], ["seed must be a number in [0, 4294967296)"]),
+    (["--set", "dataset.split_seed=4294967296"], ["split_seed must be a number in [0, 4294967296)"]),
+    (["--set", "search={trials_per_variant: 1000000000, space: {lr: {low: 0.01, high: 0.1}}}"],
+     ["trials_per_variant 1,000,000,000", "MAX_TRIALS_PER_VARIANT"]),
+    (["--set", "search={trials_per_variant: 2, startup_trials: many, space: {lr: {low: 0.01, high: 0.1}}}"],
+     ["search.startup_trials must be an integer"]),
+    (["--set", "model.depth=6000002"], ["depth must be a number in [1, 2000]", "option(high=...)"]),
+    (["--set", "model.stages=[400, 400, 400]", "--set", "model.depth=null"], ["1,200 blocks in one net", "MAX_BLOCKS"]),
+    (["--set", f"model.width={WIDE}", "--set", f"model.shortcut_scale={WIDE}", "--set", "model.shortcut=scale"],
+     ["1,000,000 variants", "MAX_VARIANTS"]),
+    (["--set", f"model.width={WIDE[:3000]}]", "--set", "seeds=20"], ["cells, above the limit of 10,000", "MAX_CELLS"]),
+    (["--set", "train.lr=1e300"], ["lr must be a number <= 10000.0, got 1e+300", "raise it there"]),
+    (["--set", "train.momentum=2"], ["momentum must be a number in [0, 1]"]),
+    (["--set", "model.width=1e300"], ["width must be a number <= 64"]),
+    (["--set", "description={a: 1}"], ["description must be text"]),
+])
+def test_sizes_and_values_past_their_documented_bounds_are_refused_at_once(results, args, fragments):
+    """Each bound is checked before anything is built or written, so a spec a million times too
+    large is one line (under a second; not timed here), never a process that fills the memory."""
+    out = ablate("run", SMOKE, "--dry-run", *args)
+    assert_one_line_error(out, *fragments)
+    assert not results.exists() or not any(results.rglob("*")), list(results.rglob("*"))
+
+
+@pytest.mark.parametrize("line,fragments", [
+    ("description: !!binary aGVsbG8=", ["description is a bytes", "strings, numbers, booleans"]),
+    ("description: !!set {a, b}", ["description is a set"]),
+    ("description: !!timestamp 2024-05-01", ["description is a date"]),
+    ("description: " + "[" * 20000 + "]" * 20000, ["nested more than 32 levels"]),
+])
+def test_yaml_values_are_the_plain_types_a_spec_allows(results, tmp_path, line, fragments):
+    spec = tmp_path / "tagged.yaml"
+    spec.write_text(f"name: x\nmodel: {{depth: 8}}\n{line}\n")
+    assert_one_line_error(ablate("run", spec), "tagged.yaml", *fragments)
+    assert not results.exists() or not any(results.rglob("*"))
+
+
+def test_an_implicit_date_stays_text():
+    from runners.yaml_input import load_yaml
+    assert load_yaml("description: 2024-05-01\nwhen: 2024-05-01 10:00:00\n", "x") == {
+        "description": "2024-05-01", "when": "2024-05-01 10:00:00"}

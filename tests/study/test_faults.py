@@ -204,3 +204,128 @@ def test_kill_9_mid_checkpoint_write_then_a_corrupt_checkpoint(results):
     kept = list(results.rglob("checkpoint.pt.unreadable-*"))
     assert len(kept) == 1 and kept[0].stat().st_size == 10 and kept[0].name in out.stderr
     _assert_complete_once(results)
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_a_paused_worker_whose_trial_was_retried_writes_nothing_more_for_it(results, monkeypatch):
+    """A worker paused past its heartbeat grace (SIGSTOP, a VM pause) finds, when it wakes, that
+    another worker failed its trial, closed its MLflow run KILLED and enqueued the retry. The
+    takeover is played here at the moment the worker wakes (its first write after epoch 1): it
+    must then write no checkpoint, no metric and no run state for that trial, say so in one line
+    and go on; the retry trains the cell once."""
+    from runners.study import optuna_private as private, parent, runner as runner_mod, trial as trial_mod
+    seen, real_fit, real_run = {}, trial_mod._fit, trial_mod.run_trial
+
+    def run_trial(layout, worker, study, trial):
+        seen.update(layout=layout, worker=worker, study=study)
+        ok = real_run(layout, worker, study, trial)
+        if seen.get("number") == trial.number:  # the paused attempt is over: what did it leave?
+            seen["left"] = (Path(seen["checkpoint"], "checkpoint.pt").exists(),
+                            worker.mlflow.get_run(seen["run"]).info.status,
+                            worker.mlflow.get_metric_history(seen["run"], "train_error"))
+        return ok
+
+    def fit(spec, attrs, worker, trial, tracker, title="", resumed=False, guard=None):
+        def wake():
+            if "number" not in seen:  # the other worker's move, while this one was stopped
+                failed = private.fail(seen["study"], private.trial_id(trial))
+                parent.supersede(worker.mlflow, failed.user_attrs["mlflow_run_id"])
+                seen["layout"].requeue(seen["study"], failed)
+                seen.update(number=trial.number, run=tracker.run_id, checkpoint=attrs["checkpoint"])
+            guard()
+        return real_fit(spec, attrs, worker, trial, tracker, title, resumed, guard=wake)
+
+    monkeypatch.setattr(runner_mod, "run_trial", run_trial)
+    monkeypatch.setattr(trial_mod, "_fit", fit)
+    out = ablate("run", SMOKE, *SMALL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "UpdateFinishedTrialError" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if "given to another worker" in line], out.stderr
+    assert seen["left"] == (False, "KILLED", []), seen["left"]
+    trials, runs = _assert_complete_once(results)
+    assert {r.info.run_id: r.info.status for r in runs}[seen["run"]] == "KILLED"
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_a_copied_results_folder_resumes_from_its_own_checkpoints(results, tmp_path):
+    """Checkpoint folders are recorded relative to the checkpoint root: a results/ copied
+    elsewhere (and the original deleted) resumes the interrupted cell from the copy's checkpoint."""
+    import shutil
+    killed = _inject("mlflow", "run", SMOKE, *SMALL)
+    assert killed.returncode == -9
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    shutil.rmtree(results)
+    out = ablate("run", SMOKE, *SMALL, env={"ABLATE_RESULTS": str(copy)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "1 interrupted, resuming first" in out.stdout + out.stderr, out.stdout + out.stderr
+    trials = _assert_complete_once(copy)[0]
+    assert any(t.user_attrs.get("resumed") for t in trials if t.state == TrialState.COMPLETE)
+    assert not (results / "checkpoints").exists()
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_starting_over_with_a_changed_spec_sets_a_leftover_checkpoint_aside(results):
+    """The journal moved aside (as the advice for a damaged journal says) and the spec changed:
+    the old attempt's checkpoint in the cell's folder is another run's. It is kept aside with a
+    warning and the cell trains from scratch (no attempt fails on it); the old study's parent
+    run, left RUNNING by the kill, is closed."""
+    killed = _inject("mlflow", "run", SMOKE, *SMALL)
+    assert killed.returncode == -9
+    journal = results / "optuna" / "smoke.journal"
+    journal.rename(journal.with_name("smoke.journal.old"))
+    out = ablate("run", SMOKE, *SMALL, "--set", "train.lr=0.05")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "is of another run (train.lr: 0.1 there, 0.05 here)" in out.stderr, out.stderr
+    assert "--fresh" not in out.stderr and "failed" not in out.stderr
+    assert list(results.rglob("checkpoint.pt.other-run-*"))
+    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
+    assert sorted(r.info.status for r in runs if r.data.tags["stage"] == "study") == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.usefixtures("seeded_store")
+def test_an_mlflow_store_deleted_mid_run_stops_in_one_line_and_uses_no_attempt(results, monkeypatch):
+    """`mlflow.db` deleted while a trial trains: the worker stops at its next write with one line
+    (no traceback, no trial failed, no attempt used, no empty store made); the rerun makes a new
+    store and completes the study, every cell on its first attempt."""
+    from runners.study import trial as trial_mod
+    real_fit = trial_mod._fit
+
+    def fit(spec, attrs, worker, trial, tracker, title="", resumed=False, guard=None):
+        def delete_then_guard():
+            (results / "mlflow.db").unlink(missing_ok=True)
+            guard()
+        return real_fit(spec, attrs, worker, trial, tracker, title, resumed, guard=delete_then_guard)
+
+    monkeypatch.setattr(trial_mod, "_fit", fit)
+    out = ablate("run", SMOKE, *SMALL)
+    monkeypatch.setattr(trial_mod, "_fit", real_fit)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and "mlflow.db was deleted while the study ran" in lines[-1], out.stderr
+    assert "failed" not in out.stderr, out.stderr
+    assert not (results / "mlflow.db").exists()
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna" / "smoke.journal")))
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert not [t for t in trials if "error" in t.user_attrs]
+    again = ablate("run", SMOKE, *SMALL)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE) == Counter(
+        {c: 1 for c in CELLS})
+    assert {t.user_attrs["attempt"] for t in trials} == {1}
+
+
+def test_processes_creating_one_new_mlflow_store_at_once_all_succeed(tmp_path):
+    """Two `ablate run` started together on an empty results/ both create MLflow's schema; MLflow
+    does not do that safely twice at once. Under the schema lock one creates it and the others
+    wait, then find it: all succeed and the store has its tables."""
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    code = ("import sys\nfrom runners.tracking.store import client\n"
+            "print(client(sys.argv[1]).search_experiments()[0].name)\n")
+    procs = [Forked(code, uri) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    assert all(out.strip() == "Default" for out, _ in outs), outs
