@@ -83,8 +83,8 @@ class Member:
     tracker: Tracker | None = None
     checkpoint_dir: str | Path | None = None
     on_epoch: Callable[[int, dict], None] | None = None
-    guard: Callable[[], None] | None = None  # before each write of its results (trainer.train's guard)
     model_name: str | None = None
+    guard: Callable[[], None] | None = None  # before each write of its results (trainer.train's guard)
 
 
 # -- which models pack ------------------------------------------------------------------------------

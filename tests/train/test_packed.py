@@ -130,18 +130,18 @@ def test_plain_nets_alone_in_a_pack_stay_plain(data, tmp_path, floor):
 
 @pytest.mark.slow
 def test_a_diverging_model_is_frozen_and_the_others_go_on(data, tmp_path, floor):
-    members = [Member(TINY, recipe(seed=0, epochs=4)), Member(TINY, recipe(seed=1, epochs=4, lr=1e6)),
+    members = [Member(TINY, recipe(seed=0, epochs=4)), Member(TINY, recipe(seed=1, epochs=4, lr=1e4)),
                Member(PLAIN, recipe(seed=2, epochs=4))]
     alone, packed = compare(members, data, tmp_path, floor)
-    assert packed[1].status == "diverged" and packed[1].epochs == 0
+    assert packed[1].status == "diverged" and packed[1].epochs <= 1
     assert [p.status for p in packed] == ["finished", "diverged", "finished"]
     saved, own = final_state(tmp_path / "packed1"), final_state(tmp_path / "alone1")
-    # Frozen at its first non-finite check (every step on a CPU), within its first epoch, while
-    # the others went on for 4 epochs. How many steps an lr of 1e6 takes to overflow is itself a
+    # Frozen at its first non-finite check (every step on a CPU), within its first two epochs,
+    # while the others went on for 4 epochs. How many steps an lr of 1e4 (the bound of train.lr) takes to overflow is itself a
     # matter of rounding (BN makes the net scale-invariant until the classifier overflows), so
-    # alone and packed may stop a step apart.
+    # alone and packed may stop a few steps apart.
     assert saved["status"] == own["status"] == "diverged"
-    assert saved["iteration"] < 8 and abs(saved["iteration"] - own["iteration"]) <= 1
+    assert saved["iteration"] < 16 and abs(saved["iteration"] - own["iteration"]) <= 4
     assert [final_state(tmp_path / f"packed{i}")["iteration"] for i in (0, 2)] == [32, 32]
 
 
