@@ -325,15 +325,21 @@ def _paired_table(study, found, title: str, columns: list[str], headers: list[st
     return Table(title, columns, headers, csv_rows, rows, notes)
 
 
-def plain_vs_residual_table(study) -> Table | None:
+def _comparisons(study, reference_of, reference_first: bool) -> list[tuple]:
+    """(variant, its reference, seeds, paired comparison, fails of (reference, variant)) for every
+    variant `reference_of` gives a reference; Δ = reference − variant if `reference_first`."""
     found = []
     for v in sorted(study.by_variant, key=lambda v: (v.line, v.depth, v.kind)):
-        p = _twin(study, v) if v.residual else None
-        if p is None:
+        ref = reference_of(v)
+        if ref is None:
             continue
-        seeds, cmp = _paired_by_seed(study, p, v)
-        fails = [_fail(_test_summary(study.by_variant[x])) for x in (p, v)]
-        found.append((v, p, seeds, cmp, fails))
+        seeds, cmp = _paired_by_seed(study, *((ref, v) if reference_first else (v, ref)))
+        found.append((v, ref, seeds, cmp, [_fail(_test_summary(study.by_variant[x])) for x in (ref, v)]))
+    return found
+
+
+def plain_vs_residual_table(study) -> Table | None:
+    found = _comparisons(study, lambda v: _twin(study, v) if v.residual else None, reference_first=True)
     return _paired_table(
         study, found, "Plain vs residual at each depth",
         ["family", "block", "width", "depth", "residual", "plain", "pairs", "fail_plain", "fail_residual",
@@ -361,14 +367,8 @@ def _original_of(study, v):
 def versus_original_table(study) -> Table | None:
     """He 2016b Tables 1-3 compare every shortcut kind and activation order with the original unit
     of the same depth: that comparison, by seed."""
-    found = []
-    for v in sorted(study.by_variant, key=lambda v: (v.line, v.depth, v.kind)):
-        o = _original_of(study, v) if v.residual and not _is_original(study, v) else None
-        if o is None:
-            continue
-        seeds, cmp = _paired_by_seed(study, v, o)
-        fails = [_fail(_test_summary(study.by_variant[x])) for x in (o, v)]
-        found.append((v, o, seeds, cmp, fails))
+    found = _comparisons(study, lambda v: _original_of(study, v) if v.residual and not _is_original(study, v)
+                         else None, reference_first=False)
     return _paired_table(
         study, found, "Each variant vs the original unit at its depth (He 2016b Tables 1-3)",
         ["family", "block", "width", "depth", "variant", "original", "pairs", "fail_original", "fail_variant",
