@@ -137,9 +137,9 @@ def test_a_diverging_model_is_frozen_and_the_others_go_on(data, tmp_path, floor)
     assert [p.status for p in packed] == ["finished", "diverged", "finished"]
     saved, own = final_state(tmp_path / "packed1"), final_state(tmp_path / "alone1")
     # Frozen at its first non-finite check (every step on a CPU), within its first two epochs,
-    # while the others went on for 4 epochs. How many steps an lr of 1e4 (the bound of train.lr) takes to overflow is itself a
-    # matter of rounding (BN makes the net scale-invariant until the classifier overflows), so
-    # alone and packed may stop a few steps apart.
+    # while the others went on for 4 epochs. How many steps an lr of 1e4 (train.lr's bound) takes
+    # to overflow is itself a matter of rounding (BN makes the net scale-invariant until the
+    # classifier overflows), so alone and packed may stop a few steps apart.
     assert saved["status"] == own["status"] == "diverged"
     assert saved["iteration"] < 16 and abs(saved["iteration"] - own["iteration"]) <= 4
     assert [final_state(tmp_path / f"packed{i}")["iteration"] for i in (0, 2)] == [32, 32]
