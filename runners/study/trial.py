@@ -106,6 +106,11 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
             except optuna.TrialPruned:
                 pruned = True
                 tracker.set_tags({"pruned": "true"})
+            except Exception as e:
+                if ctx.distributed and lost_peer(e):  # ended KILLED by tracked_run, not FAILED
+                    tracker.set_tags({"killed": "lost a process of its group"})
+                    e.killed = True
+                raise
     except (KeyboardInterrupt, Terminated):
         _give_back(layout, worker, study, trial)
         raise
@@ -128,10 +133,7 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
             if ctx.distributed:
                 raise
             return True
-        if ctx.distributed and lost_peer(e):  # a dead rank or node: no fault of the trial's
-            if tracker is not None:  # its run was ended FAILED on the way out; it was killed
-                worker.mlflow.set_tag(tracker.run_id, "killed", "lost a process of its group")
-                worker.mlflow.set_terminated(tracker.run_id, status="KILLED")
+        if ctx.distributed and lost_peer(e):  # a dead rank or node: no fault of the trial's (run KILLED)
             _give_back(layout, worker, study, trial)
             raise
         error = cut(redact(f"{type(e).__name__}: {e}"), 500)  # redacted first: a cut may split a secret

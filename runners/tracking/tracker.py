@@ -134,8 +134,8 @@ class StoreLost(Abandoned):
 
 @contextlib.contextmanager
 def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
-    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP), never
-    RUNNING; an `Abandoned` run is left as whoever took it over left it."""
+    """End `tracker`'s run FINISHED, FAILED (exception) or KILLED (Ctrl-C, SIGTERM, SIGHUP, or an
+    exception with `killed` set), never RUNNING; an `Abandoned` run is left as whoever took it over left it."""
     try:
         with sigterm_raises():
             yield tracker
@@ -144,8 +144,10 @@ def tracked_run(tracker: Tracker) -> Iterator[Tracker]:
     except (KeyboardInterrupt, Terminated):
         tracker.end("KILLED")
         raise
-    except BaseException:
-        tracker.end("FAILED")
+    except BaseException as e:
+        # An error marked `killed` (a lost process of a group: no fault of the run's) ends it
+        # KILLED in the same call, so no signal that follows can leave it FAILED.
+        tracker.end("KILLED" if getattr(e, "killed", False) else "FAILED")
         raise
     else:
         tracker.end("FINISHED")
