@@ -523,8 +523,8 @@ def _no_ablation_reason(study: Study) -> str:
 
 # What `write_all` may write: an earlier draw's file of these names that this one does not redraw
 # is removed (and listed in summary.md), so no figure of older runs sits beside the new ones.
-STEMS = ("curves", "curves_by_depth", "final_error_vs_depth", "layer_responses", "ablation", "variants",
-         "plain_vs_residual", "degradation")
+STEMS = ("curves", "curves_by_depth", "final_error_vs_depth", "training_loss", "layer_responses", "ablation",
+         "variants", "plain_vs_residual", "versus_original", "degradation", "imagenet")
 EXTENSIONS = ("pdf", "png", "csv", "md", "tex")
 
 
