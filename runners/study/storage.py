@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..database import advisory_lock, check_database
 from ..errors import ConfigError, first_line, redact
+from ..files import file_lock
 from ..paths import journal_path, sqlite_path
 from . import optuna_private as private
 from .optuna_private import heartbeat_interval
@@ -153,14 +154,8 @@ def setup_lock(url: str, study_name: str) -> Iterator[None]:
         # Other databases: no portable lock. Setup is still idempotent, only not race-free.
         yield
         return
-    lock = path.with_name(path.name + ".setup-lock")  # ".lock" is the journal's own lock file
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path.with_name(path.name + ".setup-lock")):  # ".lock" is the journal's own lock file
+        yield
 
 
 # -- who runs a trial, and is it still alive? ----------------------------------------------------
