@@ -85,8 +85,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             v, m = torch.var_mean(c, dim=(0, 2, 3), correction=1)  # unbiased, as BN's running var
             mean += m * (c.shape[0] / total)
             var += v * (c.shape[0] / total)
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(var, factor)
+        # (1 - f) x + f y rather than lerp_, which has no vmap batching rule: a packed step
+        # (runners/train/packed.py) would loop over its members here
+        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        self.running_var.mul_(1 - factor).add_(var, alpha=factor)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bn_batch={self.bn_batch}"

@@ -28,7 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int,
                    help="num_workers of the conventional loop's DataLoader (default: 0 on CPU, where a "
                         "worker takes a core from the model; min(8, cores) beside a GPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model (the trainer's compile)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile our model (the trainer's compile); with --pack, the packed step's vmapped "
+                        "forward and each separate run")
+    p.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="with --compile: torch.compile's mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--utilization", action="store_true",
                    help="also the training FLOP/s as a fraction of this machine's dense matmul FLOP/s")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -38,7 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--pack", metavar="K[,K...]", type=pack_sizes,
                    help="instead: aggregate images/s of K models packed into one step beside K separate runs, "
-                        "and their ratio, for each K (e.g. 1,2,4); recommends a K")
+                        "and their ratio, for each K (e.g. 1,2,4); recommends a K and records the rates in "
+                        "results/rates.json (what --dry-run's estimate and resources.pack auto read)")
+    p.add_argument("--processes", action="store_true",
+                   help="with --pack: also K separate processes training at once (the --workers-per-gpu "
+                        "alternative), each with cores/K threads")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -79,13 +87,18 @@ def run(args) -> int:
     if len(data.train) < args.batch_size:
         raise ConfigError(f"{data.name} has {len(data.train)} training images, fewer than "
                           f"--batch-size {args.batch_size}")
+    if args.processes and not args.pack:
+        raise ConfigError("--processes needs --pack")
     if args.pack:
         from ..train.bench import bench_packed
+        from ..train.rates import record
         r = bench_packed(arch, data, device=device, packs=args.pack, batch_size=args.batch_size, steps=args.steps,
                          repeats=args.repeats, warmup_steps=args.warmup_steps, threads=args.threads,
-                         precision=args.precision)
+                         precision=args.precision, compile=args.compile, compile_mode=args.compile_mode,
+                         processes=args.processes, data_config=data.config)
         r["model_name"] = args.model
         print_packed(r)
+        print(f"recorded in {record([r])}")
         if args.json:
             Path(args.json).write_text(json.dumps(r, indent=2))
         return 0
@@ -127,11 +140,20 @@ def print_bench(r: dict) -> None:
 
 def print_packed(r: dict) -> None:
     threads = f", {r['threads']} threads" if r["device"] == "cpu" else ""
+    mode = f", compiled ({r['compile_mode']})" if r["compile"] else ", eager"
     print(f"bench --pack {r.get('model_name', '')} on {r['dataset']}, batch {r['batch_size']} per model, "
-          f"{r['device']}{threads}, {r['precision']}, {r['repeats']} x {r['steps']} steps per loop (after "
+          f"{r['device_name']}{threads}, {r['precision']}{mode}, {r['repeats']} x {r['steps']} steps per loop (after "
           f"{r['warmup_steps']} warm-up), alternating, cpus={r['cpus']}, torch {r['torch']}")
-    print(f"{'K':>3}  {'packed images/s':>15}  {'separate images/s':>17}  {'ratio':>6}   "
-          "(aggregate over K models, medians)")
+    processes = any("processes" in row for row in r["packs"])
+    print(f"{'K':>3}  {'packed images/s':>15}  {'separate images/s':>17}  {'ratio':>6}"
+          + (f"  {'K processes images/s':>20}  {'packed/best':>11}" if processes else "")
+          + "   (aggregate over K models, medians)")
     for row in r["packs"]:
-        print(f"{row['k']:>3}  {row['packed']:>15.1f}  {row['separate']:>17.1f}  {row['ratio']:>5.2f}x")
+        if "packed" not in row:
+            why = "out of device memory" if "out_of_memory" in row else row.get("skipped", "")
+            print(f"{row['k']:>3}  {why}")
+            continue
+        print(f"{row['k']:>3}  {row['packed']:>15.1f}  {row['separate']:>17.1f}  {row['ratio']:>5.2f}x"
+              + (f"  {row.get('processes', float('nan')):>20.1f}  {row['ratio_to_best_separate']:>10.2f}x"
+                 if processes else ""))
     print(f"recommended pack: {r['recommended']}")

@@ -28,11 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-rate", type=float, metavar="GMACS",
                    help="with --dry-run on a CPU: a training rate recorded earlier (forward GMAC/s, as a dry run "
                         "prints it) instead of measuring one for about 2 s")
+    p.add_argument("--rates", metavar="FILE",
+                   help="with --dry-run: GPU rates measured by `ablate bench --pack --json` or `ablate doctor "
+                        "--json` (default: results/rates.json, where both record them, if it exists)")
 
 
 def run(args) -> int:
-    if args.json and not args.dry_run:
-        raise ConfigError("--json needs --dry-run")
+    for flag in ("json", "rates"):
+        if getattr(args, flag) and not args.dry_run:
+            raise ConfigError(f"--{flag} needs --dry-run")
     if args.dry_run:
         return dry_run(args)
     # The spec is read and checked before torch, Optuna or MLflow is imported: bad input is quick.
@@ -75,7 +79,8 @@ def _cpu_rate(args) -> tuple[float, str] | None:
 
 def dry_run(args) -> int:
     """`--dry-run`: the spec checked, its runs sized and costed (runners/study/estimate.py)."""
-    from ..study.estimate import LAUNCH_MS, TFLOPS, dry_run_document, estimate, pack_plan, with_cpu_rate
+    from ..study.estimate import LAUNCH_MS, TFLOPS, MeasuredRates, dry_run_document, estimate, pack_plan, with_cpu_rate
+    from ..train import rates as measured
     from ..study.spec import load_spec
     from .table import text_table
     from ..study.progress import duration
@@ -83,35 +88,41 @@ def dry_run(args) -> int:
         raise ConfigError(f"--tflops must be positive, got {args.tflops}")
     spec = load_spec(args.spec, args.overrides, check_data=False)
     k = dry_run_pack(spec)
+    rates = MeasuredRates(measured.load(args.rates))
     cpu = _cpu_rate(args)
     if args.json:
-        doc = dry_run_document(spec, args.tflops, cpu)
+        doc = dry_run_document(spec, args.tflops, cpu, rates)
         if k > 1:
-            doc["pack"] = {"k": k, "packs": pack_plan(spec, k, args.tflops)}
+            doc["pack"] = {"k": k, "packs": pack_plan(spec, k, args.tflops, rates=rates)}
         print(json.dumps(doc, indent=2))
         return 0
-    rows, source = estimate(spec, args.tflops)
+    rows, source = estimate(spec, args.tflops, rates=rates)
     rows = with_cpu_rate(rows, cpu[0]) if cpu else rows
     print(text_table(["variant", "params", "GMACs/img", "runs", "iterations", "images/run", "GPU-h/run", "bound"]
-                     + (["CPU-h/run"] if cpu else []),
+                     + (["GPU rate"] if rates else []) + (["CPU-h/run"] if cpu else []),
                      [[r.variant, f"{r.params / 1e6:.2f}M", f"{r.macs / 1e9:.3f}", str(r.runs), f"{r.iterations:,}",
                        f"{r.images / 1e6:.2f}M", f"{r.gpu_hours:.2f}", r.bound]
-                      + ([f"{r.cpu_hours:.2f}"] if cpu else []) for r in rows]))
+                      + ([r.source] if rates else []) + ([f"{r.cpu_hours:.2f}"] if cpu else []) for r in rows]))
     total = sum(r.total_gpu_hours for r in rows)
     rate = f"{args.tflops:g} TFLOP/s" if args.tflops else " or ".join(
         f"{TFLOPS[f]:g} TFLOP/s ({f})" for f in sorted({v.arch.family for v in spec.variants}))
     gpus = spec.resources.gpus_per_trial
     print(f"\n{spec.name}: {sum(r.runs for r in rows)} runs, estimated {total:.1f} GPU-hours"
           + (f" ({gpus} GPUs per trial: {total / gpus:.1f} h on as many)" if gpus > 1 else ""))
+    measured_rows = sum(r.source != "assumed" for r in rows)
     print(f"training images: {source}. Per run: max(6 x MACs x images / {rate}, iterations x depth x "
-          f"{LAUNCH_MS} ms); assumed rates, evaluation not counted, search trials at full length. Nothing was written.")
+          f"{LAUNCH_MS} ms) where assumed"
+          + (f"; {measured_rows} of {len(rows)} rows from rates measured on {rates.device} "
+             f"({args.rates or measured.rates_path()})" if rates else
+             " (no GPU measurement recorded: `ablate bench --pack` or `ablate doctor` on a GPU records one)")
+          + "; evaluation not counted, search trials at full length. Nothing was written.")
     if cpu:
         cpu_h = sum(r.total_cpu_hours for r in rows)
         print(f"On this CPU: estimated {duration(cpu_h * 3600)} of training ({cpu_h:.2f} CPU-hours, one worker), "
               f"MACs x images at {cpu[0] / 1e9:.2f} forward GMAC/s, {cpu[1]}; evaluation not counted. "
               f"Give it back with --cpu-rate {cpu[0] / 1e9:.2f}.")
     if k > 1:
-        print_packs(spec, k, pack_plan(spec, k, args.tflops))
+        print_packs(spec, k, pack_plan(spec, k, args.tflops, rates=rates))
     return 0
 
 
@@ -126,12 +137,14 @@ def print_packs(spec, k: int, packs: list[dict]) -> None:
     from .table import text_table
     print(f"\npacks of up to {k}" + (" (resources.pack auto: K is measured on the GPU; shown for the seeds of a "
                                     "variant)" if spec.resources.pack == "auto" else "") + ":")
-    print(text_table(["pack", "cells", "GPU-h", "alone GPU-h", "bound"],
+    print(text_table(["pack", "cells", "GPU-h", "alone GPU-h", "bound", "rate"],
                      [[str(i + 1), compact(p["cells"]), f"{p['gpu_hours']:.2f}", f"{p['alone_gpu_hours']:.2f}",
-                       p["bound"]] for i, p in enumerate(packs)]))
+                       p["bound"], p["source"]] for i, p in enumerate(packs)]))
     packed, alone = sum(p["gpu_hours"] for p in packs), sum(p["alone_gpu_hours"] for p in packs)
-    print(f"confirmation cells packed: {len(packs)} packs, estimated {packed:.1f} GPU-hours (alone: {alone:.1f}); a "
-          "pack assumed to cost its K models' compute at one model's launches (ablate bench --pack measures it)")
+    assumed = all(p["source"] == "assumed" for p in packs)
+    print(f"confirmation cells packed: {len(packs)} packs, estimated {packed:.1f} GPU-hours (alone: {alone:.1f})"
+          + ("; a pack assumed to cost its K models' compute at one model's launches (ablate bench --pack "
+             "measures it)" if assumed else "; rates as the rate column says"))
 
 
 def compact(cells: list[str]) -> str:

@@ -1,6 +1,7 @@
 """The lab's first paper-scale numbers in one GPU call: plain-20 and ResNet-20 trained with He
 2016a's CIFAR recipe (Sec. 4.2: 64k iterations, batch 128, lr 0.1 /10 at 32k and 48k, momentum
-0.9, weight decay 1e-4, fp32, pad-crop-flip; all 50k training images), packed into one step.
+0.9, weight decay 1e-4, fp32, pad-crop-flip; all 50k training images; BN over 64 images, each of
+the paper's two GPUs' share, as ablations/he2016a-fig6.yaml), packed into one step.
 
     python -m runners.doctor.paper --data /tmp/data/cifar10-jpeg --budget 360 --json $OUT/paper.json
 
@@ -56,7 +57,8 @@ class Report:
         os.replace(tmp, self.path)
 
 
-def members_for(seeds: list[int], cfg: TrainConfig, report: Report, deadline: float, pack: str) -> list[Member]:
+def members_for(seeds: list[int], cfg: TrainConfig, report: Report, deadline: float, pack: str,
+                bn_batch: int | None = 64) -> list[Member]:
     """plain-20 and ResNet-20 of each seed, each logging its epochs into the report."""
     out = []
     for seed in seeds:
@@ -71,7 +73,8 @@ def members_for(seeds: list[int], cfg: TrainConfig, report: Report, deadline: fl
                 if time.monotonic() > deadline:
                     raise OutOfTime(f"budget spent at epoch {epoch}")
 
-            out.append(Member(resolve(name), dataclasses.replace(cfg, seed=seed), on_epoch=on_epoch, model_name=name))
+            out.append(Member(resolve(name).replace(bn_batch=bn_batch), dataclasses.replace(cfg, seed=seed),
+                              on_epoch=on_epoch, model_name=name))
     return out
 
 
@@ -101,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=64_000, help="per run (the paper: 64k)")
     p.add_argument("--subset", type=int, help="training images (default: all)")
     p.add_argument("--max-seeds", type=int, default=8, help="seeds per net at most")
+    p.add_argument("--bn-batch", type=int, default=64,
+                   help="BN statistics over sub-batches of this many images (the paper's 64 per GPU; 0: the whole "
+                        "batch of 128)")
     args = p.parse_args(argv)
     started = time.monotonic()
     deadline = started + args.budget
@@ -113,27 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(iterations=args.iterations, device=str(device), probe=False).validate()
     report.doc.update(dataset={"name": data.name, "train": len(data.train), "test": len(data.test)},
                       recipe={k: getattr(cfg, k) for k in ("iterations", "batch_size", "lr", "momentum", "weight_decay",
-                                                            "precision")},
+                                                            "precision")}
+                      | {"bn_batch": args.bn_batch or None},
                       load_s=time.monotonic() - started)
     report.write()
     # The rates of larger packs, measured before anything trains (seconds).
     sizes = [k for k in PACKS if k <= 2 * args.max_seeds]
-    bench = bench_packed(resolve("resnet20"), data, device=device, packs=tuple(sizes), batch_size=cfg.batch_size,
+    bn_batch = args.bn_batch or None
+    bench = bench_packed(resolve("resnet20").replace(bn_batch=bn_batch), data, device=device, packs=tuple(sizes),
+                         batch_size=cfg.batch_size,
                          steps=20 if device.type == "cuda" else 2, repeats=1, warmup_steps=2)
-    step_s = {row["k"]: row["k"] * cfg.batch_size / row["packed"] for row in bench["packs"]}
-    report.doc["pack_rates"] = [{k: row[k] for k in ("k", "packed", "separate", "ratio")} for row in bench["packs"]]
+    measured = [row for row in bench["packs"] if "packed" in row]  # not the sizes out of memory
+    step_s = {row["k"]: row["k"] * cfg.batch_size / row["packed"] for row in measured}
+    report.doc["pack_rates"] = [{k: row[k] for k in ("k", "packed", "separate", "ratio")} for row in measured]
     report.write()
 
-    first = train_pack(members_for([0], cfg, report, deadline, "2"), data, report)
+    first = train_pack(members_for([0], cfg, report, deadline, "2", bn_batch), data, report)
     # The first pack's wall time, evaluation included, scaled by the step times of larger packs.
     left, per_step = deadline - time.monotonic(), first / step_s[2]
-    fits = [k for k in sizes if k > 2 and per_step * step_s[k] <= MARGIN * left]
+    fits = [k for k in step_s if k > 2 and per_step * step_s[k] <= MARGIN * left]
     report.doc["plan"] = {"first_pack_s": first, "left_s": left, "chosen": max(fits, default=0),
-                          "estimates_s": {k: per_step * step_s[k] for k in sizes if k > 2}}
+                          "estimates_s": {k: per_step * step_s[k] for k in step_s if k > 2}}
     report.write()
     if fits and all(r["status"] == "finished" for r in report.doc["runs"]):
         k = max(fits)
-        train_pack(members_for(list(range(1, k // 2 + 1)), cfg, report, deadline, str(k)), data, report)
+        train_pack(members_for(list(range(1, k // 2 + 1)), cfg, report, deadline, str(k), bn_batch), data, report)
     report.doc["seconds"] = time.monotonic() - started
     report.write()
     for r in report.doc["runs"]:

@@ -13,7 +13,8 @@ bit-exact resume, resume across device types, divergence detection); agreement (
 bf16 runs of the same short training); throughput (the bench's ours/conventional ratio, images/s of
 ResNet-20/56/110, training FLOP/s against the same run's matmul rate, a profile of where step time
 goes); several nets (aggregate images/s of 1, 2, 4, 8 worker processes on the one device, and
-compile modes incl. CUDA graphs); data (the --data ImageFolder subset, else synthetic).
+compile modes incl. CUDA graphs, and K models packed into one step beside K separate runs and K
+processes, recorded in results/rates.json); data (the --data ImageFolder subset, else synthetic).
 """
 from __future__ import annotations
 
@@ -44,4 +45,5 @@ def run_doctor(opts: Options, on_check=None) -> dict:
     d.guarded("throughput", "profile", lambda: throughput.check_profile(d))
     d.guarded("several nets", "compile modes", lambda: several_nets.check_compile_modes(d))
     d.guarded("several nets", "nets at once", lambda: several_nets.check_nets_at_once(d))
+    d.guarded("several nets", "packed", lambda: several_nets.check_packing(d))
     return d.report()

@@ -1,22 +1,26 @@
-"""Several nets on one device: compile modes (eager, compile, CUDA graphs) and the aggregate
-images/s of 1, 2, 4, 8 worker processes, with the best setting recommended for `ablate run`."""
+"""Several nets on one device: compile modes (eager, compile, CUDA graphs), the aggregate
+images/s of 1, 2, 4, 8 worker processes, and K models packed into one step beside K separate
+runs and K processes (`ablate bench --pack`'s measurement), with the best settings recommended
+for `ablate run`."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 
 from models.registry import resolve
 
-from ..train.bench import OursLoop, images_per_second
+from ..train import rates
+from ..train.bench import bench_packed, images_per_second, processes_at_once
 from ..train.config import DataConfig, TrainConfig
-from ..train.data import Dataset, load_dataset
-from ..train.execution import resolve_device, runtime, sync
-from ..train.trainer import Run
 from .context import Check, Doctor
 from .environment import compile_support
 
 NETS = (1, 2, 4, 8)  # processes trained at once on one device
+PACKS = (1, 2, 4, 8, 16)  # pack sizes measured on a GPU
+# (model, bn_batch, batch): as the paper specs train them (He 2016a/b: BN over each of 2 GPUs'
+# share; Table 4's 1001 at the resnet-1k-layers recipe's batch 64), so their estimates read
+# "measured" (runners/study/estimate.py)
+PACKED_MODELS = (("resnet20", 64, 128), ("resnet110", 64, 128), ("preact-resnet1001", 32, 64))
 TIE = 1.05  # a larger setting must beat a smaller one by 5% to be recommended
 
 
@@ -55,8 +59,8 @@ def check_nets_at_once(d: Doctor) -> Check:
     for k in counts:
         if d.elapsed() > d.opts.budget_s:
             break
-        results[k] = nets_at_once(k, d.opts.data, str(d.device), d.steps(), d.batch(),
-                                  threads=max(1, cores // k))
+        results[k] = processes_at_once(k, resolve("resnet20"), data_config(d), str(d.device), d.steps(), d.batch(),
+                                       threads=max(1, cores // k))
     base = results[1]["images_per_second"]
     best = 1
     for k in sorted(results):
@@ -70,50 +74,57 @@ def check_nets_at_once(d: Doctor) -> Check:
                  results={str(k): v for k, v in results.items()}, best=best)
 
 
-def nets_at_once(k: int, data: str | None, device: str, steps: int, batch: int, threads: int) -> dict:
-    """Aggregate images/s of k processes each training ResNet-20 on `device`, timed from a common
-    start (a barrier after each has loaded its data and warmed up) to the last one's end."""
-    ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    barrier, queue = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=_net_worker, args=(data, device, steps, batch, threads, barrier, queue))
-             for _ in range(k)]
-    for p in procs:
-        p.start()
-    try:
-        out = [queue.get(timeout=600) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.terminate()
-    errors = [o["error"] for o in out if "error" in o]
-    if errors:
-        raise RuntimeError(errors[0])
-    start, end = min(o["start"] for o in out), max(o["end"] for o in out)
-    return {"images_per_second": k * steps * batch / (end - start), "per_process": [o["rate"] for o in out],
-            "threads_per_process": threads}
+def data_config(d: Doctor) -> DataConfig | None:
+    """What each spawned process loads: the doctor's --data, else (None) synthetic."""
+    return DataConfig(d.opts.data, val_size=0) if d.opts.data else None
 
 
-def _net_worker(data: str | None, device: str, steps: int, batch: int, threads: int, barrier, queue) -> None:
-    try:
-        dev = resolve_device(device)
-        cfg = DataConfig(data, val_size=0) if data else DataConfig("synthetic", val_size=0, subset=10_000)
-        dataset: Dataset = load_dataset(cfg, dev)
-        tcfg = TrainConfig(iterations=10**9, batch_size=batch, device=device, threads=threads, probe=False)
-        with runtime(tcfg, dev):
-            run = Run(resolve("resnet20"), tcfg, dataset, dev, None, None, None)
-            loop = OursLoop(run, run.net)
-            loop(3)
-            sync(dev)
-            barrier.wait(timeout=600)
-            start = time.time()
-            loop(steps)
-            sync(dev)
-            end = time.time()
-        queue.put({"start": start, "end": end, "rate": steps * batch / (end - start)})
-    except Exception as e:  # noqa: BLE001 - reported by the parent as the check's failure
-        queue.put({"error": f"{type(e).__name__}: {e}"})
-        try:
-            barrier.abort()
-        except Exception:  # noqa: BLE001
-            pass
+def check_packing(d: Doctor) -> Check:
+    """K models packed into one step (runners/train/packed.py) beside K separate runs in one
+    process and K processes at once, for ResNet-20, 110 and preact-1001 on a GPU (ResNet-20 and
+    K 1, 2 on a CPU), eager, each as the paper specs train it (PACKED_MODELS); then ResNet-20's
+    recommended K compiled (default and CUDA graphs) where the budget leaves time. Steps shrink
+    with depth (a 1001-layer step is 50 times a 20-layer one). Each measurement is recorded in
+    results/rates.json and kept in the row's details, where `ablate run --dry-run --rates` reads it."""
+    if d.opts.quick and d.device.type == "cpu":
+        return d.add("several nets", "packed", "skip", "--quick on CPU: packing measured slower on CPUs (README)")
+    cuda = d.device.type == "cuda"
+    models, packs = (PACKED_MODELS, PACKS) if cuda else (PACKED_MODELS[:1], (1, 2))
+    deadline = time.monotonic() + d.opts.budget_s - d.elapsed()
+    measurements, summary = [], []
+    for name, bn_batch, batch in models:
+        if time.monotonic() > deadline:
+            summary.append(f"{name}: time budget spent")
+            continue
+        arch = resolve(name).replace(bn_batch=bn_batch)
+        r = bench_packed(arch, d.data, device=d.device, packs=packs, batch_size=min(batch, d.batch()),
+                         steps=max(2, d.steps() * 20 // arch.total_depth), repeats=2 if cuda else 1,
+                         warmup_steps=2, processes=cuda, data_config=data_config(d), deadline=deadline)
+        r["model_name"] = f"{name} bn{bn_batch}"
+        measurements.append(r)
+        summary.append(f"{name}: " + " ".join(f"K{row['k']} {row['ratio_to_best_separate']:.2f}x"
+                                              for row in r["packs"] if "packed" in row) + f" -> {r['recommended']}")
+    if measurements and cuda:
+        k, (name, bn_batch, batch) = measurements[0]["recommended"], PACKED_MODELS[0]
+        for mode in ("default", "reduce-overhead"):
+            if time.monotonic() > deadline:
+                break
+            try:
+                r = bench_packed(resolve(name).replace(bn_batch=bn_batch), d.data, device=d.device, packs=(k,),
+                                 batch_size=min(batch, d.batch()),
+                                 steps=d.steps(), repeats=2, warmup_steps=3, compile=True, compile_mode=mode,
+                                 deadline=deadline)
+            except Exception as e:  # noqa: BLE001 - a mode that does not work with the packed step is a finding
+                summary.append(f"resnet20 K{k} compile {mode}: {type(e).__name__}")
+                continue
+            r["model_name"] = f"{name} bn{bn_batch}"
+            measurements.append(r)
+            rows = [row for row in r["packs"] if "packed" in row]
+            if rows:
+                summary.append(f"resnet20 K{k} compile {mode}: {rows[0]['packed']:.0f} images/s")
+    if not measurements:
+        return d.add("several nets", "packed", "skip", "; ".join(summary) or "nothing measured")
+    recorded = rates.record(measurements)
+    d.recommendation["pack"] = measurements[0]["recommended"]
+    return d.add("several nets", "packed", "info", "packed / best separate: " + "; ".join(summary),
+                 measurements=measurements, recorded=str(recorded))

@@ -1,7 +1,12 @@
 """What a study will cost before it runs: its runs, their size and an estimate of GPU-hours.
 
-The estimate of one run is the larger of two bounds, both from assumed rates (not measurements;
-`ablate doctor --device cuda` measures a GPU):
+Where a GPU's rates were measured (`ablate bench --pack` or `ablate doctor` on it, recorded in
+results/rates.json, or a file given with `--rates`; runners/train/rates.py), a run's GPU time is
+its images at the measured images/s: "measured" for the model itself or its plain/option-A twin
+(the same parameters) at the same batch and precision; "scaled from M" for another depth of the
+same family and block, whose measured/assumed ratio then scales the assumed estimate below (the
+measured model nearest in depth, the same batch first). Otherwise the estimate of one run is the
+larger of two bounds, both from assumed rates ("assumed"):
 
 * compute: 6 x MACs per image x images seen (forward 2 x MACs, backward twice that) at a
   sustained `tflops` (defaults by family, TFLOPS below: small CIFAR convolutions keep a GPU's
@@ -55,8 +60,9 @@ class VariantCost:
     iterations: int  # per run
     images: int  # per run: iterations x batch
     gpu_hours: float  # per run
-    bound: str  # "compute" or "launch"
+    bound: str  # "compute" or "launch": the larger assumed bound (what a measurement is scaled by)
     cpu_hours: float | None = None  # per run, at a CPU rate (`with_cpu_rate`)
+    source: str = "assumed"  # or "measured on GPU (model)", "scaled from model on GPU"
 
     @property
     def total_gpu_hours(self) -> float:
@@ -119,15 +125,81 @@ def train_images(data: DataConfig, family: str) -> tuple[int, str]:
                       "or give dataset.subset")
 
 
-def estimate(spec: StudySpec, tflops: float | None = None,
-             launch_ms: float = LAUNCH_MS) -> tuple[list[VariantCost], str]:
+def assumed_seconds(arch, cfg, iterations: int, k: int = 1, tflops: float | None = None,
+                    launch_ms: float = LAUNCH_MS) -> tuple[float, str]:
+    """(seconds, bound) of k models of `arch` trained `iterations` steps of cfg.batch_size as one
+    pack (k = 1: alone) at the assumed rates: max(k x compute, launch), the premise of packing."""
+    rate = (tflops or TFLOPS.get(arch.family, TFLOPS["cifar"])) * 1e12
+    compute = k * 6 * size_of(arch)["macs"] * iterations * cfg.batch_size / rate
+    launch = iterations * arch.depth * launch_ms / 1e3
+    return max(compute, launch), "compute" if compute >= launch else "launch"
+
+
+class MeasuredRates:
+    """The GPU measurements an estimate takes its rates from (runners/train/rates.py entries; CPU
+    ones are left out: the dry run's CPU time has its own rate). Where several GPUs were measured,
+    the one measured last."""
+
+    def __init__(self, entries: list[dict]) -> None:
+        from models.spec import ArchSpec
+        gpu = [e for e in entries if not str(e["device_name"]).startswith("cpu")]
+        self.device = max(gpu, key=lambda e: e.get("measured_at") or "")["device_name"] if gpu else None
+        self.entries = [(e, ArchSpec(**e["model"])) for e in gpu if e["device_name"] == self.device]
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def seconds(self, arch, cfg, iterations: int, k: int = 1, tflops: float | None = None,
+                launch_ms: float = LAUNCH_MS) -> tuple[float, str] | None:
+        """(seconds, source) of k models of `arch` packed (k = 1: alone) from a measurement, or None."""
+        from ..train.packed import template
+        images = k * iterations * cfg.batch_size
+        same = [(e, a) for e, a in self.entries if e["precision"] == cfg.precision]
+        twins = [(e, a) for e, a in same if e["batch_size"] == cfg.batch_size
+                 and template(a).as_dict() == template(arch).as_dict()]
+        for e, _ in twins:
+            rate = at_most(e, k)
+            if rate:
+                return images / rate[1], f"measured on {self.device} ({label(e, rate[0], k)})"
+        kin = [(e, a) for e, a in same if (a.family, a.block) == (arch.family, arch.block) and at_most(e, k)]
+        if not kin:
+            return None
+        e, a = min(kin, key=lambda ea: (ea[0]["batch_size"] != cfg.batch_size, abs(ea[1].total_depth
+                                                                                   - arch.total_depth)))
+        got_k, rate = at_most(e, k)
+        its = 10_000  # any length: the ratio of measured to assumed does not depend on it
+        measured = got_k * its * e["batch_size"] / rate
+        assumed = assumed_seconds(a, dataclasses.replace(cfg, batch_size=e["batch_size"]), its, got_k, tflops,
+                                  launch_ms)[0]
+        mine = assumed_seconds(arch, cfg, iterations, k, tflops, launch_ms)[0]
+        return mine * measured / assumed, f"scaled from {label(e, got_k, k)} on {self.device}"
+
+
+def at_most(entry: dict, k: int) -> tuple[int, float] | None:
+    """(K, aggregate images/s) of the entry's largest measured pack size up to k (k = 1: the
+    model alone, its separate rate); a larger pack's rate is not assumed."""
+    from ..train.rates import rate_at
+    sizes = sorted((row["k"] for row in entry["packs"] if row["k"] <= k
+                    and rate_at(entry, row["k"], "packed" if row["k"] > 1 else "separate")), reverse=True)
+    if not sizes:
+        return None
+    return sizes[0], rate_at(entry, sizes[0], "packed" if sizes[0] > 1 else "separate")
+
+
+def label(entry: dict, got_k: int, k: int) -> str:
+    name = entry.get("model_name") or f"d{entry['model'].get('depth')}"
+    return name + (f", pack {got_k}" if k > 1 else "") + (f" (largest measured up to {k})" if got_k != k else "")
+
+
+def estimate(spec: StudySpec, tflops: float | None = None, launch_ms: float = LAUNCH_MS,
+             rates: MeasuredRates | None = None) -> tuple[list[VariantCost], str]:
     """Per-variant costs of `spec` (confirmation runs plus search trials), and the source of the
-    image count; `tflops` None takes the family's default."""
+    image count; `tflops` None takes the family's default; `rates` measured GPU rates, where
+    the variant's was measured (or can be scaled from one that was)."""
     rows, counted = [], {}  # (dataset name, subset, family) -> (images, source): a folder is listed once
     stages = [("confirm", len(spec.seeds))] + ([("search", spec.search.trials_per_variant)] if spec.search else [])
     for v in spec.variants:
         cx = size_of(v.arch)
-        rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
         for stage, runs in stages:
             data = spec.data_of(stage)
             key = (data.name, data.subset, v.arch.family)
@@ -136,12 +208,12 @@ def estimate(spec: StudySpec, tflops: float | None = None,
             n, source = counted[key]
             cfg = v.recipe(spec.train)
             plan = Plan.of(cfg, n - data.val_size)
-            images = plan.iterations * cfg.batch_size
-            compute = 6 * cx["macs"] * images / rate
-            launch = plan.iterations * v.arch.depth * launch_ms / 1e3
+            seconds, bound = assumed_seconds(v.arch, cfg, plan.iterations, 1, tflops, launch_ms)
+            got = rates.seconds(v.arch, cfg, plan.iterations, 1, tflops, launch_ms) if rates else None
             rows.append(VariantCost(v.key if stage == "confirm" else f"{v.key} (search)", cx["params"],
-                                    cx["macs"], runs, plan.iterations, images, max(compute, launch) / 3600,
-                                    "compute" if compute >= launch else "launch"))
+                                    cx["macs"], runs, plan.iterations, plan.iterations * cfg.batch_size,
+                                    (got[0] if got else seconds) / 3600, bound,
+                                    source=got[1] if got else "assumed"))
     return rows, source
 
 
@@ -152,12 +224,13 @@ def cell_costs(spec: StudySpec) -> dict[tuple[str, str], float]:
             float(r.macs * r.images) for r in estimate(spec)[0]}
 
 
-def dry_run_document(spec: StudySpec, tflops: float | None = None, cpu_rate: tuple[float, str] | None = None) -> dict:
+def dry_run_document(spec: StudySpec, tflops: float | None = None, cpu_rate: tuple[float, str] | None = None,
+                     rates: MeasuredRates | None = None) -> dict:
     """`ablate run SPEC --dry-run --json`: every variant's resolved architecture (ArchSpec fields)
     and training config (precision included), its params, MACs and runs, its estimate rows and
     the papers' numbers for it (`paper.numbers_for`), and the data config, as one JSON-ready dict;
     nothing is written. `cpu_rate`: (forward MACs/s, where it came from)."""
-    rows, source = estimate(spec, tflops)
+    rows, source = estimate(spec, tflops, rates=rates)
     if cpu_rate:
         rows = with_cpu_rate(rows, cpu_rate[0])
     variants = []
@@ -175,15 +248,16 @@ def dry_run_document(spec: StudySpec, tflops: float | None = None, cpu_rate: tup
             "gpu_hours": sum(r.total_gpu_hours for r in rows), "tflops": tflops,
             "cpu_hours": sum(r.total_cpu_hours for r in rows) if cpu_rate else None,
             "cpu_rate_macs_per_s": cpu_rate[0] if cpu_rate else None,
-            "cpu_rate_source": cpu_rate[1] if cpu_rate else None, "variants": variants}
+            "cpu_rate_source": cpu_rate[1] if cpu_rate else None,
+            "measured_gpu": rates.device if rates else None, "variants": variants}
 
 
-def pack_plan(spec: StudySpec, k: int, tflops: float | None = None, launch_ms: float = LAUNCH_MS) -> list[dict]:
+def pack_plan(spec: StudySpec, k: int, tflops: float | None = None, launch_ms: float = LAUNCH_MS,
+              rates: MeasuredRates | None = None) -> list[dict]:
     """The packs a study's workers form with `resources.pack` K from its confirmation cells (in
     the order they are enqueued and claimed, runners/study/pack.py), each with its estimated
-    GPU-hours. A pack's step is assumed to do its K models' compute at one model's launches:
-    max(K x compute, launch) per pack, the premise of packing, which `ablate bench --pack`
-    measures (an assumption, like the rates above)."""
+    GPU-hours: from `rates` where measured (or scaled), else assumed to cost its K models' compute
+    at one model's launches, max(K x compute, launch), the premise of packing."""
     from ..train.packed import pack_key
     groups: dict = {}
     for v in spec.variants:
@@ -195,15 +269,18 @@ def pack_plan(spec: StudySpec, k: int, tflops: float | None = None, launch_ms: f
     packs = []
     for cells in groups.values():
         v, _, cfg = cells[0]
-        macs = size_of(v.arch)["macs"]
         plan = Plan.of(cfg, n - spec.dataset.val_size)
-        rate = (tflops or TFLOPS.get(v.arch.family, TFLOPS["cifar"])) * 1e12
-        compute = 6 * macs * plan.iterations * cfg.batch_size / rate
-        launch = plan.iterations * v.arch.depth * launch_ms / 1e3
+
+        def cost(size: int) -> tuple[float, str, str]:
+            seconds, bound = assumed_seconds(v.arch, cfg, plan.iterations, size, tflops, launch_ms)
+            got = rates.seconds(v.arch, cfg, plan.iterations, size, tflops, launch_ms) if rates else None
+            return (got[0], bound, got[1]) if got else (seconds, bound, "assumed")
+
+        alone = cost(1)[0]
         for i in range(0, len(cells), k):  # a model that never packs has a group of its own
             chunk = cells[i:i + k]
-            work = len(chunk) * compute
+            seconds, bound, source = cost(len(chunk))
             packs.append({"cells": [f"{c[0].key}/seed={c[1]}" for c in chunk], "size": len(chunk),
-                          "gpu_hours": max(work, launch) / 3600, "bound": "compute" if work >= launch else "launch",
-                          "alone_gpu_hours": len(chunk) * max(compute, launch) / 3600})
+                          "gpu_hours": seconds / 3600, "bound": bound, "source": source,
+                          "alone_gpu_hours": len(chunk) * alone / 3600})
     return packs

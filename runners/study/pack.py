@@ -38,21 +38,43 @@ AUTO_PACKS = (1, 2, 4, 8, 16)  # the sizes `resources.pack: auto` measures
 
 
 def pack_size(spec, device: str, data) -> int:
-    """The K of `resources.pack`: as given, or for auto, measured on a CUDA device with the
-    study's first variant (`ablate bench --pack`'s measurement) and 1 on a CPU, where packing
-    measured slower (README, Performance)."""
+    """The K of `resources.pack`: as given, or for auto, on a CUDA device, the K recommended by a
+    measurement of the study's first variant on this GPU (its batch, precision and compile mode):
+    one recorded in results/rates.json (runners/train/rates.py) if there is one, else measured now
+    (`ablate bench --pack`'s measurement, some tens of seconds) and recorded; 1 on a CPU, where
+    packing measured slower (README, Performance)."""
     pack = spec.resources.pack
     if pack != "auto":
         return pack
     dev = resolve_device(device)
     if dev.type != "cuda":
         return 1
-    from ..train.bench import bench_packed
+    from ..train import rates
+    from ..train.bench import bench_packed, device_name
     v = spec.variants[0]
     cfg = v.recipe(spec.train)
+    recorded = recorded_pack(rates.load_or_none(), device_name(dev), v.arch, cfg)
+    if recorded is not None:
+        return recorded
     r = bench_packed(v.arch, data, device=dev, packs=AUTO_PACKS, batch_size=cfg.batch_size, steps=20, repeats=3,
-                     precision=cfg.precision)
+                     precision=cfg.precision, compile=cfg.compile, compile_mode=cfg.compile_mode)
+    rates.record([r])
     return r["recommended"]
+
+
+def recorded_pack(entries: list[dict], device_name: str, arch, cfg) -> int | None:
+    """The recommended K of a recorded measurement of `arch` (or its plain/option-A twin) at cfg's
+    batch, precision and compile mode on this device; None if there is none."""
+    from models.spec import ArchSpec
+    from ..train.packed import template
+    mode = cfg.compile_mode if cfg.compile else "eager"
+    for e in reversed(entries):
+        if (e["device_name"], e["batch_size"], e["precision"], e["mode"]) == (device_name, cfg.batch_size,
+                                                                            cfg.precision, mode) \
+                and template(ArchSpec(**e["model"])).as_dict() == template(arch).as_dict() \
+                and e.get("recommended"):
+            return e["recommended"]
+    return None
 
 
 def cell_key(spec, attrs: dict) -> tuple | None:

@@ -23,6 +23,7 @@ so neither loop is timed on batches the other's time paid for.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing as mp
 import os
 import statistics
 import time
@@ -31,10 +32,10 @@ import torch
 
 from models.spec import ArchSpec
 
-from .config import TrainConfig
-from .data import Dataset
-from .execution import runtime, sync
-from .packed import Stack, pack_net, stacked
+from .config import DataConfig, TrainConfig
+from .data import Dataset, load_dataset
+from .execution import resolve_device, runtime, sync
+from .packed import Stack, pack_net, packed_loss, stacked
 from .trainer import Run, Tally
 
 PREFETCH = 2  # the DataLoader's prefetch_factor: batches queued per worker
@@ -155,7 +156,7 @@ class PackedLoop:
     def __init__(self, runs: list[Run]) -> None:
         net = pack_net(runs)
         net.train()
-        self.runs, self.stack = runs, Stack(runs, net)
+        self.runs, self.stack = runs, Stack(runs, net, packed_loss(net, runs[0].cfg))
         self.batches = [endless(r) for r in runs]
         self.lrs = [r.cfg.lr for r in runs]
 
@@ -185,47 +186,140 @@ class SeparateLoops:
 
 def bench_packed(arch: ArchSpec, data: Dataset, *, device: torch.device, packs: tuple[int, ...] = (1, 2, 4),
                  batch_size: int = 128, steps: int | None = None, repeats: int = 5, warmup_steps: int = 3,
-                 threads: int | None = None, precision: str = "fp32") -> dict:
+                 threads: int | None = None, precision: str = "fp32", compile: bool = False,
+                 compile_mode: str = "default", processes: bool = False, data_config: DataConfig | None = None,
+                 deadline: float | None = None) -> dict:
     """Aggregate images/s (all K models' images) of K models packed into one step and of the same
     K models trained separately (one after another, in this process), for each K in `packs`;
-    medians of repeats that alternate packed and separate, K after K, so drift hits all alike."""
+    medians of repeats that alternate packed and separate, K after K, so drift hits all alike.
+    With `processes`, also K separate processes training at once on the device (`processes_at_once`,
+    the alternative a GPU user has: `--workers-per-gpu K`), which needs `data_config` to load the
+    data in each. A K that runs out of device memory is recorded as such and no larger K is tried;
+    none is started after `deadline` (time.monotonic()). `compile` compiles the packed step's
+    vmapped forward (runners/train/packed.py `packed_loss`) and each separate run's."""
     steps = steps or default_steps(device)
     cfg = TrainConfig(iterations=10**9, batch_size=batch_size, device=str(device), threads=threads,
-                      schedule="constant", probe=False, precision=precision).validate()
-    with runtime(cfg, device):
-        loops = {}
-        for k in packs:
-            runs = [Run(arch, dataclasses.replace(cfg, seed=s), data, device, None, None, None) for s in range(k)]
-            loops[("packed", k)] = PackedLoop(runs)
-            loops[("separate", k)] = SeparateLoops(
-                [Run(arch, dataclasses.replace(cfg, seed=s), data, device, None, None, None) for s in range(k)])
-        for fn in loops.values():
-            fn(max(warmup_steps, 1))  # untimed
-        rates: dict = {key: [] for key in loops}
-        for _ in range(repeats):
-            for (kind, k), fn in loops.items():
-                rates[(kind, k)].append(k * steps * batch_size / timed(fn, steps, device))
-        threads_used = torch.get_num_threads()
+                      schedule="constant", probe=False, precision=precision, compile=compile,
+                      compile_mode=compile_mode).validate()
     rows = []
-    for k in packs:
-        packed, separate = statistics.median(rates[("packed", k)]), statistics.median(rates[("separate", k)])
-        rows.append({"k": k, "packed": packed, "separate": separate, "ratio": packed / separate,
-                     "packed_repeats": rates[("packed", k)], "separate_repeats": rates[("separate", k)]})
+    with runtime(cfg, device):
+        threads_used = torch.get_num_threads()
+        for k in sorted(packs):
+            if deadline is not None and time.monotonic() > deadline:
+                rows.append({"k": k, "skipped": "time budget spent"})
+                continue
+            try:
+                rows.append(_bench_pack(arch, data, cfg, device, k, steps, repeats, warmup_steps))
+            except torch.OutOfMemoryError as e:
+                rows.append({"k": k, "out_of_memory": str(e).splitlines()[0][:200]})
+                break
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if processes:
+                r = processes_at_once(k, arch, data_config, str(device), steps, batch_size,
+                                      threads=max(1, (os.cpu_count() or 1) // k), precision=precision)
+                rows[-1]["processes"] = r["images_per_second"]
+                rows[-1]["processes_per_process"] = r["per_process"]
+    for row in rows:
+        if "packed" in row:
+            rival = max(row["separate"], row.get("processes", 0.0))
+            row["ratio"] = row["packed"] / row["separate"]
+            row["ratio_to_best_separate"] = row["packed"] / rival
     return {"model": arch.as_dict(), "dataset": data.name, "train_images": len(data.train), "batch_size": batch_size,
-            "device": str(device), "threads": threads_used, "cpus": os.cpu_count(), "steps": steps,
-            "repeats": repeats, "warmup_steps": warmup_steps, "precision": precision, "torch": torch.__version__,
-            "packs": rows, "recommended": recommend(rows)}
+            "device": str(device), "device_name": device_name(device), "threads": threads_used,
+            "cpus": os.cpu_count(), "steps": steps, "repeats": repeats, "warmup_steps": warmup_steps,
+            "precision": precision, "compile": compile, "compile_mode": compile_mode if compile else None,
+            "torch": torch.__version__, "packs": rows, "recommended": recommend(rows)}
+
+
+def _bench_pack(arch, data, cfg, device, k, steps, repeats, warmup_steps) -> dict:
+    """One K: packed and separate, alternating repeats, after an untimed warm-up of each."""
+    runs = [Run(arch, dataclasses.replace(cfg, seed=s), data, device, None, None, None) for s in range(k)]
+    loops = {"packed": PackedLoop(runs),
+             "separate": SeparateLoops([Run(arch, dataclasses.replace(cfg, seed=s), data, device, None, None, None)
+                                        for s in range(k)])}
+    for fn in loops.values():
+        fn(max(warmup_steps, 1))  # untimed (compilation included)
+    rates: dict = {kind: [] for kind in loops}
+    for _ in range(repeats):
+        for kind, fn in loops.items():
+            rates[kind].append(k * steps * cfg.batch_size / timed(fn, steps, device))
+    return {"k": k, "packed": statistics.median(rates["packed"]), "separate": statistics.median(rates["separate"]),
+            "packed_repeats": rates["packed"], "separate_repeats": rates["separate"]}
+
+
+def device_name(device: torch.device) -> str:
+    """What a measurement was taken on: the GPU's name, or "cpu (N cores)"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def recommend(rows: list[dict]) -> int:
     """The K to pack with: the smallest whose aggregate rate is within 5% of the best measured
     (a larger K costs memory and coarsens scheduling for no gain), and 1 unless packing beats
-    K separate runs by more than 5%."""
+    K separate runs (in one process, or K processes where measured) by more than 5%."""
+    rows = [r for r in rows if "packed" in r]
+    if not rows:
+        return 1
     best = max(r["packed"] for r in rows)
     for r in sorted(rows, key=lambda r: r["k"]):
         if r["packed"] >= 0.95 * best:
-            return r["k"] if r["k"] == 1 or r["ratio"] > 1.05 else 1
+            return r["k"] if r["k"] == 1 or r["ratio_to_best_separate"] > 1.05 else 1
     return 1
+
+
+def processes_at_once(k: int, arch: ArchSpec, data: DataConfig | None, device: str, steps: int, batch: int,
+                      threads: int, precision: str = "fp32") -> dict:
+    """Aggregate images/s of k processes each training `arch` on `device`, timed from a common
+    start (a barrier after each has loaded its data and warmed up) to the last one's end."""
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    barrier, queue = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(arch, data, device, steps, batch, threads, precision,
+                                                        barrier, queue))
+             for _ in range(k)]
+    for p in procs:
+        p.start()
+    try:
+        out = [queue.get(timeout=600) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+    errors = [o["error"] for o in out if "error" in o]
+    if errors:
+        raise RuntimeError(errors[0])
+    start, end = min(o["start"] for o in out), max(o["end"] for o in out)
+    return {"images_per_second": k * steps * batch / (end - start), "per_process": [o["rate"] for o in out],
+            "threads_per_process": threads}
+
+
+def _process_worker(arch, data, device, steps, batch, threads, precision, barrier, queue) -> None:
+    try:
+        dev = resolve_device(device)
+        cfg = data or DataConfig("synthetic", val_size=0, subset=10_000)
+        dataset: Dataset = load_dataset(cfg, dev)
+        tcfg = TrainConfig(iterations=10**9, batch_size=batch, device=device, threads=threads, probe=False,
+                           precision=precision)
+        with runtime(tcfg, dev):
+            run = Run(arch, tcfg, dataset, dev, None, None, None)
+            loop = OursLoop(run, run.net)
+            loop(3)
+            sync(dev)
+            barrier.wait(timeout=600)
+            start = time.time()
+            loop(steps)
+            sync(dev)
+            end = time.time()
+        queue.put({"start": start, "end": end, "rate": steps * batch / (end - start)})
+    except Exception as e:  # noqa: BLE001 - reported by the parent as the measurement's failure
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+        try:
+            barrier.abort()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def timed(fn, steps: int, device: torch.device) -> float:

@@ -27,8 +27,10 @@ of the pack no longer touch it) and ends `diverged`; the others go on: nothing i
 mixes members. Members at different epochs (a pack killed between two checkpoint writes) train
 in turn, the ones behind first, until they are level.
 
-The packed step runs eager: train.compile is not applied to it (whether compile or CUDA graphs
-help a vmapped step is for `ablate bench --pack` on a GPU to measure first).
+With train.compile, the vmapped forward and loss are compiled once per pack (`packed_loss`;
+`torch.compile` of a `vmap`, one graph, train.compile_mode as given; the backward and the SGD
+update stay eager). Whether compile or CUDA graphs help a packed step is what `ablate bench
+--pack --compile` and `ablate doctor` measure.
 
 Results agree with separate runs to float tolerance, not bit for bit: a grouped convolution adds
 in another order than K single ones (tests/train/test_packed.py states the tolerance).
@@ -214,13 +216,26 @@ def pack_net(runs: list[Run]) -> MixedPrecision:
 
 
 # -- the stacked state ----------------------------------------------------------------------------
+def packed_loss(net: MixedPrecision, cfg: TrainConfig) -> Callable:
+    """(params, buffers, x (B, K, ...), y (K, B)) -> ((K,) losses, (K, B, classes) logits): the
+    template's forward and loss vmapped over the members, compiled when cfg.compile asks (once
+    per pack: a Stack is rebuilt every epoch, the compiled function is not)."""
+    def loss(params, buffers, x, y):
+        out = functional_call(net, (params, buffers), (x,))
+        return F.cross_entropy(out, y), out
+
+    fn = vmap(loss, in_dims=(0, 0, 1, 0))
+    return torch.compile(fn, mode=cfg.compile_mode) if cfg.compile else fn
+
+
 class Stack:
     """K members' state as one: the parameters as (K, ...) views of one flat (K, N) tensor (the
     SGD update is then a handful of kernels whatever the depth), the buffers stacked (K, ...),
     the momentum buffers (K, N). Built from the members' Runs and written back into them."""
 
-    def __init__(self, runs: list[Run], net: MixedPrecision) -> None:
+    def __init__(self, runs: list[Run], net: MixedPrecision, loss_fn: Callable | None = None) -> None:
         self.runs, self.net = runs, net
+        self.loss_fn = loss_fn or packed_loss(net, dataclasses.replace(runs[0].cfg, compile=False))
         self.k = k = len(runs)
         device = runs[0].device
         own = [dict(r.net.named_parameters()) for r in runs]
@@ -260,10 +275,6 @@ class Stack:
         self.any_nesterov = any(c.nesterov for c in cfgs)
         self.column, self.lrs, self.neg_lr = column, None, None
 
-    def _loss(self, params, buffers, x, y):
-        out = functional_call(self.net, (params, buffers), (x,))
-        return F.cross_entropy(out, y), out
-
     def _eval_sums(self, params, buffers, x, y):
         out = functional_call(self.net, (params, buffers), (x,))
         return F.cross_entropy(out, y, reduction="sum"), (out.argmax(1) != y).sum()
@@ -274,7 +285,7 @@ class Stack:
 
         x holds the members along dim 1, so folding them into a grouped convolution's channels
         is a view, not a copy."""
-        loss, out = vmap(self._loss, in_dims=(0, 0, 1, 0))(self.params, self.buffers, x, y)
+        loss, out = self.loss_fn(self.params, self.buffers, x, y)
         grads = torch.autograd.grad(loss.sum(), list(self.params.values()))
         with torch.no_grad():
             if lrs != self.lrs:  # a new (K, 1) column only when some lr changed
@@ -340,6 +351,7 @@ class Pack:
         r0 = runs[0]
         self.device, self.plan, self.cfg, self.data = r0.device, r0.plan, r0.cfg, r0.data
         self.net = pack_net(runs)
+        self.loss_fn = packed_loss(self.net, self.cfg)
         self.pack_id = uuid.uuid4().hex[:8]
 
     def run(self, progress: bool) -> list[TrainResult | Exception]:
@@ -416,7 +428,7 @@ class Pack:
         epoch = runs[0].epoch + 1
         steps = self.plan.steps_in(epoch)
         self.net.train()
-        stack = Stack(runs, self.net)
+        stack = Stack(runs, self.net, self.loss_fn)
         batches = [r.batches(epoch) for r in runs]
         alive = [True] * k
         loss_sum = torch.zeros(k, device=device)
@@ -426,7 +438,8 @@ class Pack:
         sync(device)
         start = time.perf_counter()
         with warnings.catch_warnings():
-            # ghost BN's lerp_ has no batching rule yet: vmap loops over the members there
+            # vmap warns where an op has no batching rule and it loops over the members (tests
+            # assert the packed step has none: tests/train/test_packed.py)
             warnings.filterwarnings("ignore", message="There is a performance drop")
             for s in range(steps):
                 for j in range(k):  # a frozen member's slot is fed its last batch: its generator stops too

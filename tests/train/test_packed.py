@@ -192,8 +192,9 @@ def test_only_same_shape_models_with_a_shared_recipe_pack(data):
 
 
 @pytest.mark.slow
-def test_bench_pack_reports_packed_beside_separate_and_their_ratio(tmp_path):
+def test_bench_pack_reports_packed_beside_separate_and_their_ratio_and_records_them(tmp_path, results):
     from conftest import ablate
+    from runners.train import rates
     out_file = tmp_path / "pack.json"
     out = ablate("bench", "resnet8", "--dataset", "synthetic", "--pack", "1,2", "--steps", "1", "--repeats", "2",
                  "--warmup-steps", "1", "--batch-size", "32", "--json", out_file)
@@ -204,17 +205,30 @@ def test_bench_pack_reports_packed_beside_separate_and_their_ratio(tmp_path):
         assert len(row["packed_repeats"]) == len(row["separate_repeats"]) == 2
         assert row["ratio"] == pytest.approx(row["packed"] / row["separate"])
     assert r["recommended"] in (1, 2) and "recommended pack:" in out.stdout and "ratio" in out.stdout
+    # recorded where the dry run and resources.pack auto read it; the JSON file reads the same
+    recorded = rates.load()
+    assert f"recorded in {results / 'rates.json'}" in out.stdout
+    assert [e["packs"] for e in recorded] == [e["packs"] for e in rates.read(out_file)] == [
+        [{k: row[k] for k in ("k", "packed", "separate")} for row in r["packs"]]]
+    assert recorded[0]["device_name"].startswith("cpu") and recorded[0]["mode"] == "eager"
+    again = ablate("bench", "resnet8", "--dataset", "synthetic", "--pack", "1", "--steps", "1", "--repeats", "1",
+                   "--warmup-steps", "0", "--batch-size", "32")
+    assert again.returncode == 0, again.stderr
+    assert len(rates.load()) == 1 and [row["k"] for row in rates.load()[0]["packs"]] == [1]  # replaced
 
 
 def test_the_recommended_pack_is_the_smallest_near_the_best_that_beats_separate_runs():
     from runners.train.bench import recommend
 
     def rows(*rates):
-        return [{"k": k, "packed": p, "ratio": p / s} for k, p, s in rates]
+        return [{"k": k, "packed": p, "ratio_to_best_separate": p / s} for k, p, s in rates]
 
     assert recommend(rows((1, 100, 100), (2, 180, 100), (4, 300, 100), (8, 310, 100))) == 4
     assert recommend(rows((1, 100, 100), (2, 90, 100), (4, 80, 100))) == 1  # a CPU: packing is slower
     assert recommend(rows((1, 100, 100), (2, 102, 100))) == 1  # within 5%: not worth it
+    # K processes at once beat the pack: packing is not recommended
+    assert recommend(rows((1, 100, 100), (2, 180, 190), (4, 300, 310))) == 1
+    assert recommend([{"k": 1, "out_of_memory": "CUDA out of memory"}]) == 1
 
 
 @pytest.mark.slow
@@ -237,3 +251,18 @@ def test_ablate_train_pack_trains_seeds_into_their_own_runs_and_resumes(results)
     again = ablate(*args)  # the checkpoints say finished: nothing trains again
     assert again.returncode == 0 and "seed 4: finished, 2 epochs" in again.stdout
     assert_one_line_error(ablate(*args, "--run-name", "x"), "--run-name does not combine with --pack")
+
+
+def test_the_packed_step_of_ghost_bn_nets_has_no_per_member_fallback(data):
+    """vmap warns ("There is a performance drop") where an op has no batching rule and it loops
+    over the members; ghost BN's running-statistics update used lerp_, which has none."""
+    import warnings
+    from runners.train.packed import Stack, pack_net, packed_loss, stacked
+    runs = [trainer.Run(GHOST, recipe(seed=s), data, torch.device("cpu"), None, None, None) for s in range(2)]
+    net = pack_net(runs)
+    net.train()
+    stack = Stack(runs, net, packed_loss(net, runs[0].cfg))
+    batches = [next(iter(r.batches(1))) for r in runs]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="There is a performance drop")
+        stack.step(*stacked(batches), [0.02, 0.02])
