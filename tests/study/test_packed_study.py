@@ -78,3 +78,58 @@ def test_dry_run_json_carries_the_packs(results):
     doc = json.loads(out.stdout)
     assert doc["pack"]["k"] == 3 and [p["size"] for p in doc["pack"]["packs"]] == [3, 1]
     assert all(p["gpu_hours"] <= p["alone_gpu_hours"] for p in doc["pack"]["packs"])
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.slow
+@pytest.mark.usefixtures("seeded_store")
+def test_a_pack_member_retried_elsewhere_stops_alone_and_the_others_finish(results, monkeypatch):
+    """A worker paused past its heartbeat grace finds, when it wakes, that another worker failed
+    one of its pack's trials (closed its MLflow run KILLED, enqueued its retry). The takeover is
+    played at that member's first write after epoch 1: that member writes nothing more (no
+    checkpoint, no metric, its run stays KILLED), the pack's three others finish in the same
+    pack, and the retry trains the cell once."""
+    from runners.study import optuna_private as private, pack as pack_mod, parent
+    real_owned, real_run_pack, seen = pack_mod.owned, pack_mod.run_pack, {}
+
+    def owned(study, trial, worker):
+        guard = real_owned(study, trial, worker)
+
+        def wake():
+            if "number" not in seen:  # the other worker's move, while this one was stopped
+                failed = private.fail(study, private.trial_id(trial))
+                run_id = failed.user_attrs["mlflow_run_id"]
+                parent.supersede(worker.mlflow, run_id)
+                seen["layout"].requeue(study, failed)
+                seen.update(number=trial.number, run=run_id, checkpoint=failed.user_attrs["checkpoint"])
+            guard()
+        return wake
+
+    def run_pack(layout, worker, claimed):
+        seen.setdefault("layout", layout)
+        failed = real_run_pack(layout, worker, claimed)
+        if len(claimed) == 4:  # the pack is over: what did the abandoned member leave?
+            seen["left"] = ((results / "checkpoints" / "smoke" / seen["checkpoint"] / "checkpoint.pt").exists(),
+                            worker.mlflow.get_run(seen["run"]).info.status,
+                            worker.mlflow.get_metric_history(seen["run"], "train_error"))
+            seen["pack_done"] = [private.get_trial(s, private.trial_id(t)).state for s, t in claimed]
+        return failed
+
+    monkeypatch.setattr(pack_mod, "owned", owned)
+    monkeypatch.setattr(pack_mod, "run_pack", run_pack)
+    from runners.study import runner as runner_mod
+    monkeypatch.setattr(runner_mod, "run_pack", run_pack)
+    out = ablate("run", SMOKE, "--pack", "4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if "given to another worker" in line], out.stderr
+    assert seen["left"] == (False, "KILLED", []), seen["left"]
+    assert sorted(map(str, seen["pack_done"])) == ["TrialState.COMPLETE"] * 3 + ["TrialState.FAIL"]
+    trials = _trials(results)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert Counter(t.user_attrs["cell"] for t in complete) == Counter(CELLS)
+    assert TrialState.RUNNING not in {t.state for t in trials}
+    c, parents, children = _children(results)
+    assert "RUNNING" not in {r.info.status for r in parents + children}
+    status = {r.info.run_id: r.info.status for r in children}
+    assert status[seen["run"]] == "KILLED" and list(status.values()).count("FINISHED") == 4

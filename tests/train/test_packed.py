@@ -266,3 +266,31 @@ def test_the_packed_step_of_ghost_bn_nets_has_no_per_member_fallback(data):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="There is a performance drop")
         stack.step(*stacked(batches), [0.02, 0.02])
+
+
+def test_train_compile_compiles_the_packed_vmapped_loss_once_in_its_mode(data, monkeypatch):
+    """train.compile reaches the packed step: its vmapped forward and loss are handed to
+    torch.compile once per pack, in train.compile_mode (compiling for real takes ~40 s here)."""
+    from runners.train import packed
+    calls = []
+    monkeypatch.setattr(packed.torch, "compile", lambda fn, mode: calls.append(mode) or fn)
+    cfg = recipe(epochs=1, compile=True, compile_mode="reduce-overhead")
+    out = train_packed([Member(TINY, dataclasses.replace(cfg, seed=s)) for s in range(2)], data)
+    assert calls == ["reduce-overhead"] and all(r.status == "finished" for r in out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_bench_pack_processes_measures_k_processes_at_once_beside_the_pack(tmp_path, results):
+    from conftest import ablate, assert_one_line_error
+    out_file = tmp_path / "pack.json"
+    out = ablate("bench", "resnet8", "--dataset", "synthetic", "--pack", "1,2", "--processes", "--steps", "1",
+                 "--repeats", "1", "--warmup-steps", "0", "--batch-size", "16", "--json", out_file)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out_file.read_text())
+    for row in r["packs"]:
+        assert row["processes"] > 0 and len(row["processes_per_process"]) == row["k"]
+        best = max(row["separate"], row["processes"])
+        assert row["ratio_to_best_separate"] == pytest.approx(row["packed"] / best)
+    assert "K processes images/s" in out.stdout
+    assert_one_line_error(ablate("bench", "resnet8", "--processes"), "--processes needs --pack")
