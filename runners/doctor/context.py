@@ -31,6 +31,7 @@ class Options:
     quick: bool = False
     data: str | None = None  # an ImageFolder root (train/, test/), else synthetic
     budget_s: float = 420.0  # no measurement starts that would end after this (the run must fit 8 min)
+    only: tuple[str, ...] | None = None  # check groups to run (runners/doctor/run.py GROUPS); None: all
 
 
 class Doctor:
@@ -77,6 +78,7 @@ class Doctor:
     def report(self) -> dict:
         statuses = [c.status for c in self.checks]
         return {"device": str(getattr(self, "device", self.opts.device)), "quick": self.opts.quick,
+                "only": list(self.opts.only) if self.opts.only else None,
                 "data": self.opts.data, "seconds": round(self.elapsed(), 1),
                 "ok": "fail" not in statuses, "counts": {s: statuses.count(s) for s in ("ok", "fail", "skip", "info")},
                 "recommendation": self.recommendation, "checks": [dataclasses.asdict(c) for c in self.checks]}

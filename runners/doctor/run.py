@@ -24,26 +24,33 @@ from .context import Doctor, Options
 from .environment import environment
 
 
+GROUPS = ("cuda-path", "agreement", "throughput", "compile-modes", "nets-at-once", "packed")  # `--only`'s names
+
+
 def run_doctor(opts: Options, on_check=None) -> dict:
-    """All checks; `on_check(report so far)` after each, so a killed run still leaves its rows."""
+    """All checks (or those of the groups in opts.only; the environment and data always run);
+    `on_check(report so far)` after each, so a killed run still leaves its rows."""
     d = Doctor(opts, on_check)
     environment(d)
     d.device = resolve_device(opts.device)
     d.guarded("data", "dataset", d.load_data, measurement=False)
     if not hasattr(d, "data"):
         return d.report()
-    for name, check in (("train (autocast, channels_last)", cuda_path.check_training),
-                        ("compile", cuda_path.check_compile),
-                        ("deterministic resume", cuda_path.check_resume),
-                        ("resume across device types", cuda_path.check_cross_device),
-                        ("divergence detection", cuda_path.check_divergence)):
-        d.guarded("cuda path", name, lambda c=check: c(d))
-    d.guarded("agreement", "fp32 vs tf32 and bf16", lambda: cuda_path.check_agreement(d))
-    d.guarded("throughput", "bench: ours vs conventional", lambda: throughput.check_bench(d))
-    for name in d.throughput_models():
-        d.guarded("throughput", f"{name} images/s", lambda n=name: throughput.check_images_per_second(d, n))
-    d.guarded("throughput", "profile", lambda: throughput.check_profile(d))
-    d.guarded("several nets", "compile modes", lambda: several_nets.check_compile_modes(d))
-    d.guarded("several nets", "nets at once", lambda: several_nets.check_nets_at_once(d))
-    d.guarded("several nets", "packed", lambda: several_nets.check_packing(d))
+    checks = [("cuda-path", "cuda path", name, lambda c=check: c(d))
+              for name, check in (("train (autocast, channels_last)", cuda_path.check_training),
+                                  ("compile", cuda_path.check_compile),
+                                  ("deterministic resume", cuda_path.check_resume),
+                                  ("resume across device types", cuda_path.check_cross_device),
+                                  ("divergence detection", cuda_path.check_divergence))]
+    checks.append(("agreement", "agreement", "fp32 vs tf32 and bf16", lambda: cuda_path.check_agreement(d)))
+    checks.append(("throughput", "throughput", "bench: ours vs conventional", lambda: throughput.check_bench(d)))
+    checks += [("throughput", "throughput", f"{name} images/s",
+                lambda n=name: throughput.check_images_per_second(d, n)) for name in d.throughput_models()]
+    checks.append(("throughput", "throughput", "profile", lambda: throughput.check_profile(d)))
+    checks.append(("compile-modes", "several nets", "compile modes", lambda: several_nets.check_compile_modes(d)))
+    checks.append(("nets-at-once", "several nets", "nets at once", lambda: several_nets.check_nets_at_once(d)))
+    checks.append(("packed", "several nets", "packed", lambda: several_nets.check_packing(d)))
+    for group, section, name, check in checks:
+        if opts.only is None or group in opts.only:
+            d.guarded(section, name, check)
     return d.report()

@@ -37,6 +37,7 @@ def test_quick_cpu_doctor_runs_with_torch_alone_and_reports_json(results, tmp_pa
     assert "--quick" in checks[("cuda path", "compile")]["value"]
     assert checks[("cuda path", "resume across device types")]["status"] == "skip"
     assert checks[("several nets", "nets at once")]["status"] == "skip"
+    assert checks[("several nets", "packed")]["status"] == "skip"
     for name in ("train (autocast, channels_last)", "deterministic resume", "divergence detection"):
         assert checks[("cuda path", name)]["status"] == "ok", checks[("cuda path", name)]
     assert checks[("cuda path", "deterministic resume")]["value"] == "bit-exact"
@@ -87,3 +88,26 @@ def test_doctor_starts_no_measurement_that_would_end_past_its_budget(monkeypatch
     assert ran == ["info", "info", "info", "skip"]
     assert d.checks[-1].value == "time budget (100 s): 10 s left, a measurement has taken up to 30 s"
     assert d.guarded("data", "d", measurement(5), measurement=False).status == "info"  # not a measurement
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_doctor_only_packed_measures_packs_records_them_and_the_dry_run_reads_its_json(results, tmp_path,
+                                                                                      monkeypatch):
+    from runners.doctor import several_nets
+    from runners.train import rates
+    monkeypatch.setattr(several_nets, "PACKED_MODELS", (("resnet8", 16, 32),))  # the CPU's one model, tiny
+    out_file = tmp_path / "doctor.json"
+    out = ablate("doctor", "--device", "cpu", "--only", "packed", "--json", out_file)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out_file.read_text())
+    assert [c["section"] for c in report["checks"]] == ["environment"] * sum(
+        c["section"] == "environment" for c in report["checks"]) + ["data", "several nets"]
+    packed = report["checks"][-1]
+    assert packed["name"] == "packed" and packed["status"] == "info", packed
+    (m,) = packed["details"]["measurements"]
+    assert m["model_name"] == "resnet8 bn16" and m["model"]["bn_batch"] == 16 and m["batch_size"] == 32
+    assert [row["k"] for row in m["packs"]] == [1, 2] and report["recommendation"]["pack"] == m["recommended"]
+    assert [e["model_name"] for e in rates.load()] == ["resnet8 bn16"]  # recorded in results/rates.json
+    assert [e["packs"] for e in rates.read(out_file)] == [e["packs"] for e in rates.load()]
+    assert_one_line_error(ablate("doctor", "--only", "packed,speed"), "--only takes check groups from")
