@@ -87,8 +87,9 @@ def dry_run(args) -> int:
     if args.tflops is not None and args.tflops <= 0:
         raise ConfigError(f"--tflops must be positive, got {args.tflops}")
     spec = load_spec(args.spec, args.overrides, check_data=False)
-    k = dry_run_pack(spec)
-    rates = MeasuredRates(measured.load(args.rates))
+    entries = measured.load(args.rates)
+    rates = MeasuredRates(entries)
+    k = dry_run_pack(spec, entries, rates.device)
     cpu = _cpu_rate(args)
     if args.json:
         doc = dry_run_document(spec, args.tflops, cpu, rates)
@@ -126,17 +127,27 @@ def dry_run(args) -> int:
     return 0
 
 
-def dry_run_pack(spec) -> int:
-    """The K a dry run shows packs for: resources.pack, or for auto (measured on the GPU at run
-    time) the seeds of a variant, the natural pack."""
+def dry_run_pack(spec, entries: list[dict], gpu: str | None) -> int:
+    """The K a dry run shows packs for: resources.pack; for auto, the K recommended by the
+    recorded measurement of the first variant on the measured GPU (what a worker there would
+    take), else the seeds of a variant, the natural pack."""
     pack = spec.resources.pack
-    return min(len(spec.seeds), 16) if pack == "auto" else pack
+    if pack != "auto":
+        return pack
+    if gpu is not None:
+        from ..study.pack import recorded_pack
+        v = spec.variants[0]
+        recorded = recorded_pack(entries, gpu, v.arch, v.recipe(spec.train))
+        if recorded is not None:
+            return recorded
+    return min(len(spec.seeds), 16)
 
 
 def print_packs(spec, k: int, packs: list[dict]) -> None:
     from .table import text_table
-    print(f"\npacks of up to {k}" + (" (resources.pack auto: K is measured on the GPU; shown for the seeds of a "
-                                    "variant)" if spec.resources.pack == "auto" else "") + ":")
+    print(f"\npacks of up to {k}" + (" (resources.pack auto: K is measured on the GPU, or read from a recorded "
+                                    "measurement; without one shown for the seeds of a variant)"
+                                    if spec.resources.pack == "auto" else "") + ":")
     print(text_table(["pack", "cells", "GPU-h", "alone GPU-h", "bound", "rate"],
                      [[str(i + 1), compact(p["cells"]), f"{p['gpu_hours']:.2f}", f"{p['alone_gpu_hours']:.2f}",
                        p["bound"], p["source"]] for i, p in enumerate(packs)]))

@@ -110,3 +110,13 @@ def test_pack_auto_on_a_gpu_uses_a_recorded_measurement_else_measures_and_record
     other = load_spec(FIG6, ["resources.pack=auto", "train.precision=bf16"], check_data=False)
     assert pack.pack_size(other, "cuda", None) == 2 and len(calls) == 2  # another precision: measured
     assert calls[1]["precision"] == "bf16"
+
+
+def test_a_dry_run_of_pack_auto_shows_the_recorded_k(results, tmp_path):
+    path = tmp_path / "rates.json"
+    rates.record([measurement()], path)  # recommends 4
+    out = ablate("run", FIG6, "--dry-run", "--pack", "auto", "--cpu-rate", "5", "--rates", path)
+    assert out.returncode == 0, out.stderr
+    assert "packs of up to 4 (resources.pack auto" in out.stdout
+    unmeasured = ablate("run", FIG6, "--dry-run", "--pack", "auto", "--cpu-rate", "5")
+    assert "packs of up to 5 (resources.pack auto" in unmeasured.stdout  # the seeds of a variant
