@@ -59,6 +59,8 @@ def run(args) -> int:
     print_status(status(runner.layout))
     for line in runner.exhausted():
         print(f"ablate run: gave up on {line}; rerun with --retry-failed to try again", file=sys.stderr)
+    if runner.store_lost():  # the workers said so in their line; no link into a store that is gone
+        return outcome.code
     print(f"\nMLflow: mlflow ui --backend-store-uri {runner.tracking_label}   then open the comparison:\n"
           f"  {comparison_link(runner.mlflow, runner.spec.name)}")
     return outcome.code

@@ -157,8 +157,9 @@ def run_pack(layout: Layout, worker: Worker, claimed: list[tuple[optuna.Study, o
             worker.progress.start(title, Plan.of(members[0].cfg, len(data.train)).epochs,
                                   any((Path(c.attrs["checkpoint"]) / "checkpoint.pt").exists() for c in cells))
             outcomes = train_packed(members, data)
-            if worker.store_lost() or any(isinstance(o, StoreLost) for o in outcomes):
-                raise StoreLost("the MLflow store was deleted while the pack ran")
+            lost = next((o for o in outcomes if isinstance(o, StoreLost)), None)
+            if lost is not None or worker.store_lost():  # a server that stopped answering keeps its own words
+                raise lost or StoreLost("the MLflow store was deleted while the pack ran")
             for c, outcome in zip(cells, outcomes):
                 c.abandoned = isinstance(outcome, Abandoned) or not _owns(c.study, c.trial)
                 if c.abandoned:  # its run is the retry's to end: tracked_run leaves it

@@ -11,6 +11,7 @@ re-enqueued with the same cell and checkpoint directory, so its retry resumes fr
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -24,7 +25,7 @@ from ..train import distributed
 from ..train.data import load_dataset
 from ..train.execution import resolve_device
 from ..tracking.store import client, store_identity
-from ..tracking.tracker import StoreLost
+from ..tracking.tracker import StoreLost, StoreUnreachable, server_calls, unanswered
 from . import parent
 from .layout import ACTIVE, Layout
 from .pack import claim_pack, pack_size, run_pack
@@ -79,6 +80,7 @@ class StudyRunner:
             check_writable(sqlite_path(self.tracking_uri).parent, "the MLflow store's directory")
         self.mlflow = None
         self._store: tuple[int, int] | None = None  # the SQLite store's identity (store_identity)
+        self.lost: StoreLost | None = None  # how the MLflow store went away while this process worked
         self.layout: Layout | None = None
         self.parent_run_id: str | None = None
         self._datasets: dict = {}  # DataConfig -> loaded Dataset
@@ -108,12 +110,13 @@ class StudyRunner:
 
     def setup(self, retry_failed: bool = False) -> None:
         """Under the study's setup lock, once: the Optuna layout and the MLflow parent run."""
-        with self.layout.lock():
+        with self._stops_when_store_lost(), self.layout.lock():
             main = self.layout.setup(retry_failed=retry_failed)
             self.parent_run_id = parent.ensure_parent(self.mlflow, self.spec, main, redact(self.storage_url))
-        for s in self.layout.all_studies():  # dead workers' trials first, so their runs are closed once
-            fail_stale_trials(s, self._on_stale)
-        parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number(), self.parent_run_id)
+        with self._stops_when_store_lost():
+            for s in self.layout.all_studies():  # dead workers' trials first, so their runs are closed once
+                fail_stale_trials(s, self._on_stale)
+            parent.close_orphans(self.mlflow, self.spec.name, self.layout.trials_by_number(), self.parent_run_id)
 
     def found_line(self) -> str | None:
         """One line on what a rerun found (None for a study that has just been set up): how many
@@ -142,17 +145,34 @@ class StudyRunner:
         return redact(self.tracking_uri)
 
     def reopen_parent(self) -> None:
-        parent.reopen_parent(self.mlflow, self.parent_run_id)
+        with self._stops_when_store_lost():
+            parent.reopen_parent(self.mlflow, self.parent_run_id)
 
     def end_parent(self, status: str) -> None:
         parent.end_parent(self.mlflow, self.parent_run_id, self.spec.name, status,
                           done=status == "FINISHED" and self.layout.is_done())
 
     def store_lost(self) -> bool:
-        """Whether the SQLite file of the MLflow store was deleted (or replaced) since `open()`."""
-        return self._store is not None and store_identity(self.tracking_uri) != self._store
+        """Whether the MLflow store is gone: its tracking server stopped answering this process, or
+        its SQLite file was deleted (or replaced) since `open()`."""
+        return self.lost is not None or (self._store is not None and store_identity(self.tracking_uri) != self._store)
 
-    def _stop_store_lost(self) -> ConfigError:
+    @contextlib.contextmanager
+    def _stops_when_store_lost(self):
+        """The block's MLflow calls, stopped in one line (ConfigError, exit 2) when the store goes
+        away: a tracking server that stopped answering (tracker.server_calls), a deleted SQLite file."""
+        try:
+            with server_calls(self.tracking_uri):
+                yield
+        except StoreLost as e:
+            raise self._stop_store_lost(e) from None
+
+    def _stop_store_lost(self, lost: StoreLost) -> ConfigError:
+        self.lost = lost
+        if isinstance(lost, StoreUnreachable):
+            return ConfigError(f"{lost} while the study ran; no attempt was used and Optuna keeps every result: "
+                               "restart the server (on the same backend store) and rerun the same command, "
+                               "which resumes the cells")
         return ConfigError(f"the MLflow store {sqlite_path(self.tracking_uri)} was deleted while the study ran; "
                            "no attempt was used and Optuna keeps every result: rerun the same command to go on "
                            "with a new store")
@@ -165,11 +185,17 @@ class StudyRunner:
         try:
             self.end_parent(status)
         except Exception as e:  # noqa: BLE001 - never mask the error that got us here
+            if unanswered(e, self.tracking_uri):  # the server went away (its workers have said so)
+                self.lost = StoreUnreachable(self.tracking_uri)
+                return
             _log.warning("could not close the MLflow parent run: %s", redact(e))
 
     def _on_stale(self, study, trial) -> None:
-        """A dead worker's trial: close its MLflow run, enqueue its retry (same cell, checkpoint)."""
-        parent.supersede(self.mlflow, trial.user_attrs.get("mlflow_run_id"))
+        """A dead worker's trial: close its MLflow run, enqueue its retry (same cell, checkpoint). The
+        retry is enqueued even when the tracking server is gone (the rerun closes the run): Optuna
+        has failed the trial already, and a failed trial without its retry would cost an attempt."""
+        with contextlib.suppress(StoreLost), server_calls(self.tracking_uri):
+            parent.supersede(self.mlflow, trial.user_attrs.get("mlflow_run_id"))
         self.layout.requeue(study, trial)
 
     def work(self) -> int:
@@ -182,38 +208,33 @@ class StudyRunner:
                         self.device, self.threads, self.progress, self.store_lost)
         # -- packed cells (runners/study/pack.py): up to `pack` cells claimed and trained together --
         pack = pack_size(self.spec, self.device, self.dataset()) if self.spec.resources.pack != 1 else 1
-        while True:
-            if self.store_lost():
-                raise self._stop_store_lost()
-            studies = layout.all_studies()
-            for s in studies:
-                fail_stale_trials(s, self._on_stale)
-            if pack > 1 and (group := claim_pack(layout, studies, pack)):
-                try:
+        with self._stops_when_store_lost():  # a trial's retry is enqueued (run_trial, run_pack) first
+            while True:
+                if self.store_lost():
+                    raise StoreLost("the MLflow store was deleted")
+                studies = layout.all_studies()
+                for s in studies:
+                    fail_stale_trials(s, self._on_stale)
+                if pack > 1 and (group := claim_pack(layout, studies, pack)):
                     failed += run_pack(layout, worker, group)
-                except StoreLost:
-                    raise self._stop_store_lost() from None
-                continue
-            # -- end packed cells --
-            claimed = layout.claim(studies)
-            if claimed is not None:
-                distributed.broadcast_object(TRIAL, ctx)
-                try:
+                    continue
+                # -- end packed cells --
+                claimed = layout.claim(studies)
+                if claimed is not None:
+                    distributed.broadcast_object(TRIAL, ctx)
                     failed += not run_trial(layout, worker, *claimed)
-                except StoreLost:
-                    raise self._stop_store_lost() from None
-                continue
-            if self.spec.search and layout.enqueue_ready_cells():
-                continue
-            if any(s.get_trials(deepcopy=False, states=ACTIVE) for s in studies):
-                # Others are still training (a dead one will be retried here). The ranks hear
-                # from rank 0 at every poll, so no collective outwaits its timeout.
-                distributed.broadcast_object(WAIT, ctx)
-                time.sleep(self.poll)
-                continue
-            break
-        distributed.broadcast_object(DONE, ctx)
-        self.end_parent("FINISHED")
+                    continue
+                if self.spec.search and layout.enqueue_ready_cells():
+                    continue
+                if any(s.get_trials(deepcopy=False, states=ACTIVE) for s in studies):
+                    # Others are still training (a dead one will be retried here). The ranks hear
+                    # from rank 0 at every poll, so no collective outwaits its timeout.
+                    distributed.broadcast_object(WAIT, ctx)
+                    time.sleep(self.poll)
+                    continue
+                break
+            distributed.broadcast_object(DONE, ctx)
+            self.end_parent("FINISHED")
         return 1 if failed or layout.exhausted() else 0
 
     def follow(self) -> int:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..errors import ConfigError, cut, redact
 from ..signals import Terminated
 from ..tracking.naming import label, run_name as arch_run_name
-from ..tracking.tracker import Abandoned, StoreLost, Tracker, tracked_run
+from ..tracking.tracker import Abandoned, StoreLost, Tracker, server_calls, tracked_run
 from ..tracking.view import group_tags
 from ..train import distributed
 from ..train.schedule import Plan
@@ -116,13 +116,16 @@ def run_trial(layout: Layout, worker: Worker, study: optuna.Study, trial: optuna
         raise
     except Exception as e:  # noqa: BLE001 - one broken trial must not stop the study
         if isinstance(e, StoreLost) or worker.store_lost():
-            # Not the trial's fault, and no MLflow call can succeed: its retry is enqueued at
-            # once with the same attempt (as an interruption's), and the worker stops.
+            # Not the trial's fault, and no MLflow call can succeed (a deleted store, a tracking
+            # server that stopped answering): its retry is enqueued at once with the same
+            # attempt (as an interruption's), and the worker stops.
             failed = private.fail(study, private.trial_id(trial))
             if failed is not None:
                 layout.requeue(study, failed)
             worker.progress.finish("stopped: the MLflow store is gone")
-            raise StoreLost("the MLflow store was deleted while the trial ran") from None
+            # A server that stopped answering (StoreUnreachable) keeps its own words.
+            raise (e if isinstance(e, StoreLost) else StoreLost("the MLflow store was deleted while the trial ran")) \
+                from None
         if isinstance(e, Abandoned) or not _owns(study, trial):
             # Paused past the heartbeat grace (SIGSTOP, a VM pause, a swap storm): another worker
             # failed this trial and runs its retry, which owns the cell's checkpoint and closed
@@ -208,7 +211,9 @@ def _give_back(layout: Layout, worker: Worker, study: optuna.Study, trial: optun
     resumes it from its checkpoint."""
     failed = private.fail(study, private.trial_id(trial))
     if failed is not None:
-        parent.supersede(worker.mlflow, failed.user_attrs.get("mlflow_run_id"))
+        # A tracking server gone too: the retry is enqueued all the same (the rerun closes the run).
+        with contextlib.suppress(StoreLost), server_calls(worker.mlflow.tracking_uri):
+            parent.supersede(worker.mlflow, failed.user_attrs.get("mlflow_run_id"))
         layout.requeue(study, failed)
 
 

@@ -13,6 +13,19 @@ from ..files import file_lock
 from ..paths import default_tracking_uri, results_dir, sqlite_path
 
 
+# MLflow retries a tracking server that does not answer for minutes (7 retries, backoff from 2 s
+# doubling, 120 s a request), per call, and a dead server's run would then hang through every
+# call that closes it. A process of the lab gives up sooner: a server that refuses connections
+# (killed, restarting) after 3 retries within about 10 s, one that does not answer after at
+# most 4 x 30 s; the worker then stops in one line (tracker.StoreUnreachable) and the rerun resumes.
+# A value the user set in the environment is kept (one equal to the lab's counts as the lab's:
+# workers inherit them).
+SERVER_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# The reachability check before anything is written: an unreachable server is one line at once.
+CHECK_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def client(uri: str | None = None):
     """An MlflowClient for `uri`, checked to be reachable; errors are one redacted line. A raw
     password in the URI (`--tracking-uri` or MLFLOW_TRACKING_URI) is percent-encoded first, so
@@ -28,10 +41,10 @@ def client(uri: str | None = None):
     is_db = "://" in uri and not uri.startswith(("sqlite", "http://", "https://", "file:", "databricks"))
     if is_db:
         check_database(uri, "the MLflow tracking store", "check --tracking-uri / MLFLOW_TRACKING_URI")
-    # An unreachable server would otherwise be retried with backoff for minutes.
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
+    # Bounded retries for the whole process (`SERVER_LIMITS`), quicker ones for this check.
+    own = [k for k in SERVER_LIMITS if os.environ.get(k, SERVER_LIMITS[k]) == SERVER_LIMITS[k]] \
+        if uri.startswith(("http://", "https://")) else []
+    os.environ.update({k: CHECK_LIMITS.get(k, SERVER_LIMITS[k]) for k in own})
     try:
         # The first client on an empty database creates MLflow's schema, which is not safe to do
         # twice at once (two `ablate run` started together on an empty results/): once, under a
@@ -52,9 +65,7 @@ def client(uri: str | None = None):
         raise ConfigError(f"cannot reach the MLflow tracking store {redact(uri)}: {first_line(e, 200)}; "
                           "check --tracking-uri / MLFLOW_TRACKING_URI") from None
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+        os.environ.update({k: SERVER_LIMITS[k] for k in own})
     return c
 
 
@@ -70,9 +81,11 @@ def store_identity(uri: str) -> tuple[int, int] | None:
 
 
 def quiet_mlflow() -> None:
-    """MLflow's INFO lines (schema creation and migration on a new store) are not ours to show."""
+    """MLflow's INFO lines (schema creation and migration on a new store) are not ours to show, nor
+    urllib3's warning at each retry of a tracking server: what follows them is one line of ours."""
     for name in ("mlflow.store", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def mark_superseded(c, run_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -12,17 +13,29 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import requests
 import torch
 from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric, Param,
                              RunTag)
 
+from ..errors import redact
 from ..signals import Terminated, sigterm_raises
 from .naming import fmt
 from .store import get_or_create_experiment
 
 
+def _server_calls(method):
+    """`method` of a Tracker, raising StoreUnreachable when its tracking server stopped answering."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with server_calls(self.client.tracking_uri):
+            return method(self, *args, **kwargs)
+    return call
+
+
 class Tracker:
-    """One MLflow run, written through the client (no global active run)."""
+    """One MLflow run, written through the client (no global active run). Every call raises
+    StoreUnreachable when the tracking server stopped answering."""
 
     def __init__(self, c, run_id: str) -> None:
         self.client, self.run_id = c, run_id
@@ -30,27 +43,32 @@ class Tracker:
     @classmethod
     def start(cls, c, experiment: str, run_name: str, tags: dict | None = None,
               parent_run_id: str | None = None) -> "Tracker":
-        exp_id = get_or_create_experiment(c, experiment)
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = c.create_run(exp_id, run_name=run_name, tags={k: fmt(v) for k, v in tags.items()})
+        with server_calls(c.tracking_uri):
+            exp_id = get_or_create_experiment(c, experiment)
+            run = c.create_run(exp_id, run_name=run_name, tags={k: fmt(v) for k, v in tags.items()})
         return cls(c, run.info.run_id)
 
+    @_server_calls
     def log_params(self, params: dict) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
+    @_server_calls
     def set_tags(self, tags: dict) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, fmt(v)) for k, v in tags.items()])
 
+    @_server_calls
     def log_metrics(self, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    @_server_calls
     def log_metric_series(self, key: str, values: list[float]) -> None:
         """One metric over steps 0..n-1 (e.g. the response std of each layer)."""
         now = int(time.time() * 1000)
@@ -58,9 +76,11 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
+    @_server_calls
     def log_dict(self, obj, artifact_file: str) -> None:
         self.client.log_text(self.run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
 
+    @_server_calls
     def log_state_dict(self, state_dict: dict, artifact_file: str = "model.pt", *,
                        model_name: str | None = None, step: int = 0) -> str | None:
         """The final weights: a run artifact, and with `model_name` also an MLflow logged model
@@ -80,13 +100,15 @@ class Tracker:
                 model_type="pytorch-state-dict", tags={"run_name": run.info.run_name or ""})
             try:
                 self.client.log_model_artifacts(model.model_id, tmp)
-            except BaseException:
-                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            except BaseException as e:
+                if not unanswered(e, self.client.tracking_uri):  # a server gone takes no FAILED either
+                    self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
                 raise
             self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
             self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
             return model.model_id
 
+    @_server_calls
     def log_dataset(self, data) -> None:
         """The training data as MLflow's run input (the UI's Datasets column and filter): name,
         a digest of the split's labels and sizes, the source, the split sizes as its profile."""
@@ -113,11 +135,12 @@ class Tracker:
             try:
                 self.client.log_inputs(self.run_id, datasets=inputs)
                 return
-            except Exception:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
-                if attempt == 2:
+            except Exception as e:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
+                if attempt == 2 or unanswered(e, self.client.tracking_uri):
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
+    @_server_calls
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -130,6 +153,43 @@ class Abandoned(Exception):
 class StoreLost(Abandoned):
     """The tracking store went away under the run (a deleted `mlflow.db`): nothing more can be
     written to it, the run included."""
+
+
+class StoreUnreachable(StoreLost):
+    """The MLflow tracking server stopped answering (killed, its host or the network gone) through
+    the process's bounded retries (runners/tracking/store.py SERVER_LIMITS)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"the MLflow tracking server at {redact(uri)} stopped answering")
+
+
+def unanswered(error: BaseException, uri: str) -> bool:
+    """Whether `error` is an http(s) tracking server not answering at all: a connection refused,
+    reset or timed out, as requests raised it (MLflow wraps it in an MlflowException, as its cause
+    or context). A server that answers with an error is not this: that fails the call as before."""
+    if not uri.startswith(("http://", "https://")):
+        return False
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextlib.contextmanager
+def server_calls(uri: str) -> Iterator[None]:
+    """StoreUnreachable (its message naming the server, redacted) for a tracking server at `uri`
+    that stopped answering a call of the block: MLflow's own error shows the URL, password and all."""
+    try:
+        yield
+    except StoreLost:
+        raise
+    except Exception as e:
+        if unanswered(e, uri):
+            raise StoreUnreachable(uri) from None
+        raise
 
 
 @contextlib.contextmanager

@@ -94,6 +94,19 @@ class StreamSplit:
         return len(self.files)
 
 
+def _read(loader: torch.utils.data.DataLoader):
+    """`loader`'s batches. A file that will not decode raises ConfigError in a DataLoader worker,
+    which torch raises again here with the worker's traceback as its message: given back as the
+    one line it was (the last of that traceback)."""
+    try:
+        yield from loader
+    except ConfigError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught ConfigError"):
+            raise ConfigError(lines[-1].split("ConfigError: ", 1)[-1]) from None
+        raise
+
+
 # -- what a worker does with one image ------------------------------------------------------------
 def _open(path: Path) -> torch.Tensor:
     """uint8 (3, H, W) contiguous. JPEGs by torchvision.io (libjpeg-turbo: pixel-identical to
@@ -346,7 +359,7 @@ class StreamDataset:
         sampler = EpochBatches(len(self.train), batch_size, seed, rank, world)
         loader = self._loader(key, TrainImages(self.train, self.config, seed), batch_sampler=sampler)
         loader.batch_sampler.set_epoch(epoch)
-        for x, y, alpha, jitter in loader:
+        for x, y, alpha, jitter in _read(loader):
             x = x.to(self.device, non_blocking=True)
             alpha, jitter = alpha.to(self.device, non_blocking=True), jitter.to(self.device, non_blocking=True)
             yield (self.normalize(x, alpha, jitter),
@@ -358,7 +371,7 @@ class StreamDataset:
         which = "val" if split is self.val else "test" if split is self.test else "train"
         loader = self._loader(("eval", which, batch_size, rank, world), EvalImages(split, self.config),
                               sampler=range(lo, hi), batch_size=batch_size)
-        for x, y in loader:
+        for x, y in _read(loader):
             x = x.to(self.device, non_blocking=True)
             shape = x.shape
             x = self.normalize(x.flatten(0, x.dim() - 4)).view(shape)
@@ -371,7 +384,7 @@ class StreamDataset:
         mean = self.mean.mean((1, 2), keepdim=True)
         loader = torch.utils.data.DataLoader(MultiScaleImages(split, tuple(scales)), batch_size=None,
                                              num_workers=self.workers, pin_memory=self.device.type == "cuda")
-        for images, y in loader:
+        for images, y in _read(loader):
             views = []
             for x in images:
                 x = (x.to(self.device, non_blocking=True).float()[None] / 255 - mean) / self.std
@@ -436,7 +449,7 @@ def _stream_statistics(cfg: DataConfig, train: StreamSplit, root: Path) -> tuple
     plain = dataclasses.replace(cfg, ten_crop=False)
     loader = torch.utils.data.DataLoader(EvalImages(sample, plain), batch_size=256, num_workers=default_workers())
     try:
-        images = torch.cat([x for x, _ in loader])
+        images = torch.cat([x for x, _ in _read(loader)])
     except RuntimeError as e:  # torch.stack of images of different sizes
         raise ConfigError(f"{root}: images differ in size; set dataset.crop (and dataset.resize) to stream "
                           f"them ({str(e).splitlines()[0][:80]})") from None

@@ -78,6 +78,43 @@ def test_a_subset_larger_than_the_data_leaves_no_file_behind(results, tmp_path):
     assert not results.exists() or not [p for p in results.rglob("*") if p.is_file() and "cache" not in p.parts]
 
 
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+@pytest.mark.parametrize("odd", ["an empty b.jpg", "a directory b.jpg"])
+def test_an_entry_named_like_an_image_that_is_none_is_one_line_naming_it(results, tmp_path, odd, loader):
+    """In a class folder, what is named like an image (.jpg, .png, ...) must be one; anything named
+    otherwise (`notes.txt`) is passed over. A directory `b.jpg` stops the run before anything is
+    written, in one line naming it, whichever loader reads the folder. An empty `b.jpg` does so
+    too where the folder is decoded up front (memory); a streamed folder is read as it trains, so
+    there each trial that reads it fails, its error the same one line (torch's DataLoader worker
+    traceback taken off it)."""
+    from PIL import Image
+    from runners.train.images import list_imagefolder
+    folder = tmp_path / "folder"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (folder / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), (i * 60, 20, 40)).save(folder / split / cls / f"{i}.png")
+    (folder / "train" / "a" / "notes.txt").write_text("where these came from")
+    bad = folder / "train" / "b" / "b.jpg"
+    bad.mkdir() if "directory" in odd else bad.touch()
+    if "empty" in odd:
+        assert [f.name for f in list_imagefolder(folder)["train"]["a"]] == ["0.png", "1.png", "2.png", "3.png"]
+    out = ablate("run", SMOKE, "--set", f"dataset.name={folder}", "--set", "dataset.subset=9",
+                 "--set", "dataset.val_size=1", "--set", f"dataset.loader={loader}", "--workers", "1")
+    if "directory" in odd:
+        assert_one_line_error(out, f"{bad} is a directory named like an image", "rename it")
+    elif loader == "memory":
+        assert_one_line_error(out, f"cannot decode {bad}: the file is empty; remove it")
+    else:
+        assert out.returncode == 1 and "Traceback" not in out.stderr and "Caught" not in out.stderr, out.stderr
+        failed = [line for line in out.stderr.splitlines() if "failed (attempt 1 of 3)" in line]
+        assert len(failed) == 4 and all(f"ConfigError: cannot decode {bad}: the file is empty" in line
+                                        for line in failed), out.stderr
+        return
+    assert not results.exists() or not any(results.rglob("*")), list(results.rglob("*"))
+
+
 def test_passwords_never_survive_redaction_in_any_position():
     import random
     import string

@@ -1,13 +1,20 @@
 """Fault injection: kill -9 mid-write, a full disk, a torn journal, a deleted store, a corrupt
-checkpoint. After each, one rerun of `ablate run` completes the study with every cell exactly
-once and no MLflow run left RUNNING. Run alone with `pytest -m faults`.
+checkpoint, a tracking server killed mid-run. After each, one rerun of `ablate run` completes the
+study with every cell exactly once and no MLflow run left RUNNING. Run alone with `pytest -m faults`.
 
 A kill lands at an exact moment by running the CLI under a small wrapper (INJECT) that patches
 the write in question to write part of its bytes and then SIGKILL its own process (a process
 forked from the test's: conftest.Forked).
 """
+import contextlib
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -92,15 +99,15 @@ def _inject(fault: str, *args, env=None):
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _assert_complete_once(results: Path):
-    """Every cell COMPLETE exactly once in Optuna and FINISHED exactly once in MLflow; no run
-    RUNNING; no temporary checkpoint file left."""
+def _assert_complete_once(results: Path, tracking: str | None = None):
+    """Every cell COMPLETE exactly once in Optuna and FINISHED exactly once in MLflow (results/
+    mlflow.db, or the store at `tracking`); no run RUNNING; no temporary checkpoint file left."""
     storage = JournalStorage(JournalFileBackend(str(results / "optuna" / "smoke.journal")))
     trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
     complete = Counter(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == Counter({c: 1 for c in CELLS}), [(t.number, t.state, t.user_attrs) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    c = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    c = MlflowClient(tracking or f"sqlite:///{results / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id], max_results=1000)
     assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
     finished = Counter(f"{r.data.tags['variant']}/seed={r.data.tags['seed']}" for r in runs
@@ -329,3 +336,88 @@ def test_processes_creating_one_new_mlflow_store_at_once_all_succeed(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
     assert all(out.strip() == "Default" for out, _ in outs), outs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _tracking_server(db: Path, port: int):
+    """`mlflow server` on 127.0.0.1:`port` over the SQLite store `db` (its log beside it), in a
+    process group of its own, killed with SIGKILL (uvicorn and all) at the latest on the way out.
+    MLflow's job runner is off: it is three more processes the study never uses."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(db.with_suffix(".log"), "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+                                 "--artifacts-destination", str(db.parent / "artifacts"), "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1"],
+                                env=env, start_new_session=True, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(port):
+            assert proc.poll() is None and time.monotonic() < deadline, db.with_suffix(".log").read_text()[-3000:]
+            time.sleep(0.2)
+        yield proc
+    finally:
+        _kill_server(proc)
+
+
+def _kill_server(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_tracking_server_killed_mid_run_stops_in_one_redacted_line_and_uses_no_attempt(
+        results, tmp_path, monkeypatch, _empty_mlflow_store):
+    """`--tracking-uri http://user:SECRET@...`: the `mlflow server` is killed (SIGKILL, the whole
+    process group) while the first trial trains. The run stops at its next MLflow write in one
+    line naming the server, its password masked (exit 2, no traceback, no trial failed, no
+    attempt used); with the server restarted on the same store, the rerun finishes every cell
+    once, and the stopped attempt's run is closed, not left RUNNING."""
+    from runners.study import trial as trial_mod
+    db = tmp_path / "server" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(_empty_mlflow_store, db)  # its tables made: the server starts seconds sooner
+    port = _free_port()
+    uri = f"http://lab:SECRET@127.0.0.1:{port}"
+    real_fit = trial_mod._fit
+    with _tracking_server(db, port) as server:
+        def fit(spec, attrs, worker, trial, tracker, title="", resumed=False, guard=None):
+            def kill_then_guard():  # after the first epoch, before its metrics are logged
+                _kill_server(server)
+                guard()
+            return real_fit(spec, attrs, worker, trial, tracker, title, resumed, guard=kill_then_guard)
+
+        monkeypatch.setattr(trial_mod, "_fit", fit)
+        out = ablate("run", SMOKE, *SMALL, "--tracking-uri", uri)
+        monkeypatch.setattr(trial_mod, "_fit", real_fit)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"the MLflow tracking server at http://lab:***@127.0.0.1:{port} stopped answering" in lines[0], lines
+    assert "rerun the same command" in lines[0], lines
+    assert "SECRET" not in out.stdout + out.stderr
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna" / "smoke.journal")))
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert not [t for t in trials if "error" in t.user_attrs or t.state == TrialState.RUNNING], trials
+
+    with _tracking_server(db, port):
+        again = ablate("run", SMOKE, *SMALL, "--tracking-uri", uri)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "SECRET" not in again.stdout + again.stderr
+        trials, runs = _assert_complete_once(results, f"http://127.0.0.1:{port}")
+    assert {t.user_attrs["attempt"] for t in trials} == {1}
+    stopped = [r for r in runs if r.data.tags["stage"] != "study" and r.info.status != "FINISHED"]
+    assert [r.info.status for r in stopped] == ["KILLED"], [(r.info.run_name, r.info.status) for r in runs]

@@ -8,13 +8,14 @@ import signal
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import REPO, ablate, ablate_forked, assert_one_line_error
+from conftest import REPO, Forked, ablate, ablate_forked, assert_one_line_error
 
 SMOKE = REPO / "ablations" / "smoke.yaml"
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -116,6 +117,74 @@ def test_a_killed_worker_is_retried_by_the_survivors(results, databases):
     assert c.get_run(dead[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert "RUNNING" not in {r.info.status for r in children + parents}
     assert len([r for r in children if r.info.status == "FINISHED"]) == 4
+
+
+# `ablate worker` that stops itself with SIGSTOP (as `kill -STOP`, a VM pause or a swap storm
+# would stop it) right after its first checkpoint: the moment is exact, the stop the kernel's.
+PAUSE_AFTER_FIRST_CHECKPOINT = r"""
+import os, signal, sys
+from runners.train import trainer
+real = trainer.save_checkpoint
+def save_checkpoint(path, state):
+    real(path, state)
+    if state["epoch"] == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+trainer.save_checkpoint = save_checkpoint
+from runners.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(120)
+@pytest.mark.slow
+def test_a_worker_stopped_past_its_grace_wakes_to_write_nothing_for_its_retried_cell(results, databases):
+    """One cell. Its worker is SIGSTOPped mid-trial, past the heartbeat grace (3 x 1 s); a second
+    worker fails the trial as stale, closes its run KILLED, retries the cell from its checkpoint
+    and trains it to the end. Then SIGCONT: the woken worker finds its trial no longer its own
+    at its next write and says so in one line; it writes no metric, no checkpoint and no run state
+    for the cell, and exits 0. The cell was trained once: one FINISHED run, the retry's."""
+    storage, tracking = databases
+    one_cell = ["--set", "model.shortcut=A", "--set", "seeds=[0]"]
+    paused = Forked(PAUSE_AFTER_FIRST_CHECKPOINT, "worker", SMOKE, "--storage", storage, "--tracking-uri", tracking,
+                    "--threads", "1", "--heartbeat", "1", "--poll", "0.3", *one_cell)
+    try:
+        deadline = time.monotonic() + 90
+        while not _stopped(paused.pid):
+            assert paused.poll() is None and time.monotonic() < deadline, paused.communicate(timeout=5)
+            time.sleep(0.05)
+        [first] = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+        c = MlflowClient(tracking)
+        stopped_run = first.user_attrs["mlflow_run_id"]
+        logged = c.get_metric_history(stopped_run, "train_error")
+        assert len(logged) == 1  # epoch 1's, then the checkpoint, then the stop
+
+        survivor = _worker(storage, tracking, *one_cell)
+        out, err = survivor.communicate(timeout=90)
+        assert survivor.returncode == 0, err[-3000:]
+        assert _stopped(paused.pid)  # it slept through the retry
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    out, err = paused.communicate(timeout=60)
+    assert paused.returncode == 0, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert "trial 0" in lines[0] and "was given to another worker while this one was paused" in lines[0], lines
+
+    trials = optuna.load_study(study_name="smoke", storage=storage).get_trials()
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL"], trials
+    retry = next(t for t in trials if t.state == TrialState.COMPLETE)
+    assert retry.user_attrs["retry_of"] == first.number and retry.user_attrs["resumed"] is True
+    c, children, parents = _runs(tracking)
+    assert {r.info.run_id: r.info.status for r in children} == {stopped_run: "KILLED",
+                                                                 retry.user_attrs["mlflow_run_id"]: "FINISHED"}
+    assert c.get_metric_history(stopped_run, "train_error") == logged  # nothing more from the woken worker
+    assert [r.info.status for r in parents] == ["FINISHED"]
+    assert not list((results / "checkpoints").rglob("checkpoint.pt*")) and not list(results.rglob("*.tmp"))
 
 
 @pytest.mark.parametrize("url", [

@@ -6,6 +6,7 @@ mid-trial and resumed) is run through `ablate run` for what only a real study sh
 """
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -169,6 +170,29 @@ def test_a_new_store_logs_no_mlflow_info_lines(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "INFO" not in out.stderr and "alembic" not in out.stderr, out.stderr
+
+
+def test_a_tracking_server_gets_bounded_retries_for_the_process_unless_the_user_set_them():
+    """MLflow's defaults retry a server that does not answer for minutes per call: a client for an
+    http URI leaves the process the lab's limits (the check itself retries nothing), and keeps a
+    value the user set; a server that refuses connections is then StoreUnreachable, redacted."""
+    from conftest import process_state
+    from runners.errors import ConfigError
+    from runners.tracking.store import SERVER_LIMITS, client
+    from runners.tracking.tracker import StoreUnreachable, server_calls, unanswered
+    uri = "http://lab:SECRET@127.0.0.1:9"  # nothing listens on port 9
+    with process_state():
+        for k in SERVER_LIMITS:
+            os.environ.pop(k, None)
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "7"  # the user's own
+        with pytest.raises(ConfigError, match=r"cannot reach the MLflow tracking store http://lab:\*\*\*@"):
+            client(uri)
+        assert {k: os.environ[k] for k in SERVER_LIMITS} == {**SERVER_LIMITS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "7"}
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # quick here: refused at once
+        with pytest.raises(StoreUnreachable) as lost, server_calls(uri):
+            MlflowClient(uri).get_run("0" * 32)
+    assert str(lost.value) == "the MLflow tracking server at http://lab:***@127.0.0.1:9 stopped answering"
+    assert not unanswered(ConnectionRefusedError(), "sqlite:///x.db")
 
 
 # -- progress -----------------------------------------------------------------------------------
