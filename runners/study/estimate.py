@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.registry import measure, preset_size
+from models.registry import SIZE_NEUTRAL, measure, preset_size
 
 from ..errors import ConfigError
 from ..report import paper
@@ -73,10 +73,16 @@ class VariantCost:
         return None if self.cpu_hours is None else self.runs * self.cpu_hours
 
 
-@functools.lru_cache(maxsize=None)
 def size_of(arch) -> dict:
     """{"params", "macs", "input_size"}: the golden file's for a preset, else counted (meta device),
-    once per process (a study's trials ask for their variant's at every start)."""
+    once per process (a study's trials ask for their variant's at every start) and once for all
+    variants that differ only in fields that change no weight or multiply (He 2016b Table 1's
+    eleven gate biases are one count)."""
+    return _size_of(arch.replace(**{f.name: f.default for f in dataclasses.fields(arch) if f.name in SIZE_NEUTRAL}))
+
+
+@functools.lru_cache(maxsize=None)
+def _size_of(arch) -> dict:
     return preset_size(arch) or measure(arch)
 
 

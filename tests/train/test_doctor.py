@@ -94,9 +94,10 @@ def test_doctor_starts_no_measurement_that_would_end_past_its_budget(monkeypatch
 @pytest.mark.timeout(200)
 def test_doctor_only_packed_measures_packs_records_them_and_the_dry_run_reads_its_json(results, tmp_path,
                                                                                       monkeypatch):
-    from runners.doctor import several_nets
+    from runners.doctor import context, several_nets
     from runners.train import rates
     monkeypatch.setattr(several_nets, "PACKED_MODELS", (("resnet8", 16, 32),))  # the CPU's one model, tiny
+    monkeypatch.setattr(context.Doctor, "steps", lambda self: 2)
     out_file = tmp_path / "doctor.json"
     out = ablate("doctor", "--device", "cpu", "--only", "packed", "--json", out_file)
     assert out.returncode == 0, out.stdout + out.stderr
