@@ -25,12 +25,12 @@ def paper(tmp_path, *args):
 @pytest.mark.timeout(240)
 @pytest.mark.slow
 def test_the_paper_run_trains_packs_and_leaves_every_run_in_the_json(tmp_path):
-    doc, stdout = paper(tmp_path, "--iterations", "4", "--budget", "200", "--max-seeds", "2")
+    doc, stdout = paper(tmp_path, "--iterations", "2", "--budget", "200", "--max-seeds", "2")
     assert [r["k"] for r in doc["pack_rates"]] == [2, 4]
     runs = doc["runs"]
     assert [(r["model"], r["seed"], r["pack"]) for r in runs[:2]] == [("plain20", 0, "2"), ("resnet20", 0, "2")]
     assert all(r["status"] == "finished" and 0 <= r["final_test_error"] <= 1 for r in runs)
-    assert all(r["epochs"][-1]["iteration"] == 4 for r in runs)  # 300 images / 128: 2 steps an epoch
+    assert all(r["epochs"][-1]["iteration"] == 2 for r in runs)  # 300 images / 128: 2 steps an epoch
     if doc["plan"]["chosen"]:  # the seeds that the first pack's time said would fit
         assert [(r["seed"], r["pack"]) for r in runs[2:]] == [(1, "4"), (1, "4"), (2, "4"), (2, "4")]
     assert "resnet20 seed 0 (pack 2): finished" in stdout
