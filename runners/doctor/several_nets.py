@@ -97,15 +97,21 @@ def check_packing(d: Doctor) -> Check:
             summary.append(f"{name}: time budget spent")
             continue
         arch = resolve(name).replace(bn_batch=bn_batch)
-        r = bench_packed(arch, d.data, device=d.device, packs=packs, batch_size=min(batch, d.batch()),
-                         steps=max(2, d.steps() * 20 // arch.total_depth), repeats=2 if cuda else 1,
-                         warmup_steps=2, processes=cuda, data_config=data_config(d), deadline=deadline)
+        try:
+            r = bench_packed(arch, d.data, device=d.device, packs=packs, batch_size=min(batch, d.batch()),
+                             steps=max(2, d.steps() * 20 // arch.total_depth), repeats=2 if cuda else 1,
+                             warmup_steps=2, processes=cuda, data_config=data_config(d), deadline=deadline)
+        except Exception as e:  # noqa: BLE001 - one model's failure must not lose the others' rates
+            summary.append(f"{name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}")
+            continue
         r["model_name"] = f"{name} bn{bn_batch}"
         measurements.append(r)
         summary.append(f"{name}: " + " ".join(f"K{row['k']} {row['ratio_to_best_separate']:.2f}x"
                                               for row in r["packs"] if "packed" in row) + f" -> {r['recommended']}")
-    if measurements and cuda:
-        k, (name, bn_batch, batch) = measurements[0]["recommended"], PACKED_MODELS[0]
+    name, bn_batch, batch = PACKED_MODELS[0]
+    first = [m for m in measurements if m["model_name"] == f"{name} bn{bn_batch}"]
+    if first and cuda:
+        k = first[0]["recommended"]
         for mode in ("default", "reduce-overhead"):
             if time.monotonic() > deadline:
                 break
@@ -125,6 +131,6 @@ def check_packing(d: Doctor) -> Check:
     if not measurements:
         return d.add("several nets", "packed", "skip", "; ".join(summary) or "nothing measured")
     recorded = rates.record(measurements)
-    d.recommendation["pack"] = measurements[0]["recommended"]
+    d.recommendation["pack"] = (first or measurements)[0]["recommended"]
     return d.add("several nets", "packed", "info", "packed / best separate: " + "; ".join(summary),
                  measurements=measurements, recorded=str(recorded))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.registry import SIZE_NEUTRAL, measure, preset_size
+from models.spec import ArchSpec
 
 from ..errors import ConfigError
 from ..report import paper
@@ -42,6 +43,7 @@ from ..tracking.naming import run_params
 from ..train.config import DataConfig
 from ..train.data import SYNTHETIC_TRAIN
 from ..train.images import list_imagefolder
+from ..train.rates import rate_at
 from ..train.schedule import Plan
 from .spec import StudySpec
 
@@ -147,7 +149,6 @@ class MeasuredRates:
     the one measured last."""
 
     def __init__(self, entries: list[dict]) -> None:
-        from models.spec import ArchSpec
         gpu = [e for e in entries if not str(e["device_name"]).startswith("cpu")]
         self.device = max(gpu, key=lambda e: e.get("measured_at") or "")["device_name"] if gpu else None
         self.entries = [(e, ArchSpec(**e["model"])) for e in gpu if e["device_name"] == self.device]
@@ -184,7 +185,6 @@ class MeasuredRates:
 def at_most(entry: dict, k: int) -> tuple[int, float] | None:
     """(K, aggregate images/s) of the entry's largest measured pack size up to k (k = 1: the
     model alone, its separate rate); a larger pack's rate is not assumed."""
-    from ..train.rates import rate_at
     sizes = sorted((row["k"] for row in entry["packs"] if row["k"] <= k
                     and rate_at(entry, row["k"], "packed" if row["k"] > 1 else "separate")), reverse=True)
     if not sizes:

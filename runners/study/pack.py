@@ -22,12 +22,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from models.spec import ArchSpec
+
 from ..errors import cut, redact
 from ..signals import Terminated
 from ..tracking.naming import run_name as arch_run_name
 from ..tracking.tracker import Abandoned, StoreLost, Tracker, tracked_run
 from ..train.execution import resolve_device
-from ..train.packed import Member, pack_key, train_packed
+from ..train.packed import Member, pack_key, template, train_packed
 from ..train.schedule import Plan
 from . import optuna_private as private
 from .layout import CONFIRM, Layout
@@ -65,8 +67,6 @@ def pack_size(spec, device: str, data) -> int:
 def recorded_pack(entries: list[dict], device_name: str, arch, cfg) -> int | None:
     """The recommended K of a recorded measurement of `arch` (or its plain/option-A twin) at cfg's
     batch, precision and compile mode on this device; None if there is none."""
-    from models.spec import ArchSpec
-    from ..train.packed import template
     mode = cfg.compile_mode if cfg.compile else "eager"
     for e in reversed(entries):
         if (e["device_name"], e["batch_size"], e["precision"], e["mode"]) == (device_name, cfg.batch_size,

@@ -217,8 +217,13 @@ def bench_packed(arch: ArchSpec, data: Dataset, *, device: torch.device, packs: 
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             if processes:
-                r = processes_at_once(k, arch, data_config, str(device), steps, batch_size,
-                                      threads=max(1, (os.cpu_count() or 1) // k), precision=precision)
+                try:
+                    r = processes_at_once(k, arch, data_config, str(device), steps, batch_size,
+                                          threads=max(1, (os.cpu_count() or 1) // k), precision=precision)
+                except RuntimeError as e:  # a child out of memory: the pack's rows so far are kept
+                    rows[-1]["processes_error"] = str(e).splitlines()[0][:200]
+                    processes = False
+                    continue
                 rows[-1]["processes"] = r["images_per_second"]
                 rows[-1]["processes_per_process"] = r["per_process"]
     for row in rows:

@@ -34,7 +34,8 @@ def entry_of(result: dict) -> dict:
     """One entry from a `bench_packed` result."""
     e = {k: result.get(k) for k in KEEP}
     e["mode"] = (result.get("compile_mode") or "default") if result.get("compile") else "eager"
-    e["packs"] = [{k: row[k] for k in ("k", "packed", "separate", "processes", "out_of_memory", "skipped")
+    e["packs"] = [{k: row[k] for k in ("k", "packed", "separate", "processes", "processes_error",
+                                                  "out_of_memory", "skipped")
                    if k in row} for row in result["packs"]]
     e["measured_at"] = result.get("measured_at") or datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
