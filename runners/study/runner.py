@@ -149,8 +149,12 @@ class StudyRunner:
             parent.reopen_parent(self.mlflow, self.parent_run_id)
 
     def end_parent(self, status: str) -> None:
-        parent.end_parent(self.mlflow, self.parent_run_id, self.spec.name, status,
-                          done=status == "FINISHED" and self.layout.is_done())
+        # Under the setup lock: two workers that finish together would otherwise both publish the
+        # study's results, and MLflow's SQLite store refuses the second experiment tag insert
+        # (UNIQUE constraint failed: experiment_tags), a flake seen in test_two_workers_on_one_host.
+        with self.layout.lock():
+            parent.end_parent(self.mlflow, self.parent_run_id, self.spec.name, status,
+                              done=status == "FINISHED" and self.layout.is_done())
 
     def store_lost(self) -> bool:
         """Whether the MLflow store is gone: its tracking server stopped answering this process, or
